@@ -1,0 +1,73 @@
+"""The one small interface every generation backend implements.
+
+A backend turns chat conversations into sampled completions, and scores given
+continuations of raw prompt text (AI feedback needs log P(" (A)") vs log P(" (B)")).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Message = dict[str, str]  # {"role": "user"|"assistant"|"system", "content": "..."}
+Conversation = list[Message]
+
+
+class SamplingConfig(BaseModel):
+    """Sampling parameters shared by all backends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(1, ge=1, description="completions per conversation")
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    seed: int | None = 0
+    stop: list[str] = Field(default_factory=list)
+
+
+class Generation(BaseModel):
+    """One sampled completion."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: Literal["stop", "length"]
+
+
+class Backend(ABC):
+    """Generate for a batch of conversations; score continuations of prompts."""
+
+    name: str = "base"
+    model: str  # what the backend was built from (resolved path or server model id)
+
+    @abstractmethod
+    def generate(
+        self, conversations: list[Conversation], sampling: SamplingConfig
+    ) -> list[list[Generation]]:
+        """Return `sampling.n` generations for each conversation, in input order.
+
+        The whole batch is handed to the engine at once; callers never loop per prompt.
+        """
+
+    @abstractmethod
+    def continuation_logprobs(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        """Sum of token log-probabilities of `continuations[i]` following raw text `prompts[i]`.
+
+        The prompt is tokenized on its own and the continuation tokens are those of
+        `prompt + continuation` beyond the prompt's tokens, so all backends agree.
+        """
+
+    @abstractmethod
+    def render_chat(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+        """The conversation as raw text through the tokenizer's chat template."""
+
+    def close(self) -> None:
+        """Release the engine (processes, memory)."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,104 @@
+"""The preference record: one schema for AI-labeled and human-labeled pairs.
+
+Every stage that consumes preference data (reward model, PPO, evaluation) reads
+`PreferenceRecord`s, whatever produced them. Prompt, chosen and rejected are message
+lists, as in TRL's conversational preference format, so multi-turn prompts and
+export to TRL need no conversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Source = Literal["human", "ai-revision", "ai-feedback"]
+ROLES = ("system", "user", "assistant")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class PreferenceRecord(BaseModel):
+    """A prompt with two candidate completions and the probability that `chosen` is better."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    prompt: list[Message] = Field(min_length=1)
+    chosen: list[Message] = Field(min_length=1)
+    rejected: list[Message] = Field(min_length=1)
+    p_chosen: float = Field(1.0, ge=0.0, le=1.0, description="1.0 for a hard label")
+    source: Source
+    principle_ids: list[str] = Field(default_factory=list)
+    labeler: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("chosen", "rejected")
+    @classmethod
+    def _ends_with_assistant(cls, turns: list[Message]) -> list[Message]:
+        if turns[-1].role != "assistant":
+            raise ValueError("must end with an assistant turn")
+        if not turns[-1].content.strip():
+            raise ValueError("final assistant turn is empty")
+        return turns
+
+    @model_validator(mode="after")
+    def _prompt_ends_with_user(self) -> "PreferenceRecord":
+        if self.prompt[-1].role != "user":
+            raise ValueError("prompt must end with a user turn")
+        return self
+
+    def to_row(self) -> dict[str, Any]:
+        """A plain dict matching `ARROW_SCHEMA` (metadata as JSON text so the schema is fixed)."""
+        row = self.model_dump()
+        row["metadata"] = json.dumps(self.metadata, sort_keys=True, ensure_ascii=False)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "PreferenceRecord":
+        row = dict(row)
+        meta = row.get("metadata")
+        if isinstance(meta, str):
+            row["metadata"] = json.loads(meta) if meta else {}
+        return cls.model_validate(row)
+
+
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+ARROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", _MESSAGES),
+        ("chosen", _MESSAGES),
+        ("rejected", _MESSAGES),
+        ("p_chosen", pa.float64()),
+        ("source", pa.string()),
+        ("principle_ids", pa.list_(pa.string())),
+        ("labeler", pa.string()),
+        ("metadata", pa.string()),
+    ]
+)
+
+
+def stable_id(*parts: Any) -> str:
+    """A short content hash of JSON-serialisable parts; equal inputs give equal ids."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def prompt_key(prompt: list[Message] | list[dict]) -> str:
+    """Identity of a prompt for dedupe and leak-free splits (whitespace-normalised)."""
+    turns = [
+        (m.role, " ".join(m.content.split())) if isinstance(m, Message)
+        else (m["role"], " ".join(m["content"].split()))
+        for m in prompt
+    ]
+    return stable_id(turns)
