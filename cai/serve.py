@@ -1,0 +1,104 @@
+"""A small OpenAI-compatible endpoint over any local backend (`cai serve`).
+
+For production serving use `vllm serve`; this exists so the `openai` backend can be
+used and tested against a real HTTP server anywhere, including machines without vLLM.
+Requests are served one at a time (local backends are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai.backends.base import Backend, SamplingConfig
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int | None = 256
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    return_token_ids: bool = False
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str
+    echo: bool = False
+    logprobs: int | None = None
+    max_tokens: int | None = 16
+    temperature: float = 1.0
+
+
+def build_app(backend: Backend, served_name: str | None = None) -> FastAPI:
+    app = FastAPI(title="cai OpenAI-compatible endpoint")
+    name = served_name or backend.model
+    lock = threading.Lock()
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "cai"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat(req: ChatRequest) -> dict[str, Any]:
+        stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+        sampling = SamplingConfig(n=req.n, temperature=req.temperature, top_p=req.top_p,
+                                  max_tokens=req.max_tokens or 256, seed=req.seed, stop=stop)
+        with lock:
+            gens = backend.generate([[m.model_dump() for m in req.messages]], sampling)[0]
+        choices = []
+        for i, g in enumerate(gens):
+            choice: dict[str, Any] = {"index": i, "finish_reason": g.finish_reason,
+                                      "message": {"role": "assistant", "content": g.text}}
+            if req.return_token_ids:
+                choice["token_ids"] = g.token_ids
+            choices.append(choice)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": int(time.time()), "model": name, "choices": choices,
+            "usage": {"completion_tokens": sum(len(g.token_ids) for g in gens)},
+        }
+
+    @app.post("/v1/completions")
+    def completions(req: CompletionRequest) -> dict[str, Any]:
+        # Only the scoring form (echo + logprobs) is served: that is what AI feedback needs.
+        if not (req.echo and req.logprobs is not None):
+            raise HTTPException(400, "this endpoint serves only echo=true with logprobs (scoring)")
+        scorer = getattr(backend, "token_logprobs", None)
+        if scorer is None:
+            raise HTTPException(400, f"backend {backend.name!r} cannot score prompts; use transformers")
+        with lock:
+            tokens, offsets, values = scorer(req.prompt)
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+            "created": int(time.time()), "model": name,
+            "choices": [{"index": 0, "text": req.prompt, "finish_reason": "length",
+                         "logprobs": {"tokens": tokens, "token_logprobs": values,
+                                      "text_offset": offsets, "top_logprobs": None}}],
+        }
+
+    return app
+
+
+def serve(backend: Backend, host: str = "127.0.0.1", port: int = 8000) -> None:
+    import uvicorn
+
+    uvicorn.run(build_app(backend), host=host, port=port, log_level="warning")
