@@ -1,0 +1,374 @@
+"""Import human preference data into `PreferenceRecord`s: HH-RLHF transcripts, plain
+prompt/chosen/rejected rows, and TRL's conversational preference formats.
+
+Every input row ends up either as a record or as a line in the rejects file with its
+location, a reason and the original row (or raw text), so nothing is silently dropped.
+
+HH transcripts ("\\n\\nHuman: …\\n\\nAssistant: …"): text before the first turn marker is a
+system message (the Anthropic text-completion convention, and how `export --format hh`
+writes system turns). Turn contents are kept exactly, except the single space after
+"Human:"/"Assistant:", which the marker owns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from cai.io import Row, atomic_open, iter_rows
+from cai.records import ROLES, PreferenceRecord, stable_id
+
+Format = Literal["auto", "hh", "plain", "trl"]
+FORMATS: tuple[str, ...] = ("auto", "hh", "plain", "trl")
+Messages = list[dict[str, str]]
+
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant): ?")
+_HH_ROLE = {"Human": "user", "Assistant": "assistant"}
+# Columns with a meaning in plain/TRL rows; anything else is kept under metadata["extra"].
+_KNOWN = {"prompt", "chosen", "rejected", "p_chosen", "label", "id", "source",
+          "principle_ids", "labeler", "metadata"}
+
+
+class RowError(ValueError):
+    """Why one row cannot become a record. `code` groups reasons for the report."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Reject(BaseModel):
+    """One line of the rejects file."""
+
+    location: str
+    code: str
+    reason: str
+    row: dict[str, Any] | None = None
+    raw: str | None = None
+
+
+class ImportReport(BaseModel):
+    source: str
+    format: str
+    rows: int = 0
+    imported: int = 0
+    rejected: int = 0
+    formats: dict[str, int] = {}  # rows imported per detected format
+    reasons: dict[str, int] = {}  # rejects per code
+    out_dir: str | None = None
+    rejects_path: str | None = None
+
+
+# --------------------------------------------------------------------------- HH transcripts
+
+
+def parse_transcript(text: str) -> Messages:
+    """"\\n\\nHuman: a\\n\\nAssistant: b" -> [{"role": "user", ...}, {"role": "assistant", ...}]."""
+    parts = _TURN.split(text)
+    preamble, turns = parts[0], parts[1:]
+    if not turns:
+        raise RowError("no-turns", "no 'Human:' or 'Assistant:' turn")
+    messages: Messages = []
+    if preamble.strip():
+        messages.append({"role": "system", "content": preamble})
+    for marker, content in zip(turns[0::2], turns[1::2]):
+        messages.append({"role": _HH_ROLE[marker], "content": content})
+    return messages
+
+
+def to_transcript(messages: Iterable[dict[str, str]]) -> str:
+    """Inverse of `parse_transcript`. A system turn is only representable as the first turn."""
+    out = []
+    for i, m in enumerate(messages):
+        if m["role"] == "system":
+            if i:
+                raise ValueError("a system turn after the first cannot be written as an HH transcript")
+            out.append(m["content"])
+        else:
+            out.append(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- pair helpers
+
+
+def split_shared_prefix(chosen: Messages, rejected: Messages) -> tuple[Messages, Messages, Messages]:
+    """Longest common turn prefix ending with a user turn -> (prompt, chosen rest, rejected rest)."""
+    if chosen == rejected:
+        raise RowError("identical", "chosen and rejected are identical")
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    k = n
+    while k and chosen[k - 1]["role"] != "user":
+        k -= 1
+    if not k:
+        raise RowError("no-shared-prompt", "chosen and rejected share no Human turn to use as the prompt")
+    return chosen[:k], chosen[k:], rejected[k:]
+
+
+def _check_answer(side: str, turns: Messages, hh: bool) -> None:
+    turn = "'Assistant:' turn" if hh else "assistant turn"
+    if not turns:
+        raise RowError("no-answer", f"{side}: no {turn} after the prompt")
+    if turns[-1]["role"] != "assistant":
+        raise RowError("no-answer", f"{side}: ends with a {turns[-1]['role']} turn, not an {turn}")
+    if not turns[-1]["content"].strip():
+        what = "final Assistant answer" if hh else "final assistant answer"
+        raise RowError("empty-answer", f"{side}: empty {what}")
+
+
+def _messages(value: Any, field: str, default_role: str) -> Messages:
+    """A string (one turn of `default_role`) or a list of {"role", "content"} dicts."""
+    if isinstance(value, str):
+        return [{"role": default_role, "content": value}]
+    if not isinstance(value, (list, tuple)):
+        raise RowError("bad-messages", f"{field}: expected a string or a message list, got "
+                                       f"{type(value).__name__}")
+    if not value:
+        raise RowError("bad-messages", f"{field}: empty message list")
+    out: Messages = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m:
+            raise RowError("bad-messages", f"{field}[{i}]: expected {{'role', 'content'}}, got {m!r:.80}")
+        if m["role"] not in ROLES:
+            raise RowError("bad-messages", f"{field}[{i}]: unsupported role {m['role']!r}")
+        if not isinstance(m.get("content"), str):
+            raise RowError("bad-messages", f"{field}[{i}]: content must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _p_chosen(data: dict[str, Any]) -> float:
+    """`p_chosen`, else `label` (bool or number in [0, 1]: probability chosen is better)."""
+    values = []
+    for key in ("p_chosen", "label"):
+        v = data.get(key)
+        if v is None or v == "":
+            continue
+        if isinstance(v, str):
+            lowered = v.strip().lower()
+            v = {"true": 1.0, "false": 0.0}.get(lowered, v)
+        try:
+            p = float(v)
+        except (TypeError, ValueError):
+            raise RowError("bad-label", f"{key}: not a probability: {v!r:.40}") from None
+        if math.isnan(p) or not 0.0 <= p <= 1.0:
+            raise RowError("bad-label", f"{key}: {p} is outside [0, 1]")
+        values.append((key, p))
+    if len(values) == 2 and values[0][1] != values[1][1]:
+        raise RowError("bad-label", f"p_chosen {values[0][1]} and label {values[1][1]} disagree")
+    return values[0][1] if values else 1.0
+
+
+def _require(data: dict[str, Any], *fields: str) -> None:
+    for f in fields:
+        if data.get(f) is None:
+            raise RowError("missing-field", f"missing field {f!r}")
+
+
+def detect_format(data: dict[str, Any]) -> str:
+    if "prompt" in data:
+        return "plain"
+    if isinstance(data.get("chosen"), str) and isinstance(data.get("rejected"), str):
+        return "hh"
+    return "trl"
+
+
+# --------------------------------------------------------------------------- rows -> records
+
+
+def _pair_hh(data: dict[str, Any]) -> tuple[Messages, Messages, Messages]:
+    _require(data, "chosen", "rejected")
+    sides = {}
+    for side in ("chosen", "rejected"):
+        if not isinstance(data[side], str):
+            raise RowError("bad-messages", f"{side}: expected a transcript string, got "
+                                           f"{type(data[side]).__name__}")
+        try:
+            turns = parse_transcript(data[side])
+        except RowError as e:
+            raise RowError(e.code, f"{side}: {e.reason}") from None
+        if not any(t["role"] == "assistant" for t in turns):
+            raise RowError("no-answer", f"{side}: no 'Assistant:' turn")
+        sides[side] = turns
+    prompt, chosen, rejected = split_shared_prefix(sides["chosen"], sides["rejected"])
+    _check_answer("chosen", chosen, hh=True)
+    _check_answer("rejected", rejected, hh=True)
+    return prompt, chosen, rejected
+
+
+def _pair_explicit(data: dict[str, Any], lists_only: bool) -> tuple[Messages, Messages, Messages]:
+    _require(data, "prompt", "chosen", "rejected")
+    if lists_only:
+        for f in ("prompt", "chosen", "rejected"):
+            if isinstance(data[f], str):
+                raise RowError("bad-messages", f"{f}: trl format wants a message list, got a string "
+                                               "(use --format plain)")
+    prompt = _messages(data["prompt"], "prompt", "user")
+    chosen = _messages(data["chosen"], "chosen", "assistant")
+    rejected = _messages(data["rejected"], "rejected", "assistant")
+    # Some datasets (e.g. UltraFeedback-binarized) repeat the prompt inside chosen/rejected.
+    n = len(prompt)
+    if chosen[:n] == prompt and rejected[:n] == prompt and len(chosen) > n and len(rejected) > n:
+        chosen, rejected = chosen[n:], rejected[n:]
+    if not prompt[-1]["content"].strip():
+        raise RowError("empty-prompt", "prompt: final user turn is empty")
+    if prompt[-1]["role"] != "user":
+        raise RowError("bad-messages", f"prompt: ends with a {prompt[-1]['role']} turn, not a user turn")
+    if chosen == rejected:
+        raise RowError("identical", "chosen and rejected are identical")
+    _check_answer("chosen", chosen, hh=False)
+    _check_answer("rejected", rejected, hh=False)
+    return prompt, chosen, rejected
+
+
+def _pair_implicit(data: dict[str, Any]) -> tuple[Messages, Messages, Messages]:
+    _require(data, "chosen", "rejected")
+    for side in ("chosen", "rejected"):
+        if isinstance(data[side], str):
+            raise RowError("bad-messages", f"{side}: trl format wants a message list, got a string "
+                                           "(use --format hh for transcripts)")
+    chosen = _messages(data["chosen"], "chosen", "assistant")
+    rejected = _messages(data["rejected"], "rejected", "assistant")
+    prompt, chosen, rejected = split_shared_prefix(chosen, rejected)
+    _check_answer("chosen", chosen, hh=False)
+    _check_answer("rejected", rejected, hh=False)
+    return prompt, chosen, rejected
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def row_to_record(data: dict[str, Any], fmt: str, location: str, *, source: str = "human") -> tuple[PreferenceRecord, str]:
+    """One parsed row -> (record, the format it was read as). Raises `RowError`."""
+    kind = detect_format(data) if fmt == "auto" else fmt
+    if kind == "hh":
+        prompt, chosen, rejected = _pair_hh(data)
+        known = {"chosen", "rejected"}
+    elif kind == "plain":
+        prompt, chosen, rejected = _pair_explicit(data, lists_only=False)
+        known = _KNOWN
+    elif kind == "trl":
+        if data.get("prompt") is not None:
+            prompt, chosen, rejected = _pair_explicit(data, lists_only=True)
+        else:
+            prompt, chosen, rejected = _pair_implicit(data)
+        known = _KNOWN
+    else:
+        raise ValueError(f"unknown import format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+    p = _p_chosen(data) if kind != "hh" else 1.0
+    meta = data.get("metadata") if kind != "hh" else None
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta) if meta else {}
+        except json.JSONDecodeError:
+            meta = {"text": meta}
+    metadata: dict[str, Any] = dict(meta) if isinstance(meta, dict) else {}
+    extra = {k: v for k, v in data.items() if k not in known}
+    if extra:
+        metadata["extra"] = _json_safe(extra)
+    rid = stable_id(prompt, chosen, rejected)
+    if kind != "hh" and data.get("id") not in (None, "", rid):
+        metadata["source_id"] = _json_safe(data["id"])
+    metadata["import"] = {"format": kind, "location": location}
+    principle_ids = data.get("principle_ids") if kind != "hh" else None
+    try:
+        record = PreferenceRecord(
+            id=rid,
+            prompt=prompt,
+            chosen=chosen,
+            rejected=rejected,
+            p_chosen=p,
+            source=(data.get("source") or source) if kind != "hh" else source,
+            principle_ids=list(principle_ids or []),
+            labeler=data.get("labeler") if kind != "hh" else None,
+            metadata=metadata,
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise RowError("invalid-record", f"{where}: {err['msg']}" if where else err["msg"]) from None
+    return record, kind
+
+
+def import_rows(
+    rows: Iterable[Row], fmt: str = "auto", *, source: str = "human"
+) -> Iterator[PreferenceRecord | Reject]:
+    """Records and rejects, in input order. Exact duplicates (same prompt, chosen and
+    rejected) after the first are rejects, so ids stay unique within an import."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown import format {fmt!r}; choose from {', '.join(FORMATS)}")
+    seen: dict[str, tuple[str, float]] = {}
+    for row in rows:
+        if row.error:
+            yield Reject(location=row.location, code="unreadable", reason=row.error, raw=row.raw)
+            continue
+        data = row.data or {}
+        try:
+            record, _ = row_to_record(data, fmt, row.location, source=source)
+        except RowError as e:
+            yield Reject(location=row.location, code=e.code, reason=e.reason, row=_json_safe(data))
+            continue
+        first = seen.get(record.id)
+        if first is not None:
+            note = "" if first[1] == record.p_chosen else f" (there p_chosen={first[1]}, here {record.p_chosen})"
+            yield Reject(location=row.location, code="duplicate",
+                         reason=f"duplicate of {first[0]}{note}", row=_json_safe(data))
+            continue
+        seen[record.id] = (row.location, record.p_chosen)
+        yield record
+
+
+def import_file(
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    fmt: str = "auto",
+    rejects_path: str | os.PathLike | None = None,
+    shard_size: int = 1000,
+    source: str = "human",
+) -> ImportReport:
+    """Import `src` into a preference store at `out_dir`; rejects go to `rejects_path`
+    (default `out_dir/rejects.jsonl`, always written, empty when nothing was rejected)."""
+    from cai.data.store import write_preferences
+
+    out = Path(out_dir)
+    rejects_file = Path(rejects_path) if rejects_path else out / "rejects.jsonl"
+    report = ImportReport(source=str(src), format=fmt, out_dir=str(out), rejects_path=str(rejects_file))
+    records: list[PreferenceRecord] = []
+    rejects: list[Reject] = []
+    formats: Counter[str] = Counter()
+    for item in import_rows(iter_rows(src), fmt, source=source):
+        if isinstance(item, Reject):
+            rejects.append(item)
+        else:
+            records.append(item)
+            formats[item.metadata["import"]["format"]] += 1
+    report.rows = len(records) + len(rejects)
+    report.imported = len(records)
+    report.rejected = len(rejects)
+    report.formats = dict(sorted(formats.items()))
+    report.reasons = dict(sorted(Counter(r.code for r in rejects).items()))
+    with atomic_open(rejects_file) as f:
+        for r in rejects:
+            f.write(json.dumps(r.model_dump(exclude_none=True), ensure_ascii=False) + "\n")
+    write_preferences(records, out, shard_size=shard_size,
+                      extra={"import": report.model_dump(exclude={"out_dir"})})
+    return report
+
+
+__all__ = [
+    "FORMATS", "ImportReport", "Reject", "RowError", "detect_format", "import_file", "import_rows",
+    "parse_transcript", "row_to_record", "split_shared_prefix", "to_transcript",
+]

@@ -1,0 +1,335 @@
+"""File I/O shared by every stage: atomic writes, and reading rows from any common data file.
+
+Atomic writes go to a temp file in the target's directory, are fsynced, then `os.replace`d,
+so a crash never leaves a half-written output under the real name.
+
+`iter_rows` turns JSONL / JSON / CSV / Parquet / TXT files, `datasets.save_to_disk`
+directories and directories of shards into `Row`s. A bad row becomes a `Row` with an
+`error` (and the raw text, so a rejects file can keep it); it never stops the iteration.
+Locations are `name:line N` (1-based, as an editor shows it) for text formats and
+`name:row N` (0-based, as `ds[N]` indexes it) for Parquet, JSON arrays and datasets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+MANIFEST_NAME = "manifest.json"  # a preference store's manifest (see cai.data.store)
+_SHARD_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz")
+
+
+class DataError(ValueError):
+    """A data file that cannot be read at all (missing, unknown format, corrupt container)."""
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform, so best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success fsync it and rename it over `path`."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600; outputs should look like any file
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str = "utf-8") -> Iterator[IO]:
+    """Open `path` for writing ("w" or "wb"); the file appears under its name only on success."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open supports 'w' and 'wb', not {mode!r}")
+    with _atomic_path(path) as tmp:
+        kwargs = {} if "b" in mode else {"encoding": encoding, "newline": ""}
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def write_parquet_atomic(table: "pa.Table", path: str | os.PathLike) -> None:
+    import pyarrow.parquet as pq
+
+    with _atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+# --------------------------------------------------------------------------- reading rows
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input row: `data` when it parsed, else `error` (and `raw`, the unparsed text)."""
+
+    location: str
+    data: dict[str, Any] | None = None
+    error: str | None = None
+    raw: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _json_object(obj: Any) -> str | None:
+    return None if isinstance(obj, dict) else f"expected a JSON object, got {type(obj).__name__}"
+
+
+def _iter_jsonl(path: Path, name: str) -> Iterator[Row]:
+    with _open_binary(path) as f:
+        # Read ahead one line so the last line is known (a missing final newline plus bad JSON
+        # means the writer was cut off, which is worth saying).
+        lines = iter(f)
+        prev = next(lines, None)
+        lineno = 0
+        while prev is not None:
+            lineno += 1
+            line, prev = prev, next(lines, None)
+            loc = f"{name}:{lineno}"
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield Row(loc, error=f"line {lineno}: not UTF-8 ({e.reason} at byte {e.start})",
+                          raw=line.decode("utf-8", errors="replace"))
+                continue
+            if not text.strip():
+                continue
+            body = text.rstrip("\r\n")  # so error columns count within this line
+            try:
+                obj = json.loads(body)
+            except json.JSONDecodeError as e:
+                truncated = prev is None and body == text  # last line, no final newline
+                what = "truncated last line (no newline at end of file)" if truncated else "invalid JSON"
+                yield Row(loc, error=f"line {lineno}: {what}: {e.msg} (column {e.colno})", raw=body)
+                continue
+            problem = _json_object(obj)
+            if problem:
+                yield Row(loc, error=f"line {lineno}: {problem}", raw=body)
+            else:
+                yield Row(loc, data=obj)
+
+
+def _iter_json(path: Path, name: str) -> Iterator[Row]:
+    """`.json`: a JSON array of objects, or JSON lines under a .json name."""
+    with _open_binary(path) as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith(b"["):
+        return _iter_jsonl(path, name)
+    try:  # an array cannot be split into rows without parsing all of it
+        with _open_binary(path) as f:
+            items = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a valid JSON array ({e})") from e
+
+    def rows() -> Iterator[Row]:
+        for i, obj in enumerate(items):
+            problem = _json_object(obj)
+            loc = f"{name}:row {i}"
+            if problem:
+                yield Row(loc, error=f"row {i}: {problem}", raw=json.dumps(obj, ensure_ascii=False))
+            else:
+                yield Row(loc, data=obj)
+
+    return rows()
+
+
+def _iter_csv(path: Path, name: str) -> Iterator[Row]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}: unreadable CSV header ({e})") from e
+        last_line = reader.line_num
+        while True:
+            start = last_line + 1  # a quoted field may span lines; name where the record starts
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield Row(f"{name}:line {start}", error=f"line {start}: bad CSV ({e})")
+                last_line = reader.line_num
+                continue
+            last_line = reader.line_num
+            if not fields:
+                continue  # blank line
+            loc = f"{name}:line {start}"
+            if len(fields) != len(header):
+                yield Row(loc, error=f"line {start}: {len(fields)} fields, header has {len(header)}",
+                          raw=json.dumps(fields, ensure_ascii=False))
+            else:
+                yield Row(loc, data=dict(zip(header, fields)))
+
+
+def _iter_parquet(path: Path, name: str) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:  # opened here, not in the generator, so a corrupt file fails at iter_rows()
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for corrupt files
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+
+    def rows() -> Iterator[Row]:
+        i = 0
+        for batch in pf.iter_batches(batch_size=1024):
+            for data in batch.to_pylist():
+                yield Row(f"{name}:row {i}", data=data)
+                i += 1
+
+    return rows()
+
+
+def _iter_txt(path: Path, name: str, text_field: str) -> Iterator[Row]:
+    with _open_binary(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            loc = f"{name}:line {lineno}"
+            try:
+                text = line.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                yield Row(loc, error=f"line {lineno}: not UTF-8 ({e.reason} at byte {e.start})",
+                          raw=line.decode("utf-8", errors="replace"))
+                continue
+            if text:
+                yield Row(loc, data={text_field: text})
+
+
+def _iter_dataset_dir(path: Path, name: str) -> Iterator[Row]:
+    from datasets import DatasetDict, load_from_disk  # heavy; only when such a dir is read
+
+    try:
+        ds = load_from_disk(str(path))
+    except Exception as e:
+        raise DataError(f"{path}: not a readable `datasets` directory ({e})") from e
+    splits = list(ds.items()) if isinstance(ds, DatasetDict) else [(None, ds)]
+
+    def rows() -> Iterator[Row]:
+        for split, part in splits:
+            label = name if split is None else f"{name}[{split}]"
+            for i, data in enumerate(part):
+                yield Row(f"{label}:row {i}", data=dict(data))
+
+    return rows()
+
+
+def _shards(path: Path) -> list[Path]:
+    manifest = path / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            listed = json.loads(manifest.read_text(encoding="utf-8")).get("shards")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise DataError(f"{manifest}: unreadable manifest ({e})") from e
+        if isinstance(listed, list):
+            return [path / (s["file"] if isinstance(s, dict) else s) for s in listed]
+    return sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and p.name.endswith(_SHARD_SUFFIXES)
+        and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+    )
+
+
+def _iter_file(path: Path, name: str, text_field: str) -> Iterator[Row]:
+    lower = path.name.lower()
+    if lower.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+        return _iter_jsonl(path, name)
+    if lower.endswith((".json", ".json.gz")):
+        return _iter_json(path, name)
+    if lower.endswith(".csv"):
+        return _iter_csv(path, name)
+    if lower.endswith(".parquet"):
+        return _iter_parquet(path, name)
+    if lower.endswith((".txt", ".txt.gz")):
+        return _iter_txt(path, name, text_field)
+    raise DataError(
+        f"{path}: unknown data format (expected .jsonl, .json, .csv, .parquet, .txt, "
+        "or a directory saved by `datasets` or holding .parquet/.jsonl shards)"
+    )
+
+
+def iter_rows(path: str | os.PathLike, *, text_field: str = "prompt") -> Iterator[Row]:
+    """Yield every row of a data file or directory, bad rows as `Row(error=...)`.
+
+    Raises `DataError` (before yielding anything) when `path` is missing or not a data format.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or directory")
+    if p.is_dir():
+        if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file():
+            return _iter_dataset_dir(p, p.name)
+        shards = _shards(p)
+        if not shards:
+            raise DataError(f"{p}: directory holds no dataset (no `datasets` files, no "
+                            ".parquet/.jsonl shards)")
+        missing = [s for s in shards if not s.is_file()]
+        if missing:
+            raise DataError(f"{p}: manifest lists missing shard {missing[0].name}")
+        iters = [_iter_file(s, f"{p.name}/{s.relative_to(p).as_posix()}", text_field) for s in shards]
+        return (row for it in iters for row in it)
+    return _iter_file(p, p.name, text_field)
+
+
+__all__ = [
+    "DataError", "Row", "atomic_open", "atomic_write_bytes", "atomic_write_json",
+    "atomic_write_text", "iter_rows", "write_parquet_atomic", "MANIFEST_NAME",
+]
