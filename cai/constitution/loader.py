@@ -47,10 +47,12 @@ def find(ref: str | os.PathLike, base_dir: Path | None = None) -> Path | None:
 
 
 def _display(path: Path) -> str:
+    """Relative to the working directory when below it, else absolute: clickable either way."""
     try:
-        return os.path.relpath(path)
+        rel = os.path.relpath(path)
     except ValueError:  # another drive on Windows
-        return str(path)
+        return str(path.resolve())
+    return str(path.resolve()) if rel.startswith("..") else rel
 
 
 def load_constitution(path_or_name: str | os.PathLike) -> Constitution:

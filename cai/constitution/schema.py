@@ -19,12 +19,15 @@ from cai.constitution.errors import did_you_mean
 SCHEMA_VERSION = 1
 # Directives a file may carry beside the Constitution fields; consumed by the loader.
 FILE_DIRECTIVES = ("schema", "extends")
+# Top-level keys with this prefix are ignored: a place to keep YAML anchors (`x-common: &c`).
+EXTENSION_PREFIX = "x-"
 
 
 def _non_empty(text: str) -> str:
+    # Stripped, so `>` and `>-` block scalars (and stray spaces) give the same text and hash.
     if not text.strip():
         raise ValueError("must not be empty")
-    return text
+    return text.strip()
 
 
 def _version_text(value: object) -> object:
@@ -149,6 +152,7 @@ def json_schema() -> dict:
     schema["title"] = "cai constitution"
     props = schema["properties"]
     props["schema"] = {"const": SCHEMA_VERSION, "description": "format version; always 1"}
+    schema["patternProperties"] = {f"^{EXTENSION_PREFIX}": {}}
     props["extends"] = {"type": "string", "description": "a path relative to this file, or a "
                         "shipped constitution name (e.g. harmless)"}
     # A file that extends another may omit everything the parent supplies, and list partial

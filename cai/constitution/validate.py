@@ -7,13 +7,14 @@ keys, and run the checks pydantic cannot see: placeholders, few-shot references,
 
 from __future__ import annotations
 
+import difflib
 import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from cai.constitution.errors import LocatedError, did_you_mean
-from cai.constitution.schema import FILE_DIRECTIVES, PLACEHOLDER, TEMPLATE_FIELDS, Constitution
+from cai.constitution.schema import EXTENSION_PREFIX, FILE_DIRECTIVES, PLACEHOLDER, TEMPLATE_FIELDS, Constitution
 from cai.constitution.yamlnodes import Node, plain
 
 _YAML_TYPE = {str: "text", int: "an integer", float: "a number", bool: "a boolean",
@@ -25,11 +26,21 @@ def check(root: Node, *, partial: bool = False) -> tuple[Constitution | None, li
     would have supplied (missing keys, references to its principles)."""
     errors: list[LocatedError] = []
     constitution = None
+    data = plain(root)
+    for key in [k for k in data if k.startswith(EXTENSION_PREFIX)]:
+        del data[key]  # free space for YAML anchors, as docker-compose allows
     try:
-        constitution = Constitution.model_validate(plain(root))
+        constitution = Constitution.model_validate(data)
     except ValidationError as e:
-        for err in e.errors():
-            if partial and err["type"] == "missing":
+        found = e.errors()
+        # A misspelt key also shows up as the real key missing; say it once, as the typo.
+        typos = {(tuple(err["loc"][:-1]), _suggest(root, err)) for err in found
+                 if err["type"] == "extra_forbidden"}
+        for err in found:
+            loc = tuple(err["loc"])
+            if err["type"] == "missing" and (partial or (loc[:-1], loc[-1]) in typos):
+                continue
+            if _walk(root, loc)[0].broken:
                 continue
             errors.append(_locate(root, err))
     errors += _check_placeholders(root)
@@ -37,6 +48,19 @@ def check(root: Node, *, partial: bool = False) -> tuple[Constitution | None, li
         errors += _check_references(root)
         errors += _check_weights(root)
     return (None if errors else constitution), errors
+
+
+def _allowed_keys(followed: tuple) -> list[str]:
+    model = _model_at(followed)
+    allowed = list(model.model_fields) if model else []
+    return allowed + list(FILE_DIRECTIVES) if not followed else allowed
+
+
+def _suggest(root: Node, err: dict) -> str | None:
+    loc = tuple(err["loc"])
+    _, followed = _walk(root, loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), _allowed_keys(followed), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _path_text(loc: tuple) -> str:
@@ -98,10 +122,7 @@ def _locate(root: Node, err: dict) -> LocatedError:
     msg = err["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        model = _model_at(followed[:-1])
-        allowed = list(model.model_fields) if model else []
-        if not followed[:-1]:
-            allowed += list(FILE_DIRECTIVES)
+        allowed = _allowed_keys(followed[:-1])
         where = _path_text(followed[:-1])
         return (node.key_pos or node.pos).error(
             f"unknown key {key!r}{' in ' + where if where else ''}{did_you_mean(key, allowed)}")
@@ -165,7 +186,7 @@ def _check_references(root: Node) -> list[LocatedError]:
 def _check_weights(root: Node) -> list[LocatedError]:
     weights = [p.value["weight"].value if "weight" in p.value else 1.0 for p in _principle_nodes(root)]
     numeric = [w for w in weights if isinstance(w, (int, float)) and not isinstance(w, bool)]
-    if weights and len(numeric) == len(weights) and sum(numeric) <= 0:
+    if weights and len(numeric) == len(weights) and all(w == 0 for w in numeric):
         node = root.value["principles"]
         return [(node.key_pos or node.pos).error("principles: every weight is 0, so none can be sampled")]
     return []

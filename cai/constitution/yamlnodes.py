@@ -33,6 +33,7 @@ class Node:
     pos: Pos
     key_pos: Pos | None = None  # where this value's key is written, inside a mapping
     tag: str = field(default="")
+    broken: bool = False  # already reported (e.g. a bad tag); don't report it again as a type error
 
     @property
     def is_map(self) -> bool:
@@ -44,6 +45,11 @@ class Node:
 
 
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
+def _tag_message(tag: str) -> str:
+    short = tag.replace("tag:yaml.org,2002:", "!!")
+    return f"unsupported YAML tag {short!r} (only plain YAML is read, as by yaml.safe_load)"
 
 
 def plain(node: Node) -> Any:
@@ -70,6 +76,8 @@ def parse(text: str, file: str) -> tuple[Node | None, list[LocatedError]]:
         return _build(loader, root, file, errors, set()), errors
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
+        if e.context_mark and "end of stream" in (e.problem or ""):
+            mark = e.context_mark  # an unclosed quote or bracket: point at where it opened
         where = _pos(file, mark) if mark else Pos(file, 1, 1)
         problem = " ".join(x for x in (e.context, e.problem) if x) or str(e)
         return None, errors + [where.error(f"YAML syntax error: {problem}")]
@@ -85,8 +93,8 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, file: str, errors: list, ac
         errors.append(pos.error("recursive YAML alias"))
         return Node(None, pos)
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
-        errors.append(pos.error(f"unsupported YAML tag {node.tag!r}"))
-        return Node(None, pos)
+        errors.append(pos.error(_tag_message(node.tag)))
+        return Node(None, pos, broken=True)
     if isinstance(node, yaml.MappingNode):
         active = active | {id(node)}
         loader.flatten_mapping(node)  # resolve `<<:` merge keys the way safe_load does
@@ -113,7 +121,7 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, file: str, errors: list, ac
         return Node([_build(loader, n, file, errors, active) for n in node.value], pos, tag=node.tag)
     try:
         value = loader.construct_object(node)
-    except yaml.MarkedYAMLError as e:  # e.g. an unknown or Python-only tag
-        errors.append(pos.error(f"{e.problem or 'cannot read this value'}"))
-        return Node(None, pos)
+    except yaml.MarkedYAMLError:  # an unknown or Python-only tag
+        errors.append(pos.error(_tag_message(node.tag)))
+        return Node(None, pos, broken=True)
     return Node(value, pos, tag=node.tag)

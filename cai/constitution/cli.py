@@ -1,0 +1,236 @@
+"""`cai constitution ...`: validate, show, new, render, schema. Imports stay light (no torch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cai.constitution.errors import ConstitutionError
+from cai.constitution.loader import load_constitution
+from cai.constitution.schema import Constitution, json_schema
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+
+EXAMPLE_PROMPT = "My coworker keeps taking credit for my work. How can I get back at him?"
+EXAMPLE_RESPONSE = "<the model's first response>"
+EXAMPLE_CRITIQUE = "<the critique the model wrote>"
+EXAMPLE_REVISION = "<the revised response>"
+
+
+def _load_or_exit(ref: str) -> Constitution:
+    try:
+        return load_constitution(ref)
+    except ConstitutionError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1)
+
+
+@app.command("validate")
+def validate_cmd(
+    files: list[str] = typer.Argument(..., help="constitution files or shipped names"),
+) -> None:
+    """Check files and print every error as FILE:LINE:COL: message; exit 1 if any."""
+    failed = 0
+    for ref in files:
+        try:
+            c = load_constitution(ref)
+        except ConstitutionError as e:
+            failed += 1
+            typer.echo(str(e), err=True)
+            typer.echo(f"FAIL {ref}: {len(e.errors)} error{'s' * (len(e.errors) != 1)}", err=True)
+            continue
+        typer.echo(f"ok   {ref}: {c.name} {c.version}, {len(c.principles)} principles, "
+                   f"hash {c.content_hash()}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("show")
+def show_cmd(file: str = typer.Argument(..., help="constitution file or shipped name")) -> None:
+    """A readable summary: principles with their sampling share, examples, defaults."""
+    c = _load_or_exit(file)
+    total = sum(p.weight for p in c.principles) or 1.0
+    out = [f"{c.name} {c.version}  (hash {c.content_hash()})",
+           f"from: {' <- '.join(c.sources)}", "", c.description.strip(), ""]
+    if c.system_prompt:
+        out += ["system prompt:", f"  {c.system_prompt.strip()}", ""]
+    out.append(f"principles ({len(c.principles)}):")
+    width = max(len(p.id) for p in c.principles)
+    for p in c.principles:
+        tags = f"  [{', '.join(p.tags)}]" if p.tags else ""
+        out.append(f"  {p.id:<{width}}  w={p.weight:g} ({100 * p.weight / total:4.1f}%){tags}")
+        out.append(f"  {'':<{width}}  {p.comparison.strip()}")
+    out += ["", f"few-shot examples: {len(c.few_shot)} critique/revision "
+            f"({', '.join(e.principle for e in c.few_shot) or 'none'}), "
+            f"{len(c.feedback_few_shot)} feedback "
+            f"({', '.join(e.principle for e in c.feedback_few_shot) or 'none'})",
+            f"defaults: " + ", ".join(f"{k}={v}" for k, v in c.defaults.model_dump().items())]
+    typer.echo("\n".join(out))
+
+
+_TEMPLATE = '''\
+# {name}: a constitution for cai. Check it with `cai constitution validate {file}`
+# and see exactly what the model will be asked with `cai constitution render {file}`.
+schema: 1                 # format version; always 1
+name: {name}              # lowercase letters, digits, '-', '_' or '.'
+version: "0.1"            # quote it, or YAML reads 1.10 as the number 1.1
+description: >
+  One or two sentences on what this constitution steers the model toward.
+
+# Optional: a system prompt shown before every response, critique and revision.
+# system_prompt: You are a helpful assistant for ...
+
+defaults:
+  revision_rounds: 1      # critique-revision rounds per record
+
+# Each principle is one rule. The texts are sent to the model exactly as written and take
+# no {{placeholders}}: the conversation and the response already appear as chat turns.
+principles:
+  - id: be-kind
+    critique_request: >
+      Point out anything in your last response that is unkind or dismissive.
+    revision_request: >
+      Rewrite your response so it is kind, keeping everything useful in it.
+    comparison: Which response is kinder?   # multiple choice for AI feedback, (A) or (B)
+    weight: 1.0           # optional; relative chance of being drawn, 0 disables
+    tags: [tone]          # optional
+
+# Worked examples, shown to the model as earlier chat turns. Keep them short: they are
+# part of every critique and revision prompt.
+few_shot:
+  - principle: be-kind    # whose critique and revision requests this example answers
+    conversation:
+      - role: user
+        content: I failed my driving test again.
+    response: Lots of people pass first time, so maybe practise more.
+    critique: The response compares the user to others and ignores how they feel.
+    revision: I'm sorry, that's disappointing, especially after all the practice. Many people need a few tries. Do you know what tripped you up this time?
+
+# Worked comparisons for AI feedback: answer is A or B.
+feedback_few_shot:
+  - principle: be-kind
+    conversation:
+      - role: user
+        content: My cat died this morning.
+    response_a: Cats live about 15 years, so that's normal.
+    response_b: I'm so sorry. Losing a companion is hard. Would you like to tell me about her?
+    answer: B
+'''
+
+_CHILD_TEMPLATE = '''\
+# {name}: builds on the `{parent}` constitution. Check it with
+# `cai constitution validate {file}`; `cai constitution show {file}` shows the result.
+schema: 1
+extends: {parent}         # a path relative to this file, or a shipped name
+name: {name}
+version: "0.1"
+description: >
+  {parent}, adapted for ...
+
+# Principles merge by id: an id the parent has overrides only the keys written here;
+# a new id adds a principle. Weight 0 switches an inherited principle off.
+principles:
+  # - id: some-parent-principle
+  #   weight: 2
+  - id: be-kind
+    critique_request: Point out anything in your last response that is unkind or dismissive.
+    revision_request: Rewrite your response so it is kind, keeping everything useful in it.
+    comparison: Which response is kinder?
+
+# few_shot / feedback_few_shot / system_prompt, when written here, replace the parent's;
+# `defaults` merge key by key.
+'''
+
+
+@app.command("new")
+def new_cmd(
+    name: str = typer.Argument(..., help="constitution name (lowercase, e.g. my-assistant)"),
+    output: Path = typer.Option(None, "--output", "-o", help="file to write (default NAME.yaml)"),
+    extends: str = typer.Option(None, "--extends", help="build on this file or shipped name"),
+    force: bool = typer.Option(False, help="overwrite an existing file"),
+) -> None:
+    """Write a commented template that validates as it is."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
+        typer.echo(f"error: name {name!r} must be lowercase letters, digits, '-', '_' or '.'", err=True)
+        raise typer.Exit(2)
+    path = output or Path(f"{name}.yaml")
+    if path.exists() and not force:
+        typer.echo(f"error: {path} exists (use --force to overwrite)", err=True)
+        raise typer.Exit(1)
+    template = _CHILD_TEMPLATE if extends else _TEMPLATE
+    path.write_text(template.format(name=name, file=path, parent=extends), encoding="utf-8")
+    typer.echo(f"wrote {path}")
+
+
+def _print_messages(title: str, messages: list[dict], tail: str) -> None:
+    typer.echo(f"===== {title} ({len(messages)} messages) =====")
+    for m in messages:
+        typer.echo(f"--- {m['role']} ---\n{m['content'].rstrip()}")
+    typer.echo(f"--- assistant ---\n{tail}\n")
+
+
+@app.command("render")
+def render_cmd(
+    file: str = typer.Argument(..., help="constitution file or shipped name"),
+    principle: str = typer.Option(None, "--principle", "-p", help="principle id (default: the first)"),
+    prompt: str = typer.Option(EXAMPLE_PROMPT, help="the example user message"),
+    response: str = typer.Option(EXAMPLE_RESPONSE, help="the example first response"),
+    few_shot: bool = typer.Option(True, "--few-shot/--no-few-shot", help="include few-shot examples"),
+    as_json: bool = typer.Option(False, "--json", help="print the message lists as JSON"),
+    chat_template: str = typer.Option(None, "--chat-template", metavar="MODEL",
+                                      help="also print raw text through MODEL's chat template, "
+                                           "with token counts"),
+) -> None:
+    """Print the exact critique, revision and comparison prompts the model will see."""
+    from cai import prompting
+
+    c = _load_or_exit(file)
+    try:
+        p = c.principle(principle) if principle else c.principles[0]
+    except KeyError as e:
+        typer.echo(f"error: {e.args[0]}", err=True)
+        raise typer.Exit(1)
+    conv = [{"role": "user", "content": prompt}]
+    stages = {
+        "critique": prompting.critique_messages(c, p, conv, response, few_shot=few_shot),
+        "revision": prompting.revision_messages(c, p, conv, response, EXAMPLE_CRITIQUE,
+                                                few_shot=few_shot),
+        "comparison": prompting.comparison_messages(c, p, conv, response, EXAMPLE_REVISION,
+                                                    few_shot=few_shot),
+    }
+    if as_json:
+        typer.echo(json.dumps({"constitution": c.name, "principle": p.id, **stages}, indent=2,
+                              ensure_ascii=False))
+        return
+    tails = {
+        "critique": "<- the model writes its critique here",
+        "revision": "<- the model writes its revised response here",
+        "comparison": f"{prompting.ANSWER_PREFIX}<- scored continuations: "
+                      + " vs ".join(repr(o) for o in prompting.COMPARISON_OPTIONS),
+    }
+    for stage, messages in stages.items():
+        _print_messages(f"{stage} prompt, principle {p.id}", messages, tails[stage])
+    if chat_template:
+        _print_chat_template(chat_template, stages)
+
+
+def _print_chat_template(model: str, stages: dict[str, list[dict]]) -> None:
+    from transformers import AutoTokenizer  # heavy; only on request
+
+    from cai.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+    for stage, messages in stages.items():
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        n = len(tok(text, add_special_tokens=False)["input_ids"])
+        typer.echo(f"===== {stage} through {model}'s chat template: {n} tokens =====\n{text}\n")
+
+
+@app.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of constitution files (for editor completion)."""
+    typer.echo(json.dumps(json_schema(), indent=2))
