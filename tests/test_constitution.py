@@ -1,0 +1,298 @@
+"""Loading, extends, hashing, sampling and the shipped constitutions."""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cai.constitution import (
+    SHIPPED_DIR,
+    Constitution,
+    ConstitutionError,
+    Principle,
+    json_schema,
+    load_constitution,
+    sample_principle,
+    sample_principles,
+    shipped_names,
+)
+
+PARENT = """\
+schema: 1
+name: parent
+version: "1.0"
+description: The parent.
+system_prompt: Be good.
+defaults:
+  revision_rounds: 2
+principles:
+  - id: kind
+    critique_request: Point out anything unkind.
+    revision_request: Rewrite it kindly.
+    comparison: Which response is kinder?
+    tags: [tone]
+  - id: honest
+    critique_request: Point out anything untrue.
+    revision_request: Rewrite it truthfully.
+    comparison: Which response is more honest?
+few_shot:
+  - principle: kind
+    conversation:
+      - {role: user, content: I failed my test.}
+    response: Study more.
+    critique: Curt.
+    revision: Sorry to hear that.
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# --- shipped constitutions -------------------------------------------------------------
+
+def test_shipped_names():
+    assert {"harmless", "helpful-honest", "support-empathy"} <= set(shipped_names())
+    assert SHIPPED_DIR.name == "constitutions"
+
+
+@pytest.mark.parametrize("name", shipped_names())
+def test_every_shipped_file_validates(name: str):
+    c = load_constitution(name)
+    assert c.name == name
+    assert len(c.few_shot) >= 3 and c.feedback_few_shot
+    assert all(p.comparison.endswith("?") for p in c.principles)
+    assert c == load_constitution(SHIPPED_DIR / f"{name}.yaml")  # by name or by path
+
+
+def test_harmless_covers_the_required_categories():
+    c = load_constitution("harmless")
+    assert len(c.principles) >= 12
+    ids = {p.id for p in c.principles}
+    for needed in ["violence-weapons", "crime", "self-harm", "hate-harassment", "privacy",
+                   "sexual-content-minors", "medical-advice", "legal-financial-advice",
+                   "deception-manipulation", "no-preaching", "no-needless-refusal"]:
+        assert needed in ids
+
+
+def test_support_voice_acknowledges_first():
+    c = load_constitution("support-empathy")
+    assert c.system_prompt and "acknowledg" in c.principle("acknowledge-first").critique_request
+
+
+# --- the model ----------------------------------------------------------------------
+
+def test_fields_and_principle_lookup(tmp_path: Path):
+    c = load_constitution(write(tmp_path / "p.yaml", PARENT))
+    assert (c.name, c.version, c.description, c.system_prompt) == ("parent", "1.0", "The parent.", "Be good.")
+    assert [p.id for p in c.principles] == ["kind", "honest"]
+    assert c.principle("kind").weight == 1.0 and c.principle("kind").tags == ["tone"]
+    assert c.defaults.revision_rounds == 2
+    assert c.few_shot[0].conversation[0].content == "I failed my test."
+    assert c.sources == (str(tmp_path / "p.yaml"),) or c.sources[0].endswith("p.yaml")
+    with pytest.raises(KeyError, match="did you mean 'honest'"):
+        c.principle("honset")
+
+
+def test_block_scalars_are_stripped(tmp_path: Path):
+    text = PARENT.replace("Point out anything unkind.", ">\n      Point out anything\n      unkind.\n")
+    c = load_constitution(write(tmp_path / "p.yaml", text))
+    assert c.principle("kind").critique_request == "Point out anything unkind."
+
+
+def test_content_hash_ignores_layout_but_not_content(tmp_path: Path):
+    a = load_constitution(write(tmp_path / "a.yaml", PARENT))
+    # Same content: keys reordered, flow style, comments, extra blank lines.
+    reordered = """\
+    # a comment
+    principles:
+      - {comparison: "Which response is kinder?", tags: [tone], id: kind,
+         revision_request: Rewrite it kindly., critique_request: Point out anything unkind.}
+
+      - id: honest
+        comparison: Which response is more honest?
+        revision_request: Rewrite it truthfully.
+        critique_request: Point out anything untrue.
+    few_shot:
+      - {principle: kind, response: Study more., critique: Curt., revision: Sorry to hear that.,
+         conversation: [{content: I failed my test., role: user}]}
+    defaults: {revision_rounds: 2}
+    system_prompt: "Be good."
+    description: The parent.
+    version: "1.0"
+    name: parent
+    schema: 1
+    """
+    b = load_constitution(write(tmp_path / "b.yaml", reordered))
+    assert a.content_hash() == b.content_hash()
+    assert len(a.content_hash()) == 16
+    c = load_constitution(write(tmp_path / "c.yaml", PARENT.replace("Rewrite it kindly.", "Rewrite it gently.")))
+    assert c.content_hash() != a.content_hash()
+
+
+# --- extends ------------------------------------------------------------------------
+
+def test_extends_overrides_by_id_and_appends(tmp_path: Path):
+    write(tmp_path / "base" / "parent.yaml", PARENT)
+    child = write(tmp_path / "child.yaml", """\
+        schema: 1
+        extends: base/parent.yaml
+        name: child
+        defaults: {}
+        principles:
+          - id: honest
+            weight: 3
+          - id: brief
+            critique_request: Is it too long?
+            revision_request: Shorten it.
+            comparison: Which response is shorter?
+    """)
+    c = load_constitution(child)
+    assert c.name == "child"
+    assert (c.version, c.description, c.system_prompt) == ("1.0", "The parent.", "Be good.")  # inherited
+    assert [p.id for p in c.principles] == ["kind", "honest", "brief"]
+    honest = c.principle("honest")
+    assert honest.weight == 3 and honest.critique_request == "Point out anything untrue."
+    assert c.defaults.revision_rounds == 2  # defaults merge key by key
+    assert len(c.few_shot) == 1
+    assert [Path(s).name for s in c.sources] == ["child.yaml", "parent.yaml"]
+
+
+def test_flat_and_extended_definitions_hash_equal(tmp_path: Path):
+    write(tmp_path / "parent.yaml", PARENT)
+    child = load_constitution(write(tmp_path / "child.yaml", """\
+        schema: 1
+        extends: parent.yaml
+        name: parent
+        principles:
+          - {id: honest, weight: 2}
+    """))
+    flat = load_constitution(write(tmp_path / "flat.yaml", PARENT.replace(
+        "comparison: Which response is more honest?", "comparison: Which response is more honest?\n    weight: 2")))
+    assert child.content_hash() == flat.content_hash()
+
+
+def test_extends_a_shipped_name_and_disable_with_weight_zero(tmp_path: Path):
+    c = load_constitution(write(tmp_path / "mine.yaml", """\
+        schema: 1
+        extends: harmless
+        name: mine
+        few_shot: []
+        principles:
+          - {id: toxicity, weight: 0}
+    """))
+    base = load_constitution("harmless")
+    assert len(c.principles) == len(base.principles) and c.few_shot == []
+    assert c.feedback_few_shot == base.feedback_few_shot
+    drawn = {sample_principle(c, 0, f"r{i}").id for i in range(2000)}
+    assert "toxicity" not in drawn and len(drawn) == len(base.principles) - 1
+
+
+def test_child_errors_point_into_the_child(tmp_path: Path):
+    write(tmp_path / "parent.yaml", PARENT)
+    child = write(tmp_path / "child.yaml", """\
+        schema: 1
+        extends: parent.yaml
+        name: child
+        principles:
+          - id: honest
+            wieght: 3
+          - id: new-one
+            critique_request: Is it long?
+    """)
+    with pytest.raises(ConstitutionError) as info:
+        load_constitution(child)
+    got = {(Path(e.file).name, e.line, e.message) for e in info.value.errors}
+    assert ("child.yaml", 6, "unknown key 'wieght' in principles[1] (did you mean 'weight'?)") in got
+    assert any(f == "child.yaml" and line == 7 and "missing required key 'revision_request'" in m
+               for f, line, m in got)
+    assert len(got) == 3  # wieght, revision_request, comparison
+
+
+def test_override_inside_one_file_is_a_duplicate(tmp_path: Path):
+    text = PARENT.replace("  - id: honest", "  - id: kind")
+    with pytest.raises(ConstitutionError, match="duplicate principle id 'kind'"):
+        load_constitution(write(tmp_path / "dup.yaml", text))
+
+
+def test_self_extends_is_a_cycle(tmp_path: Path):
+    with pytest.raises(ConstitutionError, match="cycle"):
+        load_constitution(write(tmp_path / "self.yaml", "schema: 1\nextends: self.yaml\nname: self\n"))
+
+
+# --- sampling -----------------------------------------------------------------------
+
+def weighted(tmp_path: Path, weights: list[float]) -> Constitution:
+    body = "".join(f"  - {{id: p{i}, critique_request: c, revision_request: r, comparison: 'q?', weight: {w}}}\n"
+                   for i, w in enumerate(weights))
+    return load_constitution(write(tmp_path / "w.yaml", "schema: 1\nname: w\nversion: '1'\n"
+                                   f"description: d\nprinciples:\n{body}"))
+
+
+def test_sampling_is_determined_by_seed_and_key_only(tmp_path: Path):
+    c = weighted(tmp_path, [1, 1, 1, 1, 1])
+    keys = [f"rec-{i}/round0" for i in range(200)]
+    first = {k: sample_principle(c, 7, k).id for k in keys}
+    shuffled = keys[:]
+    random.Random(1).shuffle(shuffled)
+    random.seed(12345)  # global random state must not matter
+    assert {k: sample_principle(c, 7, k).id for k in shuffled} == first
+    assert any(sample_principle(c, 8, k).id != first[k] for k in keys)  # seed matters
+    assert len(set(first.values())) == 5
+
+
+def test_sampling_is_pinned(tmp_path: Path):
+    # Resuming a run must draw what the interrupted run drew, across processes and versions.
+    c = weighted(tmp_path, [1, 2, 3, 4])
+    assert [sample_principle(c, 0, f"r{i}/round0").id for i in range(8)] == PINNED
+
+
+PINNED = ['p3', 'p2', 'p3', 'p0', 'p2', 'p1', 'p2', 'p2']  # computed once; must never change
+
+
+def test_sampling_respects_weights(tmp_path: Path):
+    weights = [1, 2, 7, 0]
+    c = weighted(tmp_path, weights)
+    n = 20000
+    counts = collections.Counter(sample_principle(c, 3, f"r{i}").id for i in range(n))
+    assert counts["p3"] == 0
+    for i, w in enumerate(weights[:3]):
+        assert abs(counts[f"p{i}"] / n - w / 10) < 0.015, counts
+
+
+def test_sample_principles_distinct(tmp_path: Path):
+    c = weighted(tmp_path, [1, 1, 5, 0])
+    for i in range(100):
+        got = sample_principles(c, 0, f"r{i}", 3)
+        assert len({p.id for p in got}) == 3 and all(isinstance(p, Principle) for p in got)
+        assert got == sample_principles(c, 0, f"r{i}", 3)
+    with pytest.raises(ValueError, match="distinct"):
+        sample_principles(c, 0, "r", 4)
+    repeated = sample_principles(c, 0, "r", 50, distinct=False)
+    assert len(repeated) == 50 and {p.id for p in repeated} <= {"p0", "p1", "p2"}
+    assert sample_principles(c, 0, "r", 1)[0] == sample_principle(c, 0, "r")
+
+
+# --- JSON Schema --------------------------------------------------------------------
+
+def test_json_schema_accepts_shipped_and_rejects_typos():
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    schema = json_schema()
+    json.dumps(schema)
+    for name in shipped_names():
+        jsonschema.validate(yaml.safe_load((SHIPPED_DIR / f"{name}.yaml").read_text()), schema)
+    child = {"schema": 1, "extends": "harmless", "name": "c", "principles": [{"id": "privacy", "weight": 2}]}
+    jsonschema.validate(child, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**child, "principals": []}, schema)
+    with pytest.raises(jsonschema.ValidationError):  # without extends, principles must be complete
+        jsonschema.validate({k: v for k, v in child.items() if k != "extends"}, schema)
