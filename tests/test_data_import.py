@@ -217,3 +217,19 @@ def test_cli_import_reports_counts_and_fails_when_nothing_imports(tmp_path):
     assert res.exit_code == 1
     res = runner.invoke(app, ["import", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "q")])
     assert res.exit_code == 1 and "missing.jsonl: no such file or directory" in res.output
+
+
+def test_csv_plain_import_with_list_columns(tmp_path):
+    (tmp_path / "pairs.csv").write_text(
+        'prompt,chosen,rejected,p_chosen,principle_ids,source\n'
+        'Q1,g1,b1,0.8,"harm-1, harm-2",ai-feedback\n'
+        'Q2,g2,b2,,"[""honest-1""]",\n'
+        'Q3,g3,b3,0.5,,robot\n', encoding="utf-8")
+    report = import_file(tmp_path / "pairs.csv", tmp_path / "out")
+    recs = read_preferences(tmp_path / "out")
+    assert [(r.p_chosen, r.principle_ids, r.source) for r in recs] == [
+        (0.8, ["harm-1", "harm-2"], "ai-feedback"), (1.0, ["honest-1"], "human")]
+    rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["location"], r["code"]) for r in rejects] == [("pairs.csv:line 4", "invalid-record")]
+    assert rejects[0]["reason"].startswith("source: Input should be 'human', 'ai-revision' or 'ai-feedback'")
+    assert report.imported == 2

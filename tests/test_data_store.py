@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -27,27 +28,41 @@ def test_write_read_roundtrip_with_shards_and_manifest(tmp_path):
     manifest = write_preferences(iter(recs), tmp_path / "s", shard_size=2)
     assert manifest["count"] == 5
     assert manifest["schema_version"] == 1 and manifest["format"] == "cai.preferences"
-    assert manifest["shards"] == [{"file": "part-00000.parquet", "count": 2},
-                                  {"file": "part-00001.parquet", "count": 2},
-                                  {"file": "part-00002.parquet", "count": 1}]
+    assert [s["count"] for s in manifest["shards"]] == [2, 2, 1]
+    assert [re.sub("-[0-9a-f]{8}", "-W", s["file"]) for s in manifest["shards"]] == [
+        "part-00000-W.parquet", "part-00001-W.parquet", "part-00002-W.parquet"]
     assert manifest["sources"] == {"ai-feedback": 2, "human": 3}
     assert (manifest["hard_labels"], manifest["soft_labels"]) == (3, 2)
     assert json.loads((tmp_path / "s" / "manifest.json").read_text()) == manifest
-    assert pq.read_schema(tmp_path / "s" / "part-00000.parquet").remove_metadata().equals(ARROW_SCHEMA)
+    files = [tmp_path / "s" / s["file"] for s in manifest["shards"]]
+    assert pq.read_schema(files[0]).remove_metadata().equals(ARROW_SCHEMA)
     assert read_preferences(tmp_path / "s") == recs
-    assert read_preferences(tmp_path / "s" / "part-00001.parquet") == recs[2:4]
+    assert read_preferences(files[1]) == recs[2:4]
 
 
 def test_rewrite_removes_stale_shards(tmp_path):
     write_preferences([make(i) for i in range(5)], tmp_path / "s", shard_size=1)
-    write_preferences([make(9)], tmp_path / "s", shard_size=1)
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["manifest.json", "part-00000.parquet"]
+    m = write_preferences([make(9)], tmp_path / "s", shard_size=1)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["manifest.json", m["shards"][0]["file"]]
     assert read_preferences(tmp_path / "s") == [make(9)]
+
+
+def test_crash_mid_rewrite_leaves_previous_store_whole(tmp_path):
+    old = [make(i) for i in range(4)]
+    write_preferences(old, tmp_path / "s", shard_size=2)
+
+    def records():
+        yield from [make(10), make(11), make(12)]  # one full shard gets written...
+        raise RuntimeError("labeler crashed")
+
+    with pytest.raises(RuntimeError):
+        write_preferences(records(), tmp_path / "s", shard_size=2)
+    assert read_preferences(tmp_path / "s") == old
 
 
 def test_empty_store_has_schema(tmp_path):
     manifest = write_preferences([], tmp_path / "e")
-    assert manifest["count"] == 0 and manifest["shards"] == [{"file": "part-00000.parquet", "count": 0}]
+    assert manifest["count"] == 0 and [s["count"] for s in manifest["shards"]] == [0]
     assert read_preferences(tmp_path / "e") == []
 
 

@@ -31,11 +31,16 @@ def import_cmd(
 
     Bad rows go to the rejects file with location and reason; the run goes on. Exits 1
     only if rows were read and none could be imported."""
+    from typing import get_args
+
     from cai.data.importers import FORMATS, import_file
     from cai.io import DataError
+    from cai.records import Source
 
     if fmt not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}")
+    if source not in get_args(Source):
+        _fail(f"--source must be one of {', '.join(get_args(Source))}")
     try:
         report = import_file(src, out, fmt=fmt, rejects_path=rejects, shard_size=shard_size, source=source)
     except DataError as e:

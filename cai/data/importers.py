@@ -245,6 +245,22 @@ def _pair_implicit(data: dict[str, Any]) -> tuple[Messages, Messages, Messages]:
     return prompt, chosen, rejected
 
 
+def _string_list(value: Any) -> list[Any]:
+    """A list column; from CSV it arrives as text: a JSON list or comma-separated ids."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            try:
+                return list(json.loads(value))
+            except json.JSONDecodeError:
+                raise RowError("bad-field", f"principle_ids: not a JSON list: {value!r:.40}") from None
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise RowError("bad-field", f"principle_ids: expected a list, got {type(value).__name__}")
+
+
 def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, ensure_ascii=False, default=str))
 
@@ -282,7 +298,7 @@ def row_to_record(data: dict[str, Any], fmt: str, location: str, *, source: str 
     if kind != "hh" and data.get("id") not in (None, "", rid):
         metadata["source_id"] = _json_safe(data["id"])
     metadata["import"] = {"format": kind, "location": location}
-    principle_ids = data.get("principle_ids") if kind != "hh" else None
+    principle_ids = _string_list(data.get("principle_ids")) if kind != "hh" else []
     try:
         record = PreferenceRecord(
             id=rid,
@@ -291,7 +307,7 @@ def row_to_record(data: dict[str, Any], fmt: str, location: str, *, source: str 
             rejected=rejected,
             p_chosen=p,
             source=(data.get("source") or source) if kind != "hh" else source,
-            principle_ids=list(principle_ids or []),
+            principle_ids=principle_ids,
             labeler=data.get("labeler") if kind != "hh" else None,
             metadata=metadata,
         )

@@ -1,12 +1,14 @@
 """A preference store: a directory of Parquet shards in `ARROW_SCHEMA` plus `manifest.json`.
 
     out/
-      part-00000.parquet   (shard_size records each, written atomically)
-      part-00001.parquet
-      manifest.json        (written last: counts, shards, schema version, sources)
+      part-00000-<w>.parquet   (shard_size records each, written atomically)
+      part-00001-<w>.parquet
+      manifest.json            (written last: counts, shards, schema version, sources)
 
-The manifest is the source of truth for which shards belong to the store; shards left
-over from an earlier, larger write are deleted after the new manifest is in place. A
+<w> is a random token per write, so a rewrite never touches the shards the current
+manifest lists: a crash mid-write leaves the previous store whole. The manifest is the
+source of truth for which shards belong to the store; other shards (from earlier writes)
+are deleted once the new manifest is in place. A
 store with no records still has one empty shard, so `datasets.load_dataset("parquet",
 data_files=f"{out}/*.parquet")` and every reader see the schema.
 """
@@ -28,11 +30,7 @@ from cai.records import ARROW_SCHEMA, PreferenceRecord
 
 SCHEMA_VERSION = 1
 STORE_FORMAT = "cai.preferences"
-_SHARD = re.compile(r"^part-\d{5,}\.parquet$")
-
-
-def _shard_name(i: int) -> str:
-    return f"part-{i:05d}.parquet"
+_SHARD = re.compile(r"^part-\d{5,}(-[0-9a-f]+)?\.parquet$")
 
 
 def records_to_table(records: Iterable[PreferenceRecord]) -> pa.Table:
@@ -62,9 +60,10 @@ def write_preferences(
     sources: Counter[str] = Counter()
     hard = 0
     batch: list[PreferenceRecord] = []
+    token = os.urandom(4).hex()
 
     def flush() -> None:
-        name = _shard_name(len(shards))
+        name = f"part-{len(shards):05d}-{token}.parquet"
         write_parquet_atomic(records_to_table(batch), out / name)
         shards.append({"file": name, "count": len(batch)})
         batch.clear()
