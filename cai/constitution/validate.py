@@ -161,9 +161,8 @@ def _check_placeholders(root: Node) -> list[LocatedError]:
             continue
         for m in PLACEHOLDER.finditer(node.value):
             errors.append(node.pos.error(
-                f"{where}: unknown placeholder {m.group(0)!s}: constitution texts take no "
-                "placeholders (the conversation and the response reach the model as chat "
-                "turns); write the request as you would say it to the assistant"))
+                f"{where}: unknown placeholder {m.group(0)}: these texts take no placeholders "
+                "(the conversation and response already reach the model as chat turns)"))
     return errors
 
 
