@@ -108,11 +108,14 @@ def test_schema_is_json():
 
 
 def test_registered_under_cai():
-    from cai import cli
+    import subprocess
+    import sys
 
-    cli._register()
-    result = runner.invoke(cli.app, ["constitution", "validate", "harmless"])
-    assert result.exit_code == 0, result.output
+    # A fresh process: registration mutates cai.cli's global app.
+    result = subprocess.run([sys.executable, "-m", "cai.cli", "constitution", "validate", "harmless"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok   harmless")
 
 
 @pytest.mark.parametrize("cmd", ["validate", "show", "new", "render", "schema"])
