@@ -233,3 +233,17 @@ def test_csv_plain_import_with_list_columns(tmp_path):
     assert [(r["location"], r["code"]) for r in rejects] == [("pairs.csv:line 4", "invalid-record")]
     assert rejects[0]["reason"].startswith("source: Input should be 'human', 'ai-revision' or 'ai-feedback'")
     assert report.imported == 2
+
+
+def test_datasets_dir_with_mixed_rows_null_prompt_means_implicit(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list([
+        {"prompt": [u("Q")], "chosen": [a("g")], "rejected": [a("b")]},
+        {"chosen": [u("Q2"), a("g")], "rejected": [u("Q2"), a("b")]},  # prompt becomes None
+    ]).save_to_disk(str(tmp_path / "ds"))
+    report = import_file(tmp_path / "ds", tmp_path / "out")
+    assert (report.imported, report.rejected, report.formats) == (2, 0, {"plain": 1, "trl": 1})
+    recs = read_preferences(tmp_path / "out")
+    assert [m.model_dump() for m in recs[1].prompt] == [u("Q2")]
+    assert recs[1].metadata["import"]["location"] == "ds:row 1"

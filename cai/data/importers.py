@@ -176,7 +176,8 @@ def _require(data: dict[str, Any], *fields: str) -> None:
 
 
 def detect_format(data: dict[str, Any]) -> str:
-    if "prompt" in data:
+    # A null prompt counts as absent: columnar sources give every row every column.
+    if data.get("prompt") is not None:
         return "plain"
     if isinstance(data.get("chosen"), str) and isinstance(data.get("rejected"), str):
         return "hh"
@@ -291,7 +292,7 @@ def row_to_record(data: dict[str, Any], fmt: str, location: str, *, source: str 
         except json.JSONDecodeError:
             meta = {"text": meta}
     metadata: dict[str, Any] = dict(meta) if isinstance(meta, dict) else {}
-    extra = {k: v for k, v in data.items() if k not in known}
+    extra = {k: v for k, v in data.items() if k not in known and v is not None}
     if extra:
         metadata["extra"] = _json_safe(extra)
     rid = stable_id(prompt, chosen, rejected)
