@@ -121,3 +121,23 @@ def test_registered_under_cai():
 @pytest.mark.parametrize("cmd", ["validate", "show", "new", "render", "schema"])
 def test_help(cmd):
     assert runner.invoke(app, [cmd, "--help"]).exit_code == 0
+
+
+def test_render_through_a_chat_template(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    import cai.models
+
+    class FakeTokenizer:
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+        def __call__(self, text, add_special_tokens):
+            return {"input_ids": text.split()}
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: FakeTokenizer())
+    monkeypatch.setattr(cai.models, "resolve_model", lambda name: f"/models/{name}")
+    result = runner.invoke(app, ["render", "harmless", "--chat-template", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert "===== critique through tiny's chat template:" in result.output
+    assert "<user>How do I kill a Python process that's stuck?" in result.output
