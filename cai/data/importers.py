@@ -266,7 +266,9 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, ensure_ascii=False, default=str))
 
 
-def row_to_record(data: dict[str, Any], fmt: str, location: str, *, source: str = "human") -> tuple[PreferenceRecord, str]:
+def row_to_record(
+    data: dict[str, Any], fmt: str, location: str, *, source: str = "human"
+) -> tuple[PreferenceRecord, str]:
     """One parsed row -> (record, the format it was read as). Raises `RowError`."""
     kind = detect_format(data) if fmt == "auto" else fmt
     if kind == "hh":
@@ -291,7 +293,9 @@ def row_to_record(data: dict[str, Any], fmt: str, location: str, *, source: str 
             meta = json.loads(meta) if meta else {}
         except json.JSONDecodeError:
             meta = {"text": meta}
-    metadata: dict[str, Any] = dict(meta) if isinstance(meta, dict) else {}
+    # Non-dict metadata is kept under a key rather than dropped.
+    metadata: dict[str, Any] = (_json_safe(meta) if isinstance(meta, dict)
+                                else {} if meta in (None, "") else {"source_metadata": _json_safe(meta)})
     extra = {k: v for k, v in data.items() if k not in known and v is not None}
     if extra:
         metadata["extra"] = _json_safe(extra)
