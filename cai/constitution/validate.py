@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from cai.constitution.errors import LocatedError, did_you_mean
-from cai.constitution.schema import EXTENSION_PREFIX, FILE_DIRECTIVES, PLACEHOLDER, TEMPLATE_FIELDS, Constitution
+from cai.constitution.schema import (EXTENSION_PREFIX, FILE_DIRECTIVES, PLACEHOLDER, TEMPLATE_FIELDS,
+                                     Constitution)
 from cai.constitution.yamlnodes import Node, plain
 
 _YAML_TYPE = {str: "text", int: "an integer", float: "a number", bool: "a boolean",
