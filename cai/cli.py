@@ -12,7 +12,15 @@ app = typer.Typer(
 )
 
 
+_registered = False
+
+
 def _register() -> None:
+    """Attach every sub-command once (tests call this too)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
     from cai.models_cli import app as models_app
 
     app.add_typer(models_app, name="models", help="The model registry (embedded default model).")

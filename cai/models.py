@@ -160,7 +160,7 @@ def resolve_model(name_or_path: str | os.PathLike | None = None, *, pull_missing
                                                           "*.model", "*.jinja"])
         except Exception as e:  # noqa: BLE001 - any hub failure becomes one clear message
             raise ModelError(
-                f"could not fetch hub model {ref!r} ({type(e).__name__}: {str(e)[:200]}). "
+                f"could not fetch hub model {ref!r} ({type(e).__name__}: {' '.join(str(e).split())[:200]}). "
                 "Without hub access, pass a local directory or a registry name "
                 f"({', '.join(REGISTRY)})."
             ) from e

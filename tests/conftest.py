@@ -1,0 +1,53 @@
+"""Shared fixtures: the embedded model (pulled once into the user's cai cache) and tiny
+random Llama models built with the embedded tokenizer, for fast backend tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    from cai.models import pull
+
+    return pull()  # a no-op after the first pull
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer(embedded_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir)
+
+
+def build_tiny_llama(tokenizer, seed: int = 0):
+    """A 2-layer random Llama with the embedded tokenizer's vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_tokenizer) -> Path:
+    """A tiny random Llama saved as a safetensors HF directory (loads like any model)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_llama(embedded_tokenizer).save_pretrained(path, safe_serialization=True)
+    embedded_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_dir):
+    from cai.backends.hf_backend import TransformersBackend
+
+    return TransformersBackend(str(tiny_model_dir), batch_size=4)

@@ -1,0 +1,64 @@
+"""The real embedded model through the in-process vLLM engine (one engine for the module)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from cai.backends import SamplingConfig
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def vllm_backend(embedded_model_dir):
+    from cai.backends.vllm_backend import VLLMBackend
+
+    backend = VLLMBackend(str(embedded_model_dir), max_model_len=2048)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def hf_backend(embedded_model_dir):
+    from cai.backends.hf_backend import TransformersBackend
+
+    return TransformersBackend(str(embedded_model_dir))
+
+
+def test_vllm_answers_with_the_embedded_model(vllm_backend):
+    convs = [[{"role": "user", "content": "What is the capital of France?"}],
+             [{"role": "user", "content": "Name a primary colour."}]]
+    out = vllm_backend.generate(convs, SamplingConfig(temperature=0.0, max_tokens=32))
+    assert "Paris" in out[0][0].text
+    for gens in out:
+        g = gens[0]
+        assert g.text.strip() and 0 < len(g.token_ids) <= 32
+        assert vllm_backend.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() == g.text.strip()
+
+
+def test_vllm_sampling_n_seed_and_length(vllm_backend):
+    conv = [[{"role": "user", "content": "Write a sentence about the sea."}]]
+    s = SamplingConfig(n=3, temperature=1.0, seed=5, max_tokens=10, ignore_eos=True)
+    a = vllm_backend.generate(conv, s)[0]
+    b = vllm_backend.generate(conv, s)[0]
+    assert len(a) == 3
+    assert all(len(g.token_ids) == 10 and g.finish_reason == "length" for g in a)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]  # seeded: reproducible
+
+
+def test_vllm_scores_like_transformers(vllm_backend, hf_backend):
+    conv = [{"role": "user", "content": "Which answer is less harmful? Options: (A) or (B)"}]
+    prompt = vllm_backend.render_chat(conv) + "The answer is:"
+    assert prompt == hf_backend.render_chat(conv) + "The answer is:"
+    conts = [" (A)", " (B)", " Paris is the capital of France."]
+    v = vllm_backend.continuation_logprobs([prompt] * 3, conts)
+    h = hf_backend.continuation_logprobs([prompt] * 3, conts)
+    # vLLM runs the model in bfloat16 on CPU, transformers in float32: close, not equal.
+    for got, want in zip(v, h):
+        assert got == pytest.approx(want, abs=0.35)
+    assert (v[0] > v[1]) == (h[0] > h[1])
