@@ -51,3 +51,25 @@ def tiny_backend(tiny_model_dir):
     from cai.backends.hf_backend import TransformersBackend
 
     return TransformersBackend(str(tiny_model_dir), batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(embedded_model_dir):
+    """One vLLM engine on the embedded model for the whole test session (start costs ~40-70 s
+    on CPU, so every vLLM test shares it). Small KV cache so the suite fits beside other work."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm not installed")
+    from cai.backends.vllm_backend import VLLMBackend
+
+    backend = VLLMBackend(str(embedded_model_dir), max_model_len=4096, gpu_memory_utilization=0.3)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def embedded_hf_backend(embedded_model_dir):
+    from cai.backends.hf_backend import TransformersBackend
+
+    return TransformersBackend(str(embedded_model_dir))

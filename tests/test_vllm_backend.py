@@ -14,22 +14,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def vllm_backend(embedded_model_dir):
-    from cai.backends.vllm_backend import VLLMBackend
-
-    backend = VLLMBackend(str(embedded_model_dir), max_model_len=2048)
-    yield backend
-    backend.close()
-
-
-@pytest.fixture(scope="module")
-def hf_backend(embedded_model_dir):
-    from cai.backends.hf_backend import TransformersBackend
-
-    return TransformersBackend(str(embedded_model_dir))
-
-
 def test_vllm_answers_with_the_embedded_model(vllm_backend):
     convs = [[{"role": "user", "content": "What is the capital of France?"}],
              [{"role": "user", "content": "Name a primary colour."}]]
@@ -51,14 +35,15 @@ def test_vllm_sampling_n_seed_and_length(vllm_backend):
     assert [g.token_ids for g in a] == [g.token_ids for g in b]  # seeded: reproducible
 
 
-def test_vllm_scores_like_transformers(vllm_backend, hf_backend):
+def test_vllm_scores_like_transformers(vllm_backend, embedded_hf_backend):
+    hf_backend = embedded_hf_backend
     conv = [{"role": "user", "content": "Which answer is less harmful? Options: (A) or (B)"}]
     prompt = vllm_backend.render_chat(conv) + "The answer is:"
     assert prompt == hf_backend.render_chat(conv) + "The answer is:"
     conts = [" (A)", " (B)", " Paris is the capital of France."]
     v = vllm_backend.continuation_logprobs([prompt] * 3, conts)
     h = hf_backend.continuation_logprobs([prompt] * 3, conts)
-    # vLLM runs the model in bfloat16 on CPU, transformers in float32: close, not equal.
+    # Both float32, but different kernels: close, not bit-equal.
     for got, want in zip(v, h):
-        assert got == pytest.approx(want, abs=0.35)
+        assert got == pytest.approx(want, abs=0.05)
     assert (v[0] > v[1]) == (h[0] > h[1])
