@@ -1,0 +1,24 @@
+"""AI feedback (RL-CAI / RLAIF): label response pairs with soft preferences from a feedback
+model answering the constitution's multiple-choice comparison question.
+
+    from cai.label import LabelConfig, label_pairs, read_pairs, to_record, run_info
+    pairs, rejects = read_pairs("pairs.jsonl")
+    labels = label_pairs(backend, constitution, pairs, LabelConfig(principles=4, seed=0))
+    records = [to_record(l, backend.model, run_info(constitution, cfg)) for l in labels]
+
+Modules: feedback (the probability math), inputs (what can be labeled), labeler (prompts
+and the batched scoring call), cot (chain-of-thought mode), report (label quality),
+sample (candidate pairs for labeling).
+"""
+
+from cai.label.feedback import clamp, consistent, ensemble, entropy_bits, option_prob, pair_prob
+from cai.label.inputs import Candidates, Pair, human_preferences, pair_key, read_pairs
+from cai.label.labeler import Label, LabelConfig, Verdict, label_pairs, run_info, to_record, verdict
+from cai.label.report import LabelReport, build_report, format_report
+
+__all__ = [
+    "Candidates", "Label", "LabelConfig", "LabelReport", "Pair", "Verdict", "build_report",
+    "clamp", "consistent", "ensemble", "entropy_bits", "format_report", "human_preferences",
+    "label_pairs", "option_prob", "pair_key", "pair_prob", "read_pairs", "run_info",
+    "to_record", "verdict",
+]

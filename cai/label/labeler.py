@@ -1,0 +1,157 @@
+"""Label pairs with the feedback model: every comparison of a run in one scoring call.
+
+For each pair, K principles are drawn from (seed, pair key) — the key ignores the pair's
+order, so a pair and its swap are judged under the same principles. Each (pair, principle)
+is asked in both orders; each of those prompts is scored with both option continuations.
+That is pairs x K x 2 orders x 2 options continuations, sent to `continuation_logprobs` at
+once (vLLM batches them and its prefix cache shares the few-shot prefix and each prompt
+between its two options). CoT mode first generates every reasoning in one `generate` call.
+
+Scoring text: `render_chat(messages)` (the generation prompt opens the assistant turn) +
+[CoT reasoning + newline] + ANSWER_PREFIX, then the continuations " (A)" / " (B)".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai.backends import Backend, SamplingConfig
+from cai.constitution import Constitution, Principle, sample_principles
+from cai.label import cot
+from cai.label.feedback import COT_CLAMP, clamp, consistent, ensemble, option_prob, pair_prob
+from cai.label.inputs import Pair
+from cai.prompting import COMPARISON_OPTIONS, comparison_messages
+from cai.records import PreferenceRecord, stable_id
+
+ORDERS = ("ab", "ba")  # "ab": first shown as (A); "ba": second shown as (A)
+
+
+class LabelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    principles: int = Field(1, ge=1, description="K principles ensembled per pair")
+    seed: int = 0
+    few_shot: bool = True
+    cot: bool = False
+    cot_max_tokens: int = Field(256, ge=1)
+    cot_temperature: float = Field(0.0, ge=0.0, description="0 = greedy reasoning")
+    cot_clamp: tuple[float, float] = COT_CLAMP
+
+
+class Verdict(BaseModel):
+    """One principle's judgement of one pair, in both orders."""
+
+    principle: str
+    logprobs: list[list[float]]  # per order ("ab", "ba"): [log P(" (A)"), log P(" (B)")]
+    p_a: list[float]  # per order: p(A) (clamped in CoT mode)
+    p_first: float  # P(first > second) = mean(p_ab(A), p_ba(B))
+    consistent: bool  # the same response wins in both orders
+    reasoning: list[str] | None = None  # CoT: per order
+
+
+class Label(BaseModel):
+    pair: Pair
+    p_first: float  # ensemble over verdicts
+    verdicts: list[Verdict]
+
+
+def verdict(principle: str, lp_ab: tuple[float, float], lp_ba: tuple[float, float],
+            clamp_to: tuple[float, float] | None = None,
+            reasoning: list[str] | None = None) -> Verdict:
+    """Pure: the two orders' option log-probs -> per-order p(A) and P(first > second)."""
+    p_a = [option_prob(*lp_ab), option_prob(*lp_ba)]
+    if clamp_to is not None:
+        p_a = [clamp(p, *clamp_to) for p in p_a]
+    return Verdict(principle=principle, logprobs=[list(lp_ab), list(lp_ba)], p_a=p_a,
+                   p_first=pair_prob(*p_a), consistent=consistent(*p_a), reasoning=reasoning)
+
+
+def principles_for(c: Constitution, pair: Pair, config: LabelConfig) -> list[Principle]:
+    return sample_principles(c, config.seed, f"{pair.key}/feedback", config.principles)
+
+
+def comparison_conversations(c: Constitution, pairs: list[Pair], config: LabelConfig
+                             ) -> tuple[list[list[Principle]], list[list[dict[str, str]]]]:
+    """(principles per pair, conversations) with conversations laid out pair-major, then
+    principle, then order."""
+    drawn, convs = [], []
+    for pair in pairs:
+        ps = principles_for(c, pair, config)
+        drawn.append(ps)
+        for p in ps:
+            for a, b in ((pair.first, pair.second), (pair.second, pair.first)):
+                msgs = comparison_messages(c, p, pair.prompt, a, b, few_shot=config.few_shot)
+                convs.append(cot.with_cot_request(msgs) if config.cot else msgs)
+    return drawn, convs
+
+
+def label_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: LabelConfig,
+                log: Callable[[str], None] | None = None) -> list[Label]:
+    """Label every pair; one `generate` call (CoT only) and one `continuation_logprobs` call."""
+    if not pairs:
+        return []
+    drawn, convs = comparison_conversations(c, pairs, config)
+    reasonings: list[str | None] = [None] * len(convs)
+    if config.cot:
+        if log:
+            log(f"reasoning: {len(convs)} comparisons")
+        gens = backend.generate(convs, SamplingConfig(
+            temperature=config.cot_temperature, max_tokens=config.cot_max_tokens, seed=config.seed,
+            stop=cot.STOP))
+        reasonings = [g[0].text for g in gens]
+    texts = [cot.answer_text(backend.render_chat(conv), r) for conv, r in zip(convs, reasonings)]
+    if log:
+        log(f"scoring: {len(texts)} prompts x {len(COMPARISON_OPTIONS)} options")
+    prompts = [t for t in texts for _ in COMPARISON_OPTIONS]
+    options = [o for _ in texts for o in COMPARISON_OPTIONS]
+    lps = backend.continuation_logprobs(prompts, options)
+
+    labels, i = [], 0  # i indexes comparisons (pair, principle, order)
+    for pair, ps in zip(pairs, drawn):
+        verdicts = []
+        for p in ps:
+            lp = [(lps[2 * (i + o)], lps[2 * (i + o) + 1]) for o in range(len(ORDERS))]
+            rs = [reasonings[i + o] or "" for o in range(len(ORDERS))] if config.cot else None
+            verdicts.append(verdict(p.id, lp[0], lp[1], config.cot_clamp if config.cot else None, rs))
+            i += len(ORDERS)
+        labels.append(Label(pair=pair, p_first=ensemble([v.p_first for v in verdicts]),
+                            verdicts=verdicts))
+    return labels
+
+
+def to_record(label: Label, labeler: str, run: dict[str, Any]) -> PreferenceRecord:
+    """The labeled pair as an "ai-feedback" record, oriented by the labeler's preference:
+    chosen is the response it prefers, so p_chosen >= 0.5 (an exact tie keeps input order).
+    `metadata.ai_feedback.chosen_is_first` and `p_first` keep the input orientation;
+    `metadata.input` the input's provenance (id, source, its own label)."""
+    pair = label.pair
+    first_wins = label.p_first >= 0.5
+    chosen, rejected = (pair.first, pair.second) if first_wins else (pair.second, pair.first)
+    prompt = pair.prompt
+    chosen_m = [{"role": "assistant", "content": chosen}]
+    rejected_m = [{"role": "assistant", "content": rejected}]
+    feedback = {
+        "p_first": label.p_first,
+        "chosen_is_first": first_wins,
+        "orders": list(ORDERS),
+        "verdicts": [v.model_dump(exclude_none=True) for v in label.verdicts],
+        **run,
+    }
+    return PreferenceRecord(
+        id=stable_id(prompt, chosen_m, rejected_m),
+        prompt=prompt, chosen=chosen_m, rejected=rejected_m,
+        p_chosen=label.p_first if first_wins else 1.0 - label.p_first,
+        source="ai-feedback",
+        principle_ids=[v.principle for v in label.verdicts],
+        labeler=labeler,
+        metadata={"ai_feedback": feedback, "input": pair.input},
+    )
+
+
+def run_info(c: Constitution, config: LabelConfig) -> dict[str, Any]:
+    """The run's settings, stored in every record (and the manifest)."""
+    return {"constitution": c.name, "constitution_hash": c.content_hash(),
+            "principles_k": config.principles, "seed": config.seed, "few_shot": config.few_shot,
+            "cot": config.cot, "clamp": list(config.cot_clamp) if config.cot else None}

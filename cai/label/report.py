@@ -1,0 +1,119 @@
+"""Label quality: how far to trust a run of AI feedback, computed from its records alone
+(so it can be recomputed from any labeled store).
+
+- Position consistency: share of (pair, principle) comparisons whose winner is the same in
+  both orders. A judge that always answers "(A)" scores 0, a coin flip about 0.5, and a
+  judge driven by content alone 1.
+- A-rate: share of single-order judgements that picked (A); 0.5 means no position bias.
+- Label entropy: mean binary entropy (bits) of the final p_chosen; 1 = coin flips.
+- Agreement with the revision direction (inputs of source "ai-revision"): share of pairs
+  where the labeler prefers the revision (the input's chosen).
+- Accuracy against human labels (`--eval-against`): share of matched pairs where the
+  labeler prefers the human's choice; `mean_p_human` is the mean probability it gives it.
+Ties (p exactly 0.5) count half in agreement and accuracy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable
+
+from pydantic import BaseModel
+
+from cai.label.feedback import entropy_bits
+from cai.label.inputs import normalize, pair_key
+from cai.records import PreferenceRecord
+
+
+class Agreement(BaseModel):
+    pairs: int = 0
+    rate: float | None = None  # share agreeing (ties count half)
+    mean_p: float | None = None  # mean probability given to the reference choice
+
+
+class PrincipleStats(BaseModel):
+    comparisons: int
+    position_consistency: float
+
+
+class LabelReport(BaseModel):
+    pairs: int
+    comparisons: int  # pairs x principles
+    position_consistency: float | None
+    a_rate: float | None  # share of single-order judgements choosing (A)
+    mean_entropy_bits: float | None
+    mean_p_chosen: float | None
+    revision_agreement: Agreement
+    human_accuracy: Agreement | None = None
+    by_principle: dict[str, PrincipleStats] = {}
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _agreement(probs: list[float]) -> Agreement:
+    """probs: probability the labeler gives the reference's choice, one per pair."""
+    hits = [1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in probs]
+    return Agreement(pairs=len(probs), rate=_mean(hits), mean_p=_mean(probs))
+
+
+def build_report(records: Iterable[PreferenceRecord],
+                 human: dict[str, str] | None = None) -> LabelReport:
+    """`records`: ai-feedback records from `cai label`. `human`: pair key -> normalised
+    text of the human-preferred answer (`inputs.human_preferences`)."""
+    recs = list(records)
+    consistent: list[float] = []
+    a_picks: list[float] = []
+    per_principle: dict[str, list[float]] = defaultdict(list)
+    revision: list[float] = []
+    vs_human: list[float] = []
+    for r in recs:
+        fb = r.metadata["ai_feedback"]
+        for v in fb["verdicts"]:
+            c = 1.0 if v["consistent"] else 0.0
+            consistent.append(c)
+            per_principle[v["principle"]].append(c)
+            a_picks += [1.0 if p > 0.5 else 0.0 for p in v["p_a"]]
+        if r.metadata.get("input", {}).get("source") == "ai-revision":
+            revision.append(fb["p_first"])  # first = the input's chosen = the revision
+        if human is not None:
+            prompt = [m.model_dump() for m in r.prompt]
+            chosen, rejected = r.chosen[-1].content, r.rejected[-1].content
+            want = human.get(pair_key(prompt, chosen, rejected))
+            if want is not None:
+                vs_human.append(r.p_chosen if normalize(chosen) == want else 1.0 - r.p_chosen)
+    return LabelReport(
+        pairs=len(recs),
+        comparisons=len(consistent),
+        position_consistency=_mean(consistent),
+        a_rate=_mean(a_picks),
+        mean_entropy_bits=_mean([entropy_bits(r.p_chosen) for r in recs]),
+        mean_p_chosen=_mean([r.p_chosen for r in recs]),
+        revision_agreement=_agreement(revision),
+        human_accuracy=_agreement(vs_human) if human is not None else None,
+        by_principle={k: PrincipleStats(comparisons=len(v), position_consistency=sum(v) / len(v))
+                      for k, v in sorted(per_principle.items())},
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def format_report(rep: LabelReport) -> str:
+    lines = [
+        f"pairs labeled          {rep.pairs} ({rep.comparisons} pair x principle comparisons)",
+        f"position consistency   {_pct(rep.position_consistency)}  (same winner in both orders)",
+        f"(A) chosen per order   {_pct(rep.a_rate)}  (50% = no position bias)",
+        f"mean label entropy     {'-' if rep.mean_entropy_bits is None else f'{rep.mean_entropy_bits:.3f}'} bits"
+        f"  (mean p_chosen {'-' if rep.mean_p_chosen is None else f'{rep.mean_p_chosen:.3f}'})",
+    ]
+    ra = rep.revision_agreement
+    lines.append(f"revision agreement     {_pct(ra.rate)}  ({ra.pairs} ai-revision pairs)")
+    if rep.human_accuracy is not None:
+        h = rep.human_accuracy
+        mp = "-" if h.mean_p is None else f"{h.mean_p:.3f}"
+        lines.append(f"accuracy vs human      {_pct(h.rate)}  ({h.pairs} matched pairs, "
+                     f"mean p(human choice) {mp})")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""`cai label` (AI feedback with soft labels and a quality report) and `cai sample`
+(candidate responses to label). Heavy imports stay inside the commands."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _backend_options(base_url: str | None, gpu_memory_utilization: float | None,
+                     backend: str | None) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if base_url:
+        opts["base_url"] = base_url
+    if gpu_memory_utilization is not None and (backend in (None, "vllm")):
+        opts["gpu_memory_utilization"] = gpu_memory_utilization
+    return opts
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    from cai.io import atomic_open
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("label")
+    def label_cmd(
+        pairs_path: Path = typer.Option(..., "--pairs", help="pairs to label: a preference store / "
+                                        ".parquet / JSONL of records (e.g. ai-revision pairs), human "
+                                        "rows (prompt/chosen/rejected, HH, TRL), or `cai sample` "
+                                        "candidates (prompt + responses)"),
+        out: Path = typer.Option(..., "--out", "-o", help="output: a store directory, or a .jsonl file"),
+        constitution: str = typer.Option("harmless", "--constitution", "-c", help="shipped name or file"),
+        model: str = typer.Option(None, "--model", "-m", help="feedback model: registry name, dir, hub id"),
+        backend: str = typer.Option(None, "--backend", "-b", help="vllm | transformers | openai"),
+        base_url: str = typer.Option(None, help="for --backend openai"),
+        principles: int = typer.Option(1, "--principles", "-k", min=1,
+                                       help="K principles sampled per pair and ensembled"),
+        seed: int = typer.Option(0, help="principle draws (and CoT sampling)"),
+        cot: bool = typer.Option(False, "--cot", help="reason first, then answer; p clamped to [0.4, 0.6]"),
+        few_shot: bool = typer.Option(True, "--few-shot/--no-few-shot",
+                                      help="show the constitution's feedback examples first"),
+        cot_max_tokens: int = typer.Option(256, min=1),
+        eval_against: Path = typer.Option(None, "--eval-against",
+                                          help="human-labeled pairs (same formats as --pairs): "
+                                               "report accuracy on the pairs found in both"),
+        report_path: Path = typer.Option(None, "--report", help="also write the report as JSON"),
+        rejects: Path = typer.Option(None, "--rejects", help="rejects JSONL (default beside OUT)"),
+        limit: int = typer.Option(None, min=1, help="label only the first N pairs"),
+        gpu_memory_utilization: float = typer.Option(None, help="vllm: KV cache share of (GPU or CPU) memory"),
+    ) -> None:
+        """Label response pairs with the feedback model (RL-CAI / RLAIF).
+
+        Each pair is judged under K sampled principles, each in both orders (A/B swapped);
+        p_chosen is the mean over principles of the order-averaged probability. Records are
+        oriented so chosen is the response the labeler prefers (p_chosen >= 0.5);
+        metadata.ai_feedback holds the per-principle, per-order probabilities and the input
+        orientation, metadata.input the input's provenance and label."""
+        from cai.backends import load_backend
+        from cai.constitution import ConstitutionError, load_constitution
+        from cai.data.store import write_preferences
+        from cai.io import DataError
+        from cai.label import (LabelConfig, build_report, format_report, human_preferences,
+                               label_pairs, read_pairs, run_info, to_record)
+
+        try:
+            c = load_constitution(constitution)
+        except ConstitutionError as e:
+            _fail(str(e))
+        config = LabelConfig(principles=principles, seed=seed, few_shot=few_shot, cot=cot,
+                             cot_max_tokens=cot_max_tokens)
+        usable = [p for p in c.principles if p.weight > 0]
+        if principles > len(usable):
+            _fail(f"--principles {principles}: {c.name} has only {len(usable)} principles to draw")
+        try:
+            pairs, rejected = read_pairs(pairs_path)
+            human = None
+            if eval_against is not None:
+                human_pairs, _ = read_pairs(eval_against)
+                human = human_preferences(human_pairs)
+                if not human:
+                    _fail(f"{eval_against}: no labeled pairs to evaluate against")
+        except DataError as e:
+            _fail(str(e))
+        if limit:
+            pairs = pairs[:limit]
+        rejects_file = rejects or (out / "rejects.jsonl" if out.suffix != ".jsonl"
+                                   else out.with_name(out.stem + ".rejects.jsonl"))
+        typer.echo(f"{len(pairs)} pairs to label from {pairs_path}"
+                   + (f"; {len(rejected)} rejected -> {rejects_file}" if rejected else ""))
+        if not pairs:
+            _write_jsonl(rejects_file, [r.model_dump(exclude_none=True) for r in rejected])
+            _fail("nothing to label")
+
+        start = time.perf_counter()
+        with load_backend(backend, model, **_backend_options(base_url, gpu_memory_utilization,
+                                                             backend)) as engine:
+            t_loaded = time.perf_counter()
+            labels = label_pairs(engine, c, pairs, config, log=lambda m: typer.echo(m))
+            labeler = engine.model
+        elapsed = time.perf_counter() - t_loaded
+        run = run_info(c, config)
+        records = [to_record(lab, labeler, run) for lab in labels]
+        report = build_report(records, human)
+        summary = {"run": run, "labeler": labeler, "pairs_path": str(pairs_path),
+                   "rejected": len(rejected), "label_seconds": round(elapsed, 2),
+                   "load_seconds": round(t_loaded - start, 2), "report": report.model_dump()}
+        _write_jsonl(rejects_file, [r.model_dump(exclude_none=True) for r in rejected])
+        if out.suffix == ".jsonl":
+            _write_jsonl(out, [r.to_row() for r in records])
+        else:
+            write_preferences(records, out, extra={"label": summary})
+        if report_path:
+            from cai.io import atomic_write_json
+
+            atomic_write_json(report_path, summary)
+        typer.echo(f"{len(records)} records -> {out}  ({elapsed:.1f} s labeling)")
+        typer.echo(format_report(report))
