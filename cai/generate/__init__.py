@@ -1,0 +1,1 @@
+"""Critique -> revision generation (SL-CAI data and `ai-revision` preference pairs)."""
