@@ -129,3 +129,62 @@ def register(app: typer.Typer) -> None:
             atomic_write_json(report_path, summary)
         typer.echo(f"{len(records)} records -> {out}  ({elapsed:.1f} s labeling)")
         typer.echo(format_report(report))
+
+    @app.command("sample")
+    def sample_cmd(
+        prompts_path: Path = typer.Argument(..., help="prompts: .jsonl/.json/.csv/.parquet/.txt or a "
+                                                      "`datasets` directory"),
+        out: Path = typer.Option(..., "--out", "-o", help="candidates JSONL (input to `cai label --pairs`)"),
+        model: str = typer.Option(None, "--model", "-m", help="policy: registry name, directory or hub id"),
+        backend: str = typer.Option(None, "--backend", "-b", help="vllm | transformers | openai"),
+        base_url: str = typer.Option(None, help="for --backend openai"),
+        n: int = typer.Option(2, "--n", "--samples", min=2, help="responses per prompt"),
+        temperature: float = typer.Option(1.0, min=0.0),
+        top_p: float = typer.Option(1.0, min=0.0, max=1.0),
+        max_tokens: int = typer.Option(256, min=1),
+        seed: int = typer.Option(0),
+        constitution: str = typer.Option(None, "--constitution", "-c",
+                                         help="show this constitution's system prompt to the policy"),
+        field: str = typer.Option("prompt", help="text field of a prompt"),
+        messages_field: str = typer.Option("messages", help="message-list field of a prompt"),
+        max_prompt_tokens: int = typer.Option(None, min=1, help="reject longer prompts"),
+        limit: int = typer.Option(None, min=1, help="first N usable prompts"),
+        rejects: Path = typer.Option(None, "--rejects", help="rejects JSONL (default OUT stem + .rejects.jsonl)"),
+        gpu_memory_utilization: float = typer.Option(None, help="vllm: KV cache share of memory"),
+    ) -> None:
+        """Sample N responses per prompt (one batch), to be paired and labeled by `cai label`."""
+        from cai.backends import load_backend
+        from cai.constitution import ConstitutionError, load_constitution
+        from cai.generate.inputs import load_prompts, write_rejects
+        from cai.io import DataError
+        from cai.label.sample import SampleConfig, sample_candidates
+
+        if temperature == 0.0:
+            _fail("--temperature 0 makes every sample the same; use > 0")
+        try:
+            c = load_constitution(constitution) if constitution else None
+        except ConstitutionError as e:
+            _fail(str(e))
+        config = SampleConfig(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+        rejects_file = rejects or out.with_name(out.stem + ".rejects.jsonl")
+        with load_backend(backend, model, **_backend_options(base_url, gpu_memory_utilization,
+                                                             backend)) as engine:
+            try:
+                items, rejected = load_prompts(
+                    prompts_path, field=field, messages_field=messages_field, limit=limit,
+                    max_prompt_tokens=max_prompt_tokens,
+                    tokenizer=getattr(engine, "tokenizer", None) if max_prompt_tokens else None)
+            except (DataError, ValueError) as e:
+                _fail(str(e))
+            typer.echo(f"{len(items)} prompts x {n} samples"
+                       + (f"; {len(rejected)} rejected -> {rejects_file}" if rejected else ""))
+            start = time.perf_counter()
+            rows = sample_candidates(engine, items, config, c)
+            elapsed = time.perf_counter() - start
+        _write_jsonl(out, [r.model_dump(mode="json") for r in rows])
+        write_rejects(rejected, rejects_file)
+        cut = sum(fr == "length" for r in rows for fr in (r.model_extra or {}).get("finish_reasons", []))
+        typer.echo(f"{len(rows)} candidate rows -> {out}  ({elapsed:.1f} s; {cut} samples hit "
+                   f"--max-tokens)")
+        if not rows:
+            _fail("no usable prompt")
