@@ -1,0 +1,178 @@
+"""The run directory as a checkpoint: finished records live in atomic Parquet shards.
+
+    <run>/
+      manifest.json          identity (fingerprint + inputs), status, counts, summary
+      revisions/part-00000.parquet ...   one shard per finished chunk, the full chain per record
+      .lock                  held (flock) while a process works here
+
+Exactly-once rests on three facts:
+  - a shard appears under its real name only once it is complete (temp file + fsync +
+    rename), so after `kill -9` every visible shard is whole and a half-written one is
+    only a `.part-*.tmp`, swept away on the next start;
+  - a record's id is a hash of its prompt, sample index and the generation fingerprint, and
+    a rerun only generates ids no shard holds yet;
+  - the flock keeps two processes from filling one run directory at once (the kernel drops
+    it when a process dies, however it dies).
+A changed fingerprint or input set is refused (`RunConfigError`), never mixed in.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cai.io import MANIFEST_NAME, atomic_write_json, write_parquet_atomic
+
+RUN_FORMAT = "cai.generate-run"
+REVISIONS = "revisions"
+
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_ROUND = pa.struct([
+    ("round", pa.int32()), ("principle_id", pa.string()),
+    ("critique", pa.string()), ("critique_finish", pa.string()), ("critique_tokens", pa.int32()),
+    ("revision", pa.string()), ("revision_finish", pa.string()), ("revision_tokens", pa.int32()),
+])
+# Fixed, so every shard (and an empty run) has the same columns for `datasets`.
+REVISION_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("source_id", pa.string()),
+    ("location", pa.string()),
+    ("sample_index", pa.int32()),
+    ("prompt", _MESSAGES),
+    ("initial_response", pa.string()),
+    ("response_finish", pa.string()),
+    ("response_tokens", pa.int32()),
+    ("rounds", pa.list_(_ROUND)),
+    ("principle_ids", pa.list_(pa.string())),
+    ("final_response", pa.string()),
+    ("status", pa.string()),
+    ("reason", pa.string()),
+    ("flags", pa.list_(pa.string())),
+    ("model", pa.string()),
+    ("backend", pa.string()),
+    ("sampling", pa.string()),  # JSON: per-stage parameters
+    ("seed", pa.int64()),
+    ("constitution", pa.string()),
+    ("constitution_hash", pa.string()),
+    ("config_hash", pa.string()),
+    ("timings", pa.string()),  # JSON: seconds of the batched calls the record was part of
+    ("metadata", pa.string()),  # JSON: the input row's other fields
+])
+
+
+class RunConfigError(RuntimeError):
+    """The run directory belongs to a different configuration."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process is working in this run directory."""
+
+
+def _diff(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+class RunStore:
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.revisions = self.root / REVISIONS
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, identity: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        """Lock the directory, sweep leftovers of a killed writer, and check (or record)
+        the run's identity. Returns the manifest."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RunConfigError(f"{self.root}: exists and is not a directory")
+        self.revisions.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        for tmp in self.root.rglob(".*.tmp"):  # a temp file is never a finished write
+            tmp.unlink(missing_ok=True)
+        manifest = self.manifest()
+        if manifest is None:
+            if any(self.revisions.glob("*.parquet")):
+                raise RunConfigError(f"{self.root}: has revision shards but no manifest; "
+                                     "not a run this command can continue")
+            manifest = {"format": RUN_FORMAT, "status": "running", **identity, "config": config,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            atomic_write_json(self.root / MANIFEST_NAME, manifest)
+            return manifest
+        if manifest.get("format") != RUN_FORMAT:
+            raise RunConfigError(f"{self.root}: not a `cai generate` run directory")
+        changes = _diff({k: manifest.get(k) for k in identity}, identity)
+        if changes:
+            raise RunConfigError(
+                f"{self.root} holds a run with a different configuration:\n  "
+                + "\n  ".join(changes)
+                + "\nRerun with the original settings to continue it, or choose a new --out.")
+        return manifest
+
+    def _lock(self) -> None:
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLockedError(f"{self.root}: another `cai generate` is running here") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ contents
+
+    def manifest(self) -> dict[str, Any] | None:
+        path = self.root / MANIFEST_NAME
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_json(self.root / MANIFEST_NAME, manifest)
+
+    def shards(self) -> list[Path]:
+        return sorted(self.revisions.glob("part-*.parquet"))
+
+    def done_ids(self) -> set[str]:
+        done: set[str] = set()
+        for shard in self.shards():
+            done.update(pq.read_table(shard, columns=["id"]).column("id").to_pylist())
+        return done
+
+    def write_shard(self, rows: list[dict[str, Any]]) -> Path:
+        """One finished chunk, atomically, under the next free number."""
+        numbers = [int(p.stem.split("-")[1]) for p in self.shards()]
+        path = self.revisions / f"part-{max(numbers, default=-1) + 1:05d}.parquet"
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=REVISION_SCHEMA), path)
+        return path
+
+    def iter_records(self) -> Iterator[dict[str, Any]]:
+        """Every finished record in shard order, each id once (a repeat would be a bug in
+        this module; it is skipped, and counted by the caller comparing lengths)."""
+        seen: set[str] = set()
+        for shard in self.shards():
+            for row in pq.read_table(shard, schema=REVISION_SCHEMA).to_pylist():
+                if row["id"] not in seen:
+                    seen.add(row["id"])
+                    yield row

@@ -1,0 +1,179 @@
+"""What a generation run is: `GenerateConfig`, from CLI flags or a pipeline YAML's
+`generate:` section (flags override the file).
+
+Two hashes matter:
+  - `fingerprint(config, constitution)`: everything that changes what the model writes
+    (model, backend, constitution content, rounds, samples, sampling, seed, few-shot).
+    Record ids include it, and a run directory refuses a different one.
+  - inputs (prompts path, fields, `max_prompt_tokens`) are checked too, so one run
+    directory never mixes prompt sets. `limit` and `chunk_size` may change between
+    invocations: a run directory accumulates records, and `--limit N` means "make sure
+    the first N prompts are done".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cai.backends import SamplingConfig, default_backend
+from cai.constitution import Constitution
+from cai.models import DEFAULT_MODEL
+from cai.records import stable_id
+
+MAX_ROUNDS = 4
+# Bump when the pipeline's prompting or record layout changes what a run produces.
+PIPELINE_VERSION = 1
+STAGES = ("response", "critique", "revision")
+
+
+class ConfigError(ValueError):
+    """A generate config that cannot be used (bad YAML, unknown key, bad value)."""
+
+
+class StageSampling(BaseModel):
+    """Per-stage overrides of the shared sampling parameters (None: use the shared one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class GenerateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # inputs
+    prompts: str = Field(description="JSONL/CSV/Parquet/txt file or a datasets directory")
+    field: str = Field("prompt", description="text field holding a single-turn prompt")
+    messages_field: str = Field("messages", description="field holding a message list")
+    id_field: str = "id"
+    limit: int | None = Field(None, ge=1, description="first N accepted prompts")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="longer prompts are rejected")
+    # what to run
+    constitution: str = Field("harmless", description="shipped name or YAML path")
+    model: str | None = Field(None, description=f"registry name, directory or hub id "
+                                                f"(default {DEFAULT_MODEL})")
+    backend: str | None = Field(None, description="vllm | transformers | openai (default: vllm "
+                                                  "when installed)")
+    backend_options: dict[str, Any] = Field(default_factory=dict,
+                                            description="passed to load_backend, e.g. "
+                                                        "gpu_memory_utilization, base_url")
+    rounds: int | None = Field(None, ge=1, le=MAX_ROUNDS,
+                               description="critique-revision rounds (default: the "
+                                           "constitution's, at most 4)")
+    samples: int = Field(1, ge=1, le=16, description="responses per prompt (records per prompt)")
+    few_shot: bool = Field(True, description="show the constitution's worked examples")
+    # sampling, shared by all stages unless a stage overrides it
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    seed: int = 0
+    response: StageSampling = Field(default_factory=StageSampling)
+    critique: StageSampling = Field(default_factory=StageSampling)
+    revision: StageSampling = Field(default_factory=StageSampling)
+    # where and how
+    out: str = Field(description="run directory")
+    chunk_size: int = Field(256, ge=1, description="records per chunk: each stage is one "
+                                                   "backend call per chunk; one shard per chunk")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _samples_need_sampling(self) -> "GenerateConfig":
+        if self.samples > 1 and self.sampling("response").temperature == 0.0:
+            raise ValueError("samples > 1 needs a response temperature > 0 (greedy decoding "
+                             "gives the same answer every time)")
+        return self
+
+    def rounds_for(self, constitution: Constitution) -> int:
+        return self.rounds or min(constitution.defaults.revision_rounds, MAX_ROUNDS)
+
+    def sampling(self, stage: str, *, round_index: int = 0) -> SamplingConfig:
+        """The SamplingConfig of one stage call. Each (stage, round) gets its own seed so
+        a critique does not replay the random stream of the response."""
+        o: StageSampling = getattr(self, stage)
+        return SamplingConfig(
+            n=self.samples if stage == "response" else 1,
+            temperature=self.temperature if o.temperature is None else o.temperature,
+            top_p=self.top_p if o.top_p is None else o.top_p,
+            max_tokens=self.max_tokens if o.max_tokens is None else o.max_tokens,
+            seed=self.seed + 1000 * STAGES.index(stage) + round_index,
+        )
+
+    def model_name(self) -> str:
+        return self.model or DEFAULT_MODEL
+
+    def backend_name(self) -> str:
+        return self.backend or default_backend()
+
+
+def fingerprint_fields(config: GenerateConfig, constitution: Constitution, *,
+                       model: str | None = None, backend: str | None = None) -> dict[str, Any]:
+    """Everything that changes what the model writes; readable, stored in the manifest.
+    `model`/`backend` name an engine the caller built itself (else the config's)."""
+    rounds = config.rounds_for(constitution)
+    return {
+        "pipeline_version": PIPELINE_VERSION,
+        "model": model or config.model_name(),
+        "backend": backend or config.backend_name(),
+        "dtype": config.backend_options.get("dtype"),
+        "constitution": constitution.name,
+        "constitution_hash": constitution.content_hash(),
+        "rounds": rounds,
+        "samples": config.samples,
+        "few_shot": config.few_shot,
+        "seed": config.seed,
+        "sampling": {s: config.sampling(s).model_dump(exclude={"seed"}) for s in STAGES},
+    }
+
+
+def input_fields(config: GenerateConfig) -> dict[str, Any]:
+    return {
+        "prompts": str(Path(config.prompts).resolve()),
+        "field": config.field,
+        "messages_field": config.messages_field,
+        "id_field": config.id_field,
+        "max_prompt_tokens": config.max_prompt_tokens,
+    }
+
+
+def fingerprint(fields: dict[str, Any]) -> str:
+    return stable_id(fields)
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: dict[str, Any] | None = None) -> GenerateConfig:
+    """The `generate:` section of a pipeline YAML (or a file that is just that section),
+    with `overrides` (CLI flags; None values ignored) on top."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read config ({e})") from e
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: expected a mapping with a `generate:` section")
+        section = doc.get("generate", doc if "prompts" in doc else None)
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: no `generate:` section")
+        data.update(section)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    from pydantic import ValidationError
+
+    try:
+        return GenerateConfig.model_validate(data)
+    except ValidationError as e:
+        where = f"{path}: " if path else ""
+        lines = [f"{'.'.join(map(str, err['loc'])) or '(config)'}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(where + "invalid generate config\n  " + "\n  ".join(lines)) from None

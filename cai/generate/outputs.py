@@ -1,0 +1,140 @@
+"""What a run leaves behind, derived from its revision records.
+
+    revisions/    every record, whatever its status (written chunk by chunk; see checkpoint)
+    sft/          status ok only: the prompt conversation + the final revision as the
+                  assistant turn (SL-CAI fine-tuning data)
+    preferences/  status ok only: PreferenceRecord(source="ai-revision", chosen = final
+                  revision, rejected = initial response, p_chosen = 1.0), via
+                  `cai.data.store.write_preferences`
+
+Only ok records become training data: a degenerate revision (empty, looping, cut off,
+unchanged) would teach the model the failure, and pairing it against the initial
+response would label noise as preferred. They stay in revisions/ with their reason.
+sft/ and preferences/ are rewritten from revisions/ at the end of every invocation, so
+they are always complete for what revisions/ holds (and a crash while writing them is
+repaired by the next run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from cai.data.store import write_preferences
+from cai.generate.pipeline import Chain
+from cai.io import write_parquet_atomic
+from cai.records import PreferenceRecord
+
+SFT = "sft"
+PREFERENCES = "preferences"
+SFT_SHARD_SIZE = 1000
+
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+SFT_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("messages", _MESSAGES),
+    ("source_id", pa.string()),
+    ("principle_ids", pa.list_(pa.string())),
+    ("constitution", pa.string()),
+    ("model", pa.string()),
+])
+
+
+def revision_row(chain: Chain, run: dict[str, Any]) -> dict[str, Any]:
+    """A finished chain as a row of REVISION_SCHEMA. `run`: model, backend, sampling, seed,
+    constitution, constitution_hash, config_hash."""
+    rounds = [{k: r.get(k) for k in ("round", "principle_id", "critique", "critique_finish",
+                                     "critique_tokens", "revision", "revision_finish",
+                                     "revision_tokens")} for r in chain.rounds]
+    ok = chain.status == "ok"
+    return {
+        "id": chain.id,
+        "source_id": chain.item.source_id,
+        "location": chain.item.location,
+        "sample_index": chain.sample_index,
+        "prompt": chain.item.messages,
+        "initial_response": chain.response,
+        "response_finish": chain.response_finish,
+        "response_tokens": chain.response_tokens,
+        "rounds": rounds,
+        "principle_ids": [r["principle_id"] for r in chain.rounds],
+        "final_response": chain.current if ok else None,
+        "status": chain.status,
+        "reason": chain.reason,
+        "flags": chain.flags,
+        "model": run["model"],
+        "backend": run["backend"],
+        "sampling": json.dumps(run["sampling"], sort_keys=True),
+        "seed": run["seed"],
+        "constitution": run["constitution"],
+        "constitution_hash": run["constitution_hash"],
+        "config_hash": run["config_hash"],
+        "timings": json.dumps({k: round(v, 3) for k, v in chain.timings.items()}, sort_keys=True),
+        "metadata": json.dumps(chain.item.metadata, sort_keys=True, ensure_ascii=False, default=str),
+    }
+
+
+def sft_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "messages": list(row["prompt"]) + [{"role": "assistant", "content": row["final_response"]}],
+        "source_id": row["source_id"],
+        "principle_ids": row["principle_ids"],
+        "constitution": row["constitution"],
+        "model": row["model"],
+    }
+
+
+def preference(row: dict[str, Any]) -> PreferenceRecord:
+    """The revision pair: the final revision is preferred over the initial response."""
+    return PreferenceRecord(
+        id=row["id"],
+        prompt=row["prompt"],
+        chosen=[{"role": "assistant", "content": row["final_response"]}],
+        rejected=[{"role": "assistant", "content": row["initial_response"]}],
+        p_chosen=1.0,
+        source="ai-revision",
+        principle_ids=row["principle_ids"],
+        labeler=row["model"],
+        metadata={
+            "source_id": row["source_id"],
+            "sample_index": row["sample_index"],
+            "constitution": row["constitution"],
+            "constitution_hash": row["constitution_hash"],
+            "config_hash": row["config_hash"],
+            "rounds": len(row["rounds"]),
+            "critiques": [r["critique"] for r in row["rounds"]],
+        },
+    )
+
+
+def write_sft(rows: Iterable[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:
+    """Sharded Parquet (deterministic names; shards beyond the new count are removed)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    shards = []
+    for i in range(0, max(len(rows), 1), SFT_SHARD_SIZE):
+        part = rows[i:i + SFT_SHARD_SIZE]
+        name = f"part-{i // SFT_SHARD_SIZE:05d}.parquet"
+        write_parquet_atomic(pa.Table.from_pylist(part, schema=SFT_SCHEMA), out_dir / name)
+        shards.append({"file": name, "count": len(part)})
+    keep = {s["file"] for s in shards}
+    for stale in out_dir.glob("part-*.parquet"):
+        if stale.name not in keep:
+            stale.unlink()
+    return shards
+
+
+def write_outputs(records: list[dict[str, Any]], root: Path) -> dict[str, Any]:
+    """sft/ and preferences/ from the revision records; returns their manifest entries."""
+    ok = [r for r in records if r["status"] == "ok"]
+    sft_shards = write_sft((sft_row(r) for r in ok), root / SFT)
+    pref_manifest = write_preferences((preference(r) for r in ok), root / PREFERENCES)
+    return {
+        SFT: {"dir": SFT, "count": len(ok), "shards": sft_shards},
+        PREFERENCES: {"dir": PREFERENCES, "count": pref_manifest["count"],
+                      "shards": pref_manifest["shards"]},
+    }

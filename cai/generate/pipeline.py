@@ -1,0 +1,224 @@
+"""The SL-CAI loop, stage by stage: respond -> (critique -> revise) x rounds.
+
+Each stage is ONE backend call over every pending chain of a chunk (never per prompt),
+so the engine batches them and its prefix cache reuses the shared system prompt and
+few-shot turns, which the prompt builders in `cai.prompting` put first.
+
+Round r critiques and revises the latest revision (round 1: the initial response) under a
+freshly sampled principle, drawn from (seed, f"{record_id}/round{r-1}") alone so a resumed
+run draws the same one. A chain whose output is unusable stops there with a status:
+
+    degenerate:empty        the response, a critique or a revision is empty
+    degenerate:truncated    a revision cut off at max_tokens
+    degenerate:repetition   a revision that loops
+    degenerate:identical    a revision equal to the text it revises
+    degenerate:copied       a revision that copies a few-shot example
+    skipped:too-long        a stage's prompt would not fit the model's context
+
+A truncated or looping initial response or critique is kept (a flag, not a failure): the
+revision is what has to be good, and a bad initial response is exactly what revision is for.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from cai.backends import Backend, Generation, SamplingConfig
+from cai.constitution import Constitution, Principle, sample_principle
+from cai.generate.config import GenerateConfig
+from cai.generate.inputs import PromptItem
+from cai.generate.quality import normalize, problem
+from cai.prompting import clean_output, critique_messages, response_messages, revision_messages
+
+
+@dataclass
+class Chain:
+    """One record in flight: a prompt, one sampled response, and its rounds."""
+
+    id: str
+    item: PromptItem
+    sample_index: int
+    response: str = ""
+    response_finish: str = ""
+    response_tokens: int = 0
+    current: str = ""  # the text the next round revises
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "ok"
+    reason: str = ""
+    flags: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds of the batched calls it was in
+
+    @property
+    def active(self) -> bool:
+        return self.status == "ok"
+
+    def fail(self, status: str, reason: str) -> None:
+        self.status, self.reason = status, reason
+
+
+@dataclass
+class StageCall:
+    """What one batched backend call produced (for progress and the summary)."""
+
+    stage: str
+    requests: int
+    tokens: int
+    seconds: float
+
+
+Observer = Callable[[StageCall], None]
+
+
+class Context:
+    """What every stage needs: the engine, the constitution, the config, and how long a
+    prompt may be."""
+
+    def __init__(self, backend: Backend, constitution: Constitution, config: GenerateConfig,
+                 observe: Observer | None = None) -> None:
+        self.backend, self.constitution, self.config = backend, constitution, config
+        self.observe = observe or (lambda call: None)
+        self.context_len = _context_len(backend)
+        # Texts a revision must not just copy: small models echo the worked examples.
+        self.examples = {normalize(t) for ex in constitution.few_shot
+                         for t in (ex.response, ex.critique, ex.revision)} if config.few_shot else set()
+
+    def call(self, stage: str, conversations: list[list[dict[str, str]]],
+             sampling: SamplingConfig) -> list[list[Generation]]:
+        if not conversations:
+            return []
+        t0 = time.perf_counter()
+        gens = self.backend.generate(conversations, sampling)
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(g.token_ids) for gs in gens for g in gs)
+        self.observe(StageCall(stage, len(conversations), tokens, seconds))
+        return gens
+
+
+def _context_len(backend: Backend) -> int | None:
+    """The model's context window where the backend knows it (None: do not check)."""
+    if getattr(backend, "max_model_len", None):
+        return int(backend.max_model_len)
+    lm = getattr(backend, "lm", None)
+    n = getattr(getattr(lm, "config", None), "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+def _fitting(ctx: Context, chains: list[Chain], convs: list[list[dict[str, str]]],
+             max_tokens: int, what: str) -> tuple[list[Chain], list[list[dict[str, str]]]]:
+    """Drop (with status skipped:too-long) chains whose prompt + max_tokens exceed the context:
+    one over-long request would fail the whole batch in the engine."""
+    tokenizer = getattr(ctx.backend, "tokenizer", None)
+    if ctx.context_len is None or tokenizer is None:
+        return chains, convs
+    keep_chains, keep_convs = [], []
+    for chain, conv in zip(chains, convs):
+        n = len(tokenizer(ctx.backend.render_chat(conv), add_special_tokens=False)["input_ids"])
+        if n + max_tokens > ctx.context_len:
+            chain.fail("skipped:too-long", f"{what} prompt is {n} tokens; with max_tokens "
+                                           f"{max_tokens} it exceeds the context ({ctx.context_len})")
+        else:
+            keep_chains.append(chain)
+            keep_convs.append(conv)
+    return keep_chains, keep_convs
+
+
+def respond(ctx: Context, chains: list[Chain]) -> None:
+    """Stage 1: the model answers each prompt; `samples` answers per prompt in one request."""
+    by_prompt: dict[str, list[Chain]] = {}
+    for chain in chains:
+        by_prompt.setdefault(chain.item.key, []).append(chain)
+    groups = list(by_prompt.values())
+    sampling = ctx.config.sampling("response")
+    convs = [response_messages(ctx.constitution, g[0].item.messages) for g in groups]
+    fitting = {id(c) for c in _fitting(ctx, [g[0] for g in groups], convs, sampling.max_tokens,
+                                       "response")[0]}
+    for g in groups:  # a group shares one prompt, so it fits or not as a whole
+        if id(g[0]) not in fitting:
+            for chain in g[1:]:
+                chain.fail(g[0].status, g[0].reason)
+    groups = [g for g in groups if id(g[0]) in fitting]
+    convs = [response_messages(ctx.constitution, g[0].item.messages) for g in groups]
+    t0 = time.perf_counter()
+    gens = ctx.call("response", convs, sampling)
+    seconds = time.perf_counter() - t0
+    for group, outs in zip(groups, gens):
+        for chain in group:
+            g = outs[chain.sample_index]
+            chain.response, chain.response_finish = g.text.strip(), g.finish_reason
+            chain.response_tokens = len(g.token_ids)
+            chain.current = chain.response
+            chain.timings["response"] = seconds
+            bad = problem(chain.response, finish_reason=g.finish_reason, max_tokens=sampling.max_tokens)
+            if bad and bad[0] == "empty":
+                chain.fail("degenerate:empty", "the initial response is empty")
+            elif bad:
+                chain.flags.append(f"response:{bad[0]}")
+
+
+def principle_for(ctx: Context, chain: Chain, round_index: int) -> Principle:
+    return sample_principle(ctx.constitution, ctx.config.seed, f"{chain.id}/round{round_index}")
+
+
+def critique(ctx: Context, chains: list[Chain], round_index: int) -> None:
+    """Stage 2: under a sampled principle, the model critiques its latest answer."""
+    c, cfg = ctx.constitution, ctx.config
+    sampling = cfg.sampling("critique", round_index=round_index)
+    active = [ch for ch in chains if ch.active]
+    for ch in active:
+        p = principle_for(ctx, ch, round_index)
+        ch.rounds.append({"round": round_index + 1, "principle_id": p.id})
+    convs = [critique_messages(c, c.principle(ch.rounds[-1]["principle_id"]), ch.item.messages,
+                               ch.current, cfg.few_shot) for ch in active]
+    active, convs = _fitting(ctx, active, convs, sampling.max_tokens, f"round {round_index + 1} critique")
+    t0 = time.perf_counter()
+    gens = ctx.call("critique", convs, sampling)
+    seconds = time.perf_counter() - t0
+    for ch, outs in zip(active, gens):
+        g = outs[0]
+        text = clean_output(g.text)
+        ch.rounds[-1].update(critique=text, critique_finish=g.finish_reason,
+                             critique_tokens=len(g.token_ids))
+        ch.timings["critique"] = ch.timings.get("critique", 0.0) + seconds
+        bad = problem(text, finish_reason=g.finish_reason)
+        if bad and bad[0] == "empty":
+            ch.fail("degenerate:empty", f"round {round_index + 1} critique is empty")
+        elif bad:
+            ch.flags.append(f"critique{round_index + 1}:{bad[0]}")
+
+
+def revise(ctx: Context, chains: list[Chain], round_index: int) -> None:
+    """Stage 3: the model rewrites its answer in light of the critique."""
+    c, cfg = ctx.constitution, ctx.config
+    sampling = cfg.sampling("revision", round_index=round_index)
+    active = [ch for ch in chains if ch.active]
+    convs = [revision_messages(c, c.principle(ch.rounds[-1]["principle_id"]), ch.item.messages,
+                               ch.current, ch.rounds[-1]["critique"], cfg.few_shot) for ch in active]
+    active, convs = _fitting(ctx, active, convs, sampling.max_tokens, f"round {round_index + 1} revision")
+    t0 = time.perf_counter()
+    gens = ctx.call("revision", convs, sampling)
+    seconds = time.perf_counter() - t0
+    for ch, outs in zip(active, gens):
+        g = outs[0]
+        text = clean_output(g.text)
+        ch.rounds[-1].update(revision=text, revision_finish=g.finish_reason,
+                             revision_tokens=len(g.token_ids))
+        ch.timings["revision"] = ch.timings.get("revision", 0.0) + seconds
+        bad = problem(text, finish_reason=g.finish_reason, original=ch.current,
+                      max_tokens=sampling.max_tokens)
+        if bad is None and normalize(text) in ctx.examples:
+            bad = ("copied", "copies a few-shot example of the constitution")
+        if bad:
+            ch.fail(f"degenerate:{bad[0]}", f"round {round_index + 1} revision: {bad[1]}")
+        else:
+            ch.current = text
+
+
+def run_chains(ctx: Context, chains: list[Chain], rounds: int) -> list[Chain]:
+    """The whole loop over one chunk of chains, each stage one batched call."""
+    respond(ctx, chains)
+    for r in range(rounds):
+        critique(ctx, chains, r)
+        revise(ctx, chains, r)
+    return chains

@@ -1,0 +1,79 @@
+"""Progress: one bar per stage (requests done, generated tokens/s), and the end summary."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from typing import Any
+
+from cai.generate.config import STAGES
+from cai.generate.pipeline import StageCall
+
+_LABELS = {"response": "respond", "critique": "critique", "revision": "revise"}
+
+
+class Progress:
+    """tqdm bars on stderr. A stage call is one blocking engine call, so a bar moves once per
+    chunk; its postfix is that stage's generated tokens/s so far."""
+
+    def __init__(self, records: int, prompts: int, rounds: int, enabled: bool = True) -> None:
+        from tqdm import tqdm
+
+        totals = {"response": prompts, "critique": records * rounds, "revision": records * rounds}
+        self.bars = {s: tqdm(total=totals[s], desc=f"{_LABELS[s]:>8}", unit="req", position=i,
+                             file=sys.stderr, disable=not enabled or totals[s] == 0,
+                             dynamic_ncols=True, leave=True)
+                     for i, s in enumerate(STAGES)}
+        self.tokens: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+
+    def observe(self, call: StageCall) -> None:
+        self.tokens[call.stage] += call.tokens
+        self.seconds[call.stage] += call.seconds
+        self.requests[call.stage] += call.requests
+        bar = self.bars[call.stage]
+        bar.update(call.requests)
+        rate = self.tokens[call.stage] / max(self.seconds[call.stage], 1e-9)
+        bar.set_postfix_str(f"{self.tokens[call.stage]} tok, {rate:.0f} tok/s")
+
+    def chunk_done(self, prompts: int, records: int, rounds: int) -> None:
+        """Count the requests a chunk did not need (chains that stopped early) as done."""
+        want = {"response": prompts, "critique": records * rounds, "revision": records * rounds}
+        for stage, bar in self.bars.items():
+            bar.update(max(0, min(bar.total, self._chunk_base[stage] + want[stage]) - bar.n))
+        self.start_chunk()
+
+    def start_chunk(self) -> None:
+        self._chunk_base = {s: b.n for s, b in self.bars.items()}
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+    def stats(self) -> dict[str, Any]:
+        total_tokens = sum(self.tokens.values())
+        total_s = sum(self.seconds.values())
+        return {
+            "tokens": {**{s: self.tokens[s] for s in STAGES}, "total": total_tokens},
+            "requests": {s: self.requests[s] for s in STAGES},
+            "generate_s": round(total_s, 3),
+            "tokens_per_s": round(total_tokens / total_s, 1) if total_s else 0.0,
+        }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"cai generate: {summary['out']}"]
+    status = ", ".join(f"{k} {v}" for k, v in summary["status"].items()) or "none"
+    lines.append(f"  records   {summary['records']} ({summary['new_records']} new this run, "
+                 f"{summary['already_done']} already done): {status}")
+    lines.append(f"  rejects   {summary['rejects']}"
+                 + (f" ({', '.join(f'{k} {v}' for k, v in summary['reject_reasons'].items())})"
+                    if summary["reject_reasons"] else ""))
+    t = summary["tokens"]
+    lines.append(f"  tokens    {t['total']} generated (response {t['response']}, critique "
+                 f"{t['critique']}, revision {t['revision']})")
+    lines.append(f"  speed     {summary['tokens_per_s']} tok/s over {summary['generate_s']} s "
+                 f"in the engine; wall time {summary['wall_s']} s")
+    lines.append(f"  outputs   sft {summary['sft']}, preferences {summary['preferences']}")
+    return "\n".join(lines)

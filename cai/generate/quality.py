@@ -1,0 +1,82 @@
+"""Is a generated text usable? Small models fail in a few recognisable ways; name them.
+
+    empty       nothing left after cleaning
+    truncated   the engine stopped at max_tokens (the text is cut off mid-thought)
+    repetition  the text loops: a phrase repeated back to back, or mostly repeated n-grams
+    identical   a revision that is the text it was asked to revise (whitespace-insensitive)
+
+`problem(...)` returns the first that applies, as (kind, reason), or None when the text is ok.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+KINDS = ("empty", "truncated", "repetition", "identical")
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _tail_loop(text: str, min_repeats: int = 3, max_unit: int = 200) -> str | None:
+    """The unit when the text ends in `min_repeats`+ back-to-back copies of one phrase
+    (at least 3 words, or 8+ copies of something shorter): the signature of a looping model."""
+    t = " ".join(text.split())
+    n = len(t)
+    for size in range(1, min(max_unit, n // min_repeats) + 1):
+        unit = t[n - size:]
+        copies = 1
+        while t.endswith(unit * (copies + 1)):
+            copies += 1
+        words = len(unit.split())
+        if copies >= (min_repeats if words >= 3 else 8) and unit.strip():
+            return unit.strip()
+    return None
+
+
+def _repeated_ngram_share(text: str, n: int = 4) -> float:
+    """Share of word n-grams that are copies of an earlier one (0 for short texts)."""
+    words = _WORD.findall(text.casefold())
+    if len(words) < 40:
+        return 0.0
+    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    total = sum(grams.values())
+    return (total - len(grams)) / total
+
+
+def repetition(text: str, max_share: float = 0.5) -> str | None:
+    """Why `text` looks like a loop, or None."""
+    unit = _tail_loop(text)
+    if unit is not None:
+        shown = unit if len(unit) <= 40 else unit[:37] + "..."
+        return f"ends repeating {shown!r}"
+    share = _repeated_ngram_share(text)
+    if share > max_share:
+        return f"{share:.0%} of its 4-grams are repeats"
+    lines = [normalize(x) for x in re.split(r"(?<=[.!?])\s+|\n+", text) if len(x.split()) >= 4]
+    if lines:
+        line, count = Counter(lines).most_common(1)[0]
+        if count >= 3:
+            return f"the sentence {line[:40]!r} occurs {count} times"
+    return None
+
+
+def problem(text: str, *, finish_reason: str = "stop", original: str | None = None,
+            max_tokens: int | None = None) -> tuple[str, str] | None:
+    """(kind, reason) for the first problem with a generated text, else None.
+    `original`: for a revision, the response it revises."""
+    if not text.strip():
+        return "empty", "empty after cleaning"
+    if finish_reason == "length":
+        limit = f" ({max_tokens} tokens)" if max_tokens else ""
+        return "truncated", f"cut off at max_tokens{limit}"
+    loop = repetition(text)
+    if loop:
+        return "repetition", loop
+    if original is not None and normalize(text) == normalize(original):
+        return "identical", "same text as the response it revises"
+    return None

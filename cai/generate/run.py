@@ -1,0 +1,146 @@
+"""`run_generate(config)`: prompts + constitution -> a run directory of revisions, SFT data
+and preference pairs, resumable after any crash.
+
+    load prompts -> plan records -> skip those already in a shard -> for each chunk:
+    respond, critique, revise (one batched call per stage) -> one atomic shard
+    -> sft/ + preferences/ + manifest
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cai.backends import Backend, load_backend
+from cai.constitution import load_constitution
+from cai.generate.checkpoint import RunStore
+from cai.generate.config import GenerateConfig, fingerprint, fingerprint_fields, input_fields
+from cai.generate.inputs import PromptItem, load_prompts, write_rejects
+from cai.generate.outputs import revision_row, write_outputs
+from cai.generate.pipeline import Chain, Context, run_chains
+from cai.generate.progress import Progress, format_summary
+from cai.records import stable_id
+
+REJECTS = "rejects.jsonl"
+
+
+def record_id(item: PromptItem, sample_index: int, config_hash: str) -> str:
+    return stable_id(item.key, sample_index, config_hash)
+
+
+def plan_chunks(items: list[PromptItem], samples: int, chunk_size: int) -> list[list[PromptItem]]:
+    """Fixed chunks of whole prompts (all samples of a prompt share one response request), in
+    input order, so a rerun re-forms exactly the chunks an interrupted run did not finish."""
+    per_chunk = max(1, chunk_size // samples)
+    return [items[i:i + per_chunk] for i in range(0, len(items), per_chunk)]
+
+
+def _tokenizer(config: GenerateConfig, backend: Backend | None) -> Any:
+    if backend is not None and getattr(backend, "tokenizer", None) is not None:
+        return backend.tokenizer
+    from transformers import AutoTokenizer
+
+    from cai.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(config.model))
+
+
+def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> dict[str, Any]:
+    """Run (or finish) the generation described by `config`; returns the summary.
+
+    `backend`: an engine the caller already built (tests, benchmarks, a pipeline runner
+    sharing one engine); otherwise one is loaded, only when there is work to do.
+    """
+    t_start = time.perf_counter()
+    constitution = load_constitution(config.constitution)
+    rounds = config.rounds_for(constitution)
+    gen = fingerprint_fields(config, constitution,
+                             model=config.model or (backend.model if backend else None),
+                             backend=backend.name if backend else None)
+    config_hash = fingerprint(gen)
+    identity = {"fingerprint": config_hash, "generation": gen, "inputs": input_fields(config)}
+    root = Path(config.out)
+    owned: Backend | None = None
+    progress: Progress | None = None
+    with RunStore(root) as store:
+        manifest = store.open(identity, config.model_dump(mode="json"))
+        tokenizer = _tokenizer(config, backend) if config.max_prompt_tokens else None
+        items, rejects = load_prompts(
+            config.prompts, field=config.field, messages_field=config.messages_field,
+            id_field=config.id_field, max_prompt_tokens=config.max_prompt_tokens,
+            tokenizer=tokenizer, limit=config.limit)
+        write_rejects(rejects, root / REJECTS)
+
+        done = store.done_ids()
+        chunks = []
+        for chunk in plan_chunks(items, config.samples, config.chunk_size):
+            chains = [Chain(id=record_id(it, s, config_hash), item=it, sample_index=s)
+                      for it in chunk for s in range(config.samples)]
+            chains = [ch for ch in chains if ch.id not in done]
+            if chains:
+                chunks.append(chains)
+        planned = len(items) * config.samples
+        pending = sum(map(len, chunks))
+        if done and pending:
+            print(f"cai generate: resuming {root}: {planned - pending} of {planned} records "
+                  "already done", file=sys.stderr)
+
+        run_info = {"model": gen["model"], "backend": gen["backend"], "sampling": gen["sampling"],
+                    "seed": config.seed, "constitution": constitution.name,
+                    "constitution_hash": gen["constitution_hash"], "config_hash": config_hash}
+        try:
+            if chunks:
+                if backend is None:
+                    backend = owned = load_backend(config.backend_name(), config.model,
+                                                   **config.backend_options)
+                progress = Progress(pending, len({ch.item.key for c in chunks for ch in c}),
+                                    rounds, enabled=config.progress)
+                ctx = Context(backend, constitution, config, observe=progress.observe)
+                for chains in chunks:
+                    progress.start_chunk()
+                    run_chains(ctx, chains, rounds)
+                    store.write_shard([revision_row(ch, run_info) for ch in chains])
+                    progress.chunk_done(len({ch.item.key for ch in chains}), len(chains), rounds)
+        finally:
+            if progress is not None:
+                progress.close()
+            if owned is not None:
+                owned.close()
+
+        records = list(store.iter_records())
+        datasets = write_outputs(records, root)
+        statuses = Counter(r["status"] for r in records)
+        stats = (progress.stats() if progress else
+                 {"tokens": {"response": 0, "critique": 0, "revision": 0, "total": 0},
+                  "requests": {}, "generate_s": 0.0, "tokens_per_s": 0.0})
+        summary = {
+            "out": str(root),
+            "records": len(records),
+            "status": dict(sorted(statuses.items())),
+            "new_records": pending,
+            "already_done": planned - pending,
+            "rejects": len(rejects),
+            "reject_reasons": dict(sorted(Counter(r.reason for r in rejects).items())),
+            **stats,
+            "wall_s": round(time.perf_counter() - t_start, 3),
+            "sft": datasets["sft"]["count"],
+            "preferences": datasets["preferences"]["count"],
+        }
+        manifest.update(
+            status="complete",
+            config=config.model_dump(mode="json"),
+            updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            datasets={"revisions": {"dir": "revisions", "count": len(records),
+                                    "shards": [p.name for p in store.shards()]},
+                      **datasets},
+            rejects={"file": REJECTS, "count": len(rejects),
+                     "reasons": summary["reject_reasons"]},
+            summary=summary,
+        )
+        store.write_manifest(manifest)
+    if config.progress:
+        print(format_summary(summary), file=sys.stderr)
+    return summary
