@@ -59,6 +59,8 @@ class _Bad(ValueError):
 
 def _conversation(row: dict[str, Any], field: str, messages_field: str) -> list[dict[str, str]]:
     value = row.get(messages_field)
+    if isinstance(value, str) and not value.strip():
+        value = None  # an empty CSV cell: no message list
     if isinstance(value, str):  # CSV cells hold message lists as JSON text
         try:
             value = json.loads(value)
