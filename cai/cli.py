@@ -29,6 +29,9 @@ def _register() -> None:
 
     register_chat(app)
     register_serve(app)
+    from cai.demo_cli import register as register_demo
+
+    register_demo(app)
     # Further sub-apps register here: constitution, data, generate, label, sample.
     for module, name, help_ in [
         ("cai.constitution.cli", "constitution", "Author, validate and render constitutions."),

