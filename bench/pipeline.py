@@ -8,9 +8,14 @@ beyond the generation itself?
    constitution (few-shot on, fresh run directory): pipeline throughput = generated tokens
    of all stages / wall time of the whole call (loading prompts, principle sampling, quality
    checks, shard and output writes included).
-3. Raw: ONE `generate` call producing the same number of tokens (as many requests as the
-   pipeline made, each exactly tokens/requests new tokens, EOS ignored).
-Prints both and pipeline/raw (target >= 0.9). The ratio is noisy on a shared machine.
+3. Raw vLLM: ONE `LLM.generate` call doing the same work: every prompt the pipeline sent
+   (responses, critiques and revisions, rebuilt from the records), each generating exactly
+   as many tokens as it did in the pipeline (min_tokens = max_tokens, EOS ignored). The
+   prefix cache is reset before each measurement so neither reuses the other's prompts.
+   What the ratio measures is the cost of the pipeline's structure: dependent stages (a
+   stage waits for the slowest request of the previous one), smaller batches, Python work.
+Also printed, for context: raw throughput on the same token count with the short
+response prompts only. Figures are noisy on a shared machine.
 """
 
 from __future__ import annotations
@@ -23,6 +28,49 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pipeline_requests(run: Path) -> list[tuple[list[dict], int]]:
+    """(conversation, generated tokens) of every request the pipeline made, from its records."""
+    import pyarrow.parquet as pq
+
+    from cai.constitution import load_constitution
+    from cai.prompting import critique_messages, response_messages, revision_messages
+
+    c = load_constitution("harmless")
+    rows = [r for f in sorted((run / "revisions").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    out = []
+    for r in rows:
+        out.append((response_messages(c, r["prompt"]), r["response_tokens"]))
+        current = r["initial_response"]
+        for rd in r["rounds"]:
+            p = c.principle(rd["principle_id"])
+            if rd["critique"] is None:
+                break
+            out.append((critique_messages(c, p, r["prompt"], current), rd["critique_tokens"]))
+            if rd["revision"] is None:
+                break
+            out.append((revision_messages(c, p, r["prompt"], current, rd["critique"]),
+                        rd["revision_tokens"]))
+            current = rd["revision"]
+    return out
+
+
+def raw_same_work(engine, run: Path, expect: int) -> tuple[int, float]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from cai.backends.text import encode
+
+    reqs = [(c, n) for c, n in pipeline_requests(run) if n > 0]
+    prompts = [TokensPrompt(prompt_token_ids=encode(engine.tokenizer, engine.render_chat(c)))
+               for c, _ in reqs]
+    params = [SamplingParams(temperature=0.7, max_tokens=n, min_tokens=n, ignore_eos=True)
+              for _, n in reqs]
+    start = time.perf_counter()
+    outs = engine.llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    return sum(len(o.outputs[0].token_ids) for o in outs), seconds
 
 
 def main() -> None:
@@ -49,19 +97,24 @@ def main() -> None:
         cfg = GenerateConfig(prompts=str(prompts_file), out=f"{tmp}/run", limit=args.prompts,
                              rounds=args.rounds, max_tokens=args.max_tokens, temperature=0.7,
                              chunk_size=max(256, args.prompts), progress=False)
+        engine.llm.reset_prefix_cache()
         start = time.perf_counter()
         summary = run_generate(cfg, backend=engine)
         pipe_s = time.perf_counter() - start
         pipe_tokens = summary["tokens"]["total"]
         requests = sum(summary["requests"].values())
 
+        engine.llm.reset_prefix_cache()
+        raw_tokens, raw_s = raw_same_work(engine, Path(tmp) / "run", requests)
+
         per_request = math.ceil(pipe_tokens / requests)
-        raw_convs = [convs[i % len(convs)] for i in range(requests)]
+        short = [convs[i % len(convs)] for i in range(requests)]
+        engine.llm.reset_prefix_cache()
         start = time.perf_counter()
-        outs = engine.generate(raw_convs, SamplingConfig(temperature=0.7, max_tokens=per_request,
-                                                         ignore_eos=True))
-        raw_s = time.perf_counter() - start
-        raw_tokens = sum(len(g.token_ids) for gs in outs for g in gs)
+        outs = engine.generate(short, SamplingConfig(temperature=0.7, max_tokens=per_request,
+                                                     ignore_eos=True))
+        short_s = time.perf_counter() - start
+        short_tokens = sum(len(g.token_ids) for gs in outs for g in gs)
 
     pipe_tps, raw_tps = pipe_tokens / pipe_s, raw_tokens / raw_s
     result = {
@@ -71,6 +124,8 @@ def main() -> None:
                      "status": summary["status"]},
         "raw": {"tokens": raw_tokens, "requests": requests, "seconds": round(raw_s, 2),
                 "tokens_per_s": round(raw_tps, 1)},
+        "raw_short_prompts": {"tokens": short_tokens, "seconds": round(short_s, 2),
+                              "tokens_per_s": round(short_tokens / short_s, 1)},
         "ratio": round(pipe_tps / raw_tps, 3),
     }
     print(json.dumps(result, indent=2))
