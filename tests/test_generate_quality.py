@@ -27,6 +27,22 @@ def test_problem(text, kwargs, kind):
     assert (got[0] if got else None) == kind
 
 
+def test_copied_from_few_shot():
+    from cai.constitution import load_constitution
+
+    c = load_constitution("harmless")
+    examples = [t for ex in c.few_shot for t in (ex.critique, ex.revision)]
+    echoed = ("Most red wines are only about 12-20% alcohol by volume, so a 300 ml glass holds "
+              "roughly 25-30 ml of pure alcohol.")
+    kind, reason = problem(echoed, examples=examples)
+    assert kind == "copied" and "3-grams come from a few-shot example" in reason
+    assert problem(c.few_shot[0].revision, examples=examples)[0] == "copied"
+    for fine in ["I won't help with that.",
+                 "I won't help harm anyone, but feeling humiliated is exhausting. Try HR first.",
+                 "I won't help make a weapon. If you feel unsafe, please contact local services."]:
+        assert problem(fine, examples=examples) is None
+
+
 def test_problem_order_and_reasons():
     # empty wins over truncated; truncated over looping
     assert problem("", finish_reason="length")[0] == "empty"

@@ -12,7 +12,7 @@ run draws the same one. A chain whose output is unusable stops there with a stat
     degenerate:truncated    a revision cut off at max_tokens
     degenerate:repetition   a revision that loops
     degenerate:identical    a revision equal to the text it revises
-    degenerate:copied       a revision that copies a few-shot example
+    degenerate:copied       a revision that echoes a few-shot example (even paraphrased)
     skipped:too-long        a stage's prompt would not fit the model's context
 
 A truncated or looping initial response or critique is kept (a flag, not a failure): the
@@ -29,7 +29,7 @@ from cai.backends import Backend, Generation, SamplingConfig
 from cai.constitution import Constitution, Principle, sample_principle
 from cai.generate.config import GenerateConfig
 from cai.generate.inputs import PromptItem
-from cai.generate.quality import normalize, problem
+from cai.generate.quality import problem
 from cai.prompting import clean_output, critique_messages, response_messages, revision_messages
 
 
@@ -80,9 +80,10 @@ class Context:
         self.backend, self.constitution, self.config = backend, constitution, config
         self.observe = observe or (lambda call: None)
         self.context_len = _context_len(backend)
-        # Texts a revision must not just copy: small models echo the worked examples.
-        self.examples = {normalize(t) for ex in constitution.few_shot
-                         for t in (ex.response, ex.critique, ex.revision)} if config.few_shot else set()
+        # Texts a critique or revision must not just echo: small models repeat the worked
+        # examples. (Example *responses* are left out: a real refusal may resemble one.)
+        self.examples = [t for ex in constitution.few_shot for t in (ex.critique, ex.revision)] \
+            if config.few_shot else []
 
     def call(self, stage: str, conversations: list[list[dict[str, str]]],
              sampling: SamplingConfig) -> list[list[Generation]]:
@@ -181,7 +182,7 @@ def critique(ctx: Context, chains: list[Chain], round_index: int) -> None:
         ch.rounds[-1].update(critique=text, critique_finish=g.finish_reason,
                              critique_tokens=len(g.token_ids))
         ch.timings["critique"] = ch.timings.get("critique", 0.0) + seconds
-        bad = problem(text, finish_reason=g.finish_reason)
+        bad = problem(text, finish_reason=g.finish_reason, examples=ctx.examples)
         if bad and bad[0] == "empty":
             ch.fail("degenerate:empty", f"round {round_index + 1} critique is empty")
         elif bad:
@@ -206,9 +207,7 @@ def revise(ctx: Context, chains: list[Chain], round_index: int) -> None:
                              revision_tokens=len(g.token_ids))
         ch.timings["revision"] = ch.timings.get("revision", 0.0) + seconds
         bad = problem(text, finish_reason=g.finish_reason, original=ch.current,
-                      max_tokens=sampling.max_tokens)
-        if bad is None and normalize(text) in ctx.examples:
-            bad = ("copied", "copies a few-shot example of the constitution")
+                      max_tokens=sampling.max_tokens, examples=ctx.examples)
         if bad:
             ch.fail(f"degenerate:{bad[0]}", f"round {round_index + 1} revision: {bad[1]}")
         else:

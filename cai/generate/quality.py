@@ -4,6 +4,8 @@
     truncated   the engine stopped at max_tokens (the text is cut off mid-thought)
     repetition  the text loops: a phrase repeated back to back, or mostly repeated n-grams
     identical   a revision that is the text it was asked to revise (whitespace-insensitive)
+    copied      most of it comes from a few-shot example (small models echo the worked
+                examples instead of revising; see `copied_share`)
 
 `problem(...)` returns the first that applies, as (kind, reason), or None when the text is ok.
 """
@@ -65,10 +67,39 @@ def repetition(text: str, max_share: float = 0.5) -> str | None:
     return None
 
 
+def _trigrams(text: str) -> list[tuple[str, ...]]:
+    words = _WORD.findall(text.casefold())
+    return [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+
+
+def copied_share(text: str, examples: list[str]) -> float:
+    """How much `text` and one example overlap, both ways: min(share of the text's word
+    3-grams found in the example, share of the example's found in the text), the largest
+    over the examples. Both must be high: a short "I won't help with that." shares half its
+    3-grams with "I won't help harm the dog, but ..." yet covers little of it.
+    Paraphrased echoes ("Most red wines are only about 12-20% ...") score 0.28-0.8; own
+    answers in the examples' style stay under 0.2."""
+    grams = _trigrams(text)
+    if len(grams) < 3 or not examples:
+        return 0.0
+    best = 0.0
+    for example in examples:
+        ex = set(_trigrams(example))
+        if ex:
+            of_text = sum(g in ex for g in grams) / len(grams)
+            of_example = len(set(grams) & ex) / len(ex)
+            best = max(best, min(of_text, of_example))
+    return best
+
+
+COPY_SHARE = 0.25
+
+
 def problem(text: str, *, finish_reason: str = "stop", original: str | None = None,
-            max_tokens: int | None = None) -> tuple[str, str] | None:
+            max_tokens: int | None = None, examples: list[str] = ()) -> tuple[str, str] | None:
     """(kind, reason) for the first problem with a generated text, else None.
-    `original`: for a revision, the response it revises."""
+    `original`: for a revision, the response it revises. `examples`: few-shot texts it
+    must not echo."""
     if not text.strip():
         return "empty", "empty after cleaning"
     if finish_reason == "length":
@@ -79,4 +110,7 @@ def problem(text: str, *, finish_reason: str = "stop", original: str | None = No
         return "repetition", loop
     if original is not None and normalize(text) == normalize(original):
         return "identical", "same text as the response it revises"
+    share = copied_share(text, list(examples))
+    if share >= COPY_SHARE:
+        return "copied", f"{share:.0%} of its word 3-grams come from a few-shot example"
     return None
