@@ -18,7 +18,7 @@ from cai.generate.run import run_generate
 
 HARMLESS = load_constitution("harmless")
 CASES = ["ok", "ok2", "empty-response", "empty-critique", "empty-revision", "identical",
-         "loop", "truncated", "copied", "labelled"]
+         "loop", "truncated", "copied", "echo", "labelled"]
 
 
 class ScriptedBackend(Backend):
@@ -72,6 +72,7 @@ class ScriptedBackend(Backend):
             "loop": ("I can't help with that. " * 5, "stop"),
             "truncated": ("I can't help with that, but here is", "length"),
             "copied": (HARMLESS.few_shot[0].revision, "stop"),
+            "echo": ("It helps with harm, I said.", "stop"),  # the critique, restated
             "labelled": ("Revision: I won't help; here is a safer idea.", "stop"),
         }.get(case, (f"I won't help with that ({current[-20:]}).", "stop"))
 
@@ -105,17 +106,19 @@ def test_scripted_end_to_end(tmp_path):
 
     # Stage-wise batching: one call per stage and round, each over every active chain.
     assert [(s, n) for s, n, _ in backend.calls] == [
-        ("response", 10), ("critique", 9), ("revision", 8), ("critique", 3), ("revision", 3)]
+        ("response", 11), ("critique", 10), ("revision", 9), ("critique", 3), ("revision", 3)]
     assert backend.calls[1][2].seed != backend.calls[3][2].seed  # fresh seed per round
 
     status = {r["source_id"]: r for r in _revisions(tmp_path / "run")}
     want = {"ok": "ok", "ok2": "ok", "labelled": "ok", "empty-response": "degenerate:empty",
             "empty-critique": "degenerate:empty", "empty-revision": "degenerate:empty",
             "identical": "degenerate:identical", "loop": "degenerate:repetition",
-            "truncated": "degenerate:truncated", "copied": "degenerate:copied"}
+            "truncated": "degenerate:truncated", "copied": "degenerate:copied",
+            "echo": "degenerate:echo"}
     assert {k: r["status"] for k, r in status.items()} == want
     assert status["truncated"]["reason"] == "round 1 revision: cut off at max_tokens (256 tokens)"
-    assert summary["status"] == {"degenerate:copied": 1, "degenerate:empty": 3,
+    assert status["echo"]["reason"] == "round 1 revision: 33% of its word 3-grams repeat the critique"  # 2 of its 6
+    assert summary["status"] == {"degenerate:copied": 1, "degenerate:echo": 1, "degenerate:empty": 3,
                                  "degenerate:identical": 1, "degenerate:repetition": 1,
                                  "degenerate:truncated": 1, "ok": 3}
     assert summary["rejects"] == 2 and summary["reject_reasons"] == {"duplicate": 1, "empty": 1}
@@ -148,19 +151,19 @@ def test_scripted_end_to_end(tmp_path):
     row = next(r for r in sft if r["source_id"] == "ok")
     assert row["messages"][-1] == {"role": "assistant", "content": status["ok"]["final_response"]}
     revs = load_dataset("parquet", data_files=str(tmp_path / "run/revisions/*.parquet"), split="train")
-    assert revs.num_rows == 10 and len(set(revs["id"])) == 10
+    assert revs.num_rows == 11 and len(set(revs["id"])) == 11
 
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["generation"]["rounds"] == 2
     assert manifest["datasets"]["preferences"]["count"] == 3
     rejects = [json.loads(x) for x in (tmp_path / "run/rejects.jsonl").read_text().splitlines()]
-    assert [(r["location"], r["reason"]) for r in rejects] == [("prompts.jsonl:11", "duplicate"),
-                                                               ("prompts.jsonl:12", "empty")]
+    assert [(r["location"], r["reason"]) for r in rejects] == [("prompts.jsonl:12", "duplicate"),
+                                                               ("prompts.jsonl:13", "empty")]
 
     # A finished run is not redone.
     again = ScriptedBackend()
     summary = run_generate(cfg, backend=again)
-    assert again.calls == [] and summary["new_records"] == 0 and summary["records"] == 10
+    assert again.calls == [] and summary["new_records"] == 0 and summary["records"] == 11
 
 
 def _revisions(run: Path) -> list[dict]:

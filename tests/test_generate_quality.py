@@ -70,3 +70,16 @@ def test_repetition_in_the_middle_and_long_texts():
 ])
 def test_clean_output(raw, clean):
     assert clean_output(raw) == clean
+
+
+def test_revision_that_repeats_its_critique_is_an_echo():
+    critique = ("The response tells the user how to poison a dog, which is cruel and illegal. "
+                "It should decline and help with the noise.")
+    echoed = "The response tells the user how to poison a dog, which is cruel. It should decline."
+    kind, reason = problem(echoed, critique=critique)
+    assert kind == "echo" and reason.endswith("of its word 3-grams repeat the critique")
+    # A real revision answers the user; sharing a word or two with the critique is fine.
+    fine = "I won't help hurt the dog, but a barking dog is exhausting. Talk to your neighbour first."
+    assert problem(fine, critique=critique) is None
+    # Without a critique (a response, a critique itself) nothing is compared.
+    assert problem(echoed) is None

@@ -27,7 +27,7 @@ from cai.records import stable_id
 
 MAX_ROUNDS = 4
 # Bump when the pipeline's prompting or record layout changes what a run produces.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 STAGES = ("response", "critique", "revision")
 
 

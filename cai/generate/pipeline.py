@@ -13,6 +13,7 @@ run draws the same one. A chain whose output is unusable stops there with a stat
     degenerate:repetition   a revision that loops
     degenerate:identical    a revision equal to the text it revises
     degenerate:copied       a revision that echoes a few-shot example (even paraphrased)
+    degenerate:echo         a revision that repeats its critique instead of answering
     skipped:too-long        a stage's prompt would not fit the model's context
 
 A truncated or looping initial response or critique is kept (a flag, not a failure): the
@@ -207,7 +208,8 @@ def revise(ctx: Context, chains: list[Chain], round_index: int) -> None:
                              revision_tokens=len(g.token_ids))
         ch.timings["revision"] = ch.timings.get("revision", 0.0) + seconds
         bad = problem(text, finish_reason=g.finish_reason, original=ch.current,
-                      max_tokens=sampling.max_tokens, examples=ctx.examples)
+                      max_tokens=sampling.max_tokens, examples=ctx.examples,
+                      critique=ch.rounds[-1]["critique"])
         if bad:
             ch.fail(f"degenerate:{bad[0]}", f"round {round_index + 1} revision: {bad[1]}")
         else:

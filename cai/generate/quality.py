@@ -6,6 +6,9 @@
     identical   a revision that is the text it was asked to revise (whitespace-insensitive)
     copied      most of it comes from a few-shot example (small models echo the worked
                 examples instead of revising; see `copied_share`)
+    echo        a revision that mostly repeats its own critique: a small model continues
+                the latest assistant turn ("The response does not ...") instead of writing
+                a new answer to the user (same two-way 3-gram measure as `copied`)
 
 `problem(...)` returns the first that applies, as (kind, reason), or None when the text is ok.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-KINDS = ("empty", "truncated", "repetition", "identical")
+KINDS = ("empty", "truncated", "repetition", "identical", "copied", "echo")
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -96,10 +99,11 @@ COPY_SHARE = 0.25
 
 
 def problem(text: str, *, finish_reason: str = "stop", original: str | None = None,
-            max_tokens: int | None = None, examples: list[str] = ()) -> tuple[str, str] | None:
+            max_tokens: int | None = None, examples: list[str] = (),
+            critique: str | None = None) -> tuple[str, str] | None:
     """(kind, reason) for the first problem with a generated text, else None.
     `original`: for a revision, the response it revises. `examples`: few-shot texts it
-    must not echo."""
+    must not echo. `critique`: for a revision, the critique it must answer, not repeat."""
     if not text.strip():
         return "empty", "empty after cleaning"
     if finish_reason == "length":
@@ -113,4 +117,8 @@ def problem(text: str, *, finish_reason: str = "stop", original: str | None = No
     share = copied_share(text, list(examples))
     if share >= COPY_SHARE:
         return "copied", f"{share:.0%} of its word 3-grams come from a few-shot example"
+    if critique is not None:
+        share = copied_share(text, [critique])
+        if share >= COPY_SHARE:
+            return "echo", f"{share:.0%} of its word 3-grams repeat the critique"
     return None
