@@ -34,6 +34,8 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None),
         few_shot: Optional[bool] = typer.Option(None, "--few-shot/--no-few-shot",
                                                 help="show the constitution's worked examples"),
+        revision_candidates: Optional[int] = typer.Option(
+            None, help="revisions sampled per request; the first passing the checks is kept"),
         field: Optional[str] = typer.Option(None, help="prompt text field (default prompt)"),
         messages_field: Optional[str] = typer.Option(None, help="message-list field (default messages)"),
         id_field: Optional[str] = typer.Option(None, help="id field (default id)"),
@@ -56,7 +58,7 @@ def register(app: typer.Typer) -> None:
             prompts=prompts, out=out, constitution=constitution, model=model, backend=backend,
             backend_options=backend_options or None, rounds=rounds, samples=samples, limit=limit,
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            few_shot=few_shot, field=field, messages_field=messages_field, id_field=id_field,
+            few_shot=few_shot, revision_candidates=revision_candidates, field=field, messages_field=messages_field, id_field=id_field,
             max_prompt_tokens=max_prompt_tokens, chunk_size=chunk_size, progress=progress)
         try:
             cfg = load_config(config, overrides)

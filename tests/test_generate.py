@@ -64,6 +64,8 @@ class ScriptedBackend(Backend):
             return ("" if case == "empty-response" else f"Sure, here is how ({case}, sample {i})."), "stop"
         if stage == "critique":
             return ("" if case == "empty-critique" else "Critique: it helps with harm."), "stop"
+        if case == "second-try":  # the first revision candidate loops, the next ones are fine
+            case = "loop" if i == 0 else "ok"
         if case == "labelled" and current.startswith("I won't help;"):
             case = "ok"  # round 2 revises the cleaned round-1 text like any other
         return {
@@ -188,6 +190,31 @@ def test_samples_chunks_and_extension(tmp_path):
     summary = run_generate(cfg.model_copy(update={"limit": 5}), backend=backend)
     assert summary["new_records"] == 4 and summary["already_done"] == 6 and summary["records"] == 10
     assert sum(n for s, n, _ in backend.calls if s == "response") == 2
+
+
+def test_revision_candidates_keep_the_first_that_passes(tmp_path):
+    backend = ScriptedBackend()
+    cfg = _config(tmp_path, revision_candidates=3, chunk_size=100)
+    cfg = cfg.model_copy(update={"prompts": str(_prompts(tmp_path, ["ok", "second-try", "loop"]))})
+    summary = run_generate(cfg, backend=backend)
+    # Still one batched call per stage; only the revision requests ask for 3 samples.
+    assert [(s, n, c.n) for s, n, c in backend.calls] == [
+        ("response", 3, 1), ("critique", 3, 1), ("revision", 3, 3)]
+    rows = {r["source_id"]: r for r in _revisions(tmp_path / "run")}
+    assert rows["ok"]["status"] == "ok" and rows["ok"]["rounds"][0]["revision_candidate"] == 0
+    second = rows["second-try"]
+    assert second["status"] == "ok" and second["final_response"].startswith("I won't help with that")
+    assert second["rounds"][0]["revision_candidate"] == 1
+    assert second["rounds"][0]["rejected_candidates"] == ["repetition"]
+    # No candidate passes: the first one and its problem are recorded.
+    assert rows["loop"]["status"] == "degenerate:repetition"
+    assert rows["loop"]["rounds"][0]["revision_candidate"] == 0
+    assert summary["status"] == {"degenerate:repetition": 1, "ok": 2}
+    # A different number of candidates is a different run: refused in the same directory.
+    with pytest.raises(RunConfigError):
+        run_generate(cfg.model_copy(update={"revision_candidates": 1}), backend=ScriptedBackend())
+    with pytest.raises(ValueError, match="revision_candidates > 1 needs"):
+        _config(tmp_path, revision_candidates=2, revision={"temperature": 0.0})
 
 
 def test_changed_config_is_refused(tmp_path):

@@ -10,7 +10,7 @@ Modules, in the order the data flows:
     inputs      prompts in (any cai.io format), deduped; rejects with reasons
     config      GenerateConfig; the fingerprint that identifies a run
     pipeline    respond -> critique -> revise, one batched backend call per stage
-    quality     degenerate output detection (empty, truncated, repetition, identical, copied)
+    quality     degenerate output detection (empty, truncated, repetition, identical, copied, echo)
     checkpoint  the run directory: atomic shards, lock, identity check (exactly-once resume)
     outputs     revisions/ -> sft/ and preferences/ (ok records only)
     progress    per-stage bars, summary

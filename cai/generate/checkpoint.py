@@ -38,6 +38,8 @@ _ROUND = pa.struct([
     ("round", pa.int32()), ("principle_id", pa.string()),
     ("critique", pa.string()), ("critique_finish", pa.string()), ("critique_tokens", pa.int32()),
     ("revision", pa.string()), ("revision_finish", pa.string()), ("revision_tokens", pa.int32()),
+    # which of the revision_candidates was kept, and the problems of those passed over
+    ("revision_candidate", pa.int32()), ("rejected_candidates", pa.list_(pa.string())),
 ])
 # Fixed, so every shard (and an empty run) has the same columns for `datasets`.
 REVISION_SCHEMA = pa.schema([

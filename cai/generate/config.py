@@ -69,6 +69,9 @@ class GenerateConfig(BaseModel):
                                            "constitution's, at most 4)")
     samples: int = Field(1, ge=1, le=16, description="responses per prompt (records per prompt)")
     few_shot: bool = Field(True, description="show the constitution's worked examples")
+    revision_candidates: int = Field(1, ge=1, le=16,
+                                     description="revisions sampled per request; the first that "
+                                                 "passes the quality checks is kept")
     # sampling, shared by all stages unless a stage overrides it
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -88,6 +91,9 @@ class GenerateConfig(BaseModel):
         if self.samples > 1 and self.sampling("response").temperature == 0.0:
             raise ValueError("samples > 1 needs a response temperature > 0 (greedy decoding "
                              "gives the same answer every time)")
+        if self.revision_candidates > 1 and self.sampling("revision").temperature == 0.0:
+            raise ValueError("revision_candidates > 1 needs a revision temperature > 0 (greedy "
+                             "decoding gives the same revision every time)")
         return self
 
     def rounds_for(self, constitution: Constitution) -> int:
@@ -98,7 +104,7 @@ class GenerateConfig(BaseModel):
         a critique does not replay the random stream of the response."""
         o: StageSampling = getattr(self, stage)
         return SamplingConfig(
-            n=self.samples if stage == "response" else 1,
+            n={"response": self.samples, "revision": self.revision_candidates}.get(stage, 1),
             temperature=self.temperature if o.temperature is None else o.temperature,
             top_p=self.top_p if o.top_p is None else o.top_p,
             max_tokens=self.max_tokens if o.max_tokens is None else o.max_tokens,

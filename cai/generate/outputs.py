@@ -48,7 +48,8 @@ def revision_row(chain: Chain, run: dict[str, Any]) -> dict[str, Any]:
     constitution, constitution_hash, config_hash."""
     rounds = [{k: r.get(k) for k in ("round", "principle_id", "critique", "critique_finish",
                                      "critique_tokens", "revision", "revision_finish",
-                                     "revision_tokens")} for r in chain.rounds]
+                                     "revision_tokens", "revision_candidate",
+                                     "rejected_candidates")} for r in chain.rounds]
     ok = chain.status == "ok"
     return {
         "id": chain.id,

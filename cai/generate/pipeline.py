@@ -191,7 +191,8 @@ def critique(ctx: Context, chains: list[Chain], round_index: int) -> None:
 
 
 def revise(ctx: Context, chains: list[Chain], round_index: int) -> None:
-    """Stage 3: the model rewrites its answer in light of the critique."""
+    """Stage 3: the model rewrites its answer in light of the critique (one request per
+    chain, `revision_candidates` samples each)."""
     c, cfg = ctx.constitution, ctx.config
     sampling = cfg.sampling("revision", round_index=round_index)
     active = [ch for ch in chains if ch.active]
@@ -202,14 +203,21 @@ def revise(ctx: Context, chains: list[Chain], round_index: int) -> None:
     gens = ctx.call("revision", convs, sampling)
     seconds = time.perf_counter() - t0
     for ch, outs in zip(active, gens):
-        g = outs[0]
-        text = clean_output(g.text)
+        # With revision_candidates > 1: keep the first candidate that passes the checks
+        # (rejection sampling); if none does, the first one and its problem are recorded.
+        checked = []
+        for g in outs:
+            text = clean_output(g.text)
+            bad = problem(text, finish_reason=g.finish_reason, original=ch.current,
+                          max_tokens=sampling.max_tokens, examples=ctx.examples,
+                          critique=ch.rounds[-1]["critique"])
+            checked.append((g, text, bad))
+        pick = next((i for i, (_, _, bad) in enumerate(checked) if bad is None), 0)
+        g, text, bad = checked[pick]
         ch.rounds[-1].update(revision=text, revision_finish=g.finish_reason,
-                             revision_tokens=len(g.token_ids))
+                             revision_tokens=len(g.token_ids), revision_candidate=pick,
+                             rejected_candidates=[b[0] for _, _, b in checked[:pick]])
         ch.timings["revision"] = ch.timings.get("revision", 0.0) + seconds
-        bad = problem(text, finish_reason=g.finish_reason, original=ch.current,
-                      max_tokens=sampling.max_tokens, examples=ctx.examples,
-                      critique=ch.rounds[-1]["critique"])
         if bad:
             ch.fail(f"degenerate:{bad[0]}", f"round {round_index + 1} revision: {bad[1]}")
         else:
