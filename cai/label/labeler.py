@@ -4,9 +4,9 @@ For each pair, K principles are drawn from (seed, pair key) — the key ignores 
 order, so a pair and its swap are judged under the same principles. Each (pair, principle)
 is asked in both orders; each of those prompts is scored with both option continuations.
 That is pairs x K x 2 orders x 2 options continuations, sent to `continuation_logprobs` at
-once (vLLM batches them; it does NOT reuse its prefix cache for them, because vLLM skips
-the cache for requests that ask for prompt log-probs, so every comparison is prefilled in
-full, twice). CoT mode first generates every reasoning in one `generate` call.
+once (the vLLM backend scores them as next-token requests per distinct prefix, so the
+few-shot prefix and each prompt shared by its two options come from the prefix cache).
+CoT mode first generates every reasoning in one `generate` call.
 
 Scoring text: `render_chat(messages)` (the generation prompt opens the assistant turn) +
 [CoT reasoning + newline] + ANSWER_PREFIX, then the continuations " (A)" / " (B)".
