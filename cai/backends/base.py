@@ -28,6 +28,11 @@ class SamplingConfig(BaseModel):
     stop: list[str] = Field(default_factory=list)
     ignore_eos: bool = Field(False, description="always generate max_tokens (benchmarks)")
 
+    def request_kwargs(self) -> dict:
+        """The fields vLLM's SamplingParams and the OpenAI API both name the same way."""
+        return {"n": self.n, "temperature": self.temperature, "top_p": self.top_p,
+                "max_tokens": self.max_tokens, "seed": self.seed, "stop": self.stop or None}
+
 
 class Generation(BaseModel):
     """One sampled completion."""

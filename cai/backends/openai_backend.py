@@ -89,12 +89,7 @@ class OpenAIBackend(Backend):
                 return self.client.chat.completions.create(
                     model=self.model,
                     messages=[dict(m) for m in conversations[index]],
-                    n=sampling.n,
-                    temperature=sampling.temperature,
-                    top_p=sampling.top_p,
-                    max_tokens=sampling.max_tokens,
-                    seed=sampling.seed,
-                    stop=sampling.stop or None,
+                    **sampling.request_kwargs(),
                     # vLLM (and `cai serve`) return token ids when asked; others ignore it.
                     extra_body={"return_token_ids": True},
                 )

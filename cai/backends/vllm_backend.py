@@ -92,15 +92,7 @@ class VLLMBackend(Backend):
         # We render and tokenize ourselves so every backend sees the same token sequence.
         prompts = [TokensPrompt(prompt_token_ids=encode(self.tokenizer, self.render_chat(c)))
                    for c in conversations]
-        params = SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-            stop=sampling.stop or None,
-            ignore_eos=sampling.ignore_eos,
-        )
+        params = SamplingParams(**sampling.request_kwargs(), ignore_eos=sampling.ignore_eos)
         outputs = self.llm.generate(prompts, params, use_tqdm=self.use_tqdm)
         return [
             [Generation(text=o.text, token_ids=list(o.token_ids),
