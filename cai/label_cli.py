@@ -71,10 +71,11 @@ def register(app: typer.Typer) -> None:
         orientation, metadata.input the input's provenance and label."""
         from cai.backends import load_backend
         from cai.constitution import ConstitutionError, load_constitution
+        from cai.data.importers import Reject
         from cai.data.store import write_preferences
         from cai.io import DataError
-        from cai.label import (LabelConfig, build_report, format_report, human_preferences,
-                               label_pairs, read_pairs, run_info, to_record)
+        from cai.label import (LabelConfig, build_report, fitting_pairs, format_report,
+                               human_preferences, label_pairs, read_pairs, run_info, to_record)
 
         try:
             c = load_constitution(constitution)
@@ -109,6 +110,11 @@ def register(app: typer.Typer) -> None:
         with load_backend(backend, model, **_backend_options(base_url, gpu_memory_utilization,
                                                              backend)) as engine:
             t_loaded = time.perf_counter()
+            pairs, too_long = fitting_pairs(engine, c, pairs, config)
+            rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
+                                reason=why) for p, why in too_long]
+            if too_long:
+                typer.echo(f"{len(too_long)} pairs too long for the feedback model -> {rejects_file}")
             labels = label_pairs(engine, c, pairs, config, log=lambda m: typer.echo(m))
             labeler = engine.model
         elapsed = time.perf_counter() - t_loaded
@@ -147,7 +153,8 @@ def register(app: typer.Typer) -> None:
                                          help="show this constitution's system prompt to the policy"),
         field: str = typer.Option("prompt", help="text field of a prompt"),
         messages_field: str = typer.Option("messages", help="message-list field of a prompt"),
-        max_prompt_tokens: int = typer.Option(None, min=1, help="reject longer prompts"),
+        max_prompt_tokens: int = typer.Option(
+            None, min=1, help="reject longer prompts (default: the model's context minus --max-tokens)"),
         limit: int = typer.Option(None, min=1, help="first N usable prompts"),
         rejects: Path = typer.Option(None, "--rejects", help="rejects JSONL (default OUT stem + .rejects.jsonl)"),
         gpu_memory_utilization: float = typer.Option(None, help="vllm: KV cache share of memory"),
@@ -169,6 +176,10 @@ def register(app: typer.Typer) -> None:
         rejects_file = rejects or out.with_name(out.stem + ".rejects.jsonl")
         with load_backend(backend, model, **_backend_options(base_url, gpu_memory_utilization,
                                                              backend)) as engine:
+            ctx = engine.context_length()
+            if max_prompt_tokens is None and ctx and getattr(engine, "tokenizer", None) is not None:
+                # a prompt that leaves no room for max_tokens would fail the whole batch
+                max_prompt_tokens = max(1, ctx - max_tokens)
             try:
                 items, rejected = load_prompts(
                     prompts_path, field=field, messages_field=messages_field, limit=limit,

@@ -243,7 +243,7 @@ def test_one_process_per_run_dir(tmp_path):
 def test_too_long_prompts_are_skipped_not_fatal(tmp_path):
     backend = ScriptedBackend()
     backend.tokenizer = lambda text, add_special_tokens=False: {"input_ids": text.split()}
-    backend.max_model_len = 300  # few-shot critique prompts are longer than this
+    backend.context_length = lambda: 300  # few-shot critique prompts are longer than this
     summary = run_generate(_config(tmp_path, limit=2, max_tokens=50), backend=backend)
     assert summary["status"] == {"skipped:too-long": 2}
     row = _revisions(tmp_path / "run")[0]

@@ -114,3 +114,39 @@ def test_vllm_labels_like_transformers_on_the_embedded_model(vllm_backend, embed
         for xv, xh in zip(lv.verdicts, lh.verdicts):
             assert xv.p_a == pytest.approx(xh.p_a, abs=0.02)
         assert lv.p_first == pytest.approx(lh.p_first, abs=0.02)
+
+
+def test_label_sets_aside_pairs_longer_than_the_context(app, tmp_path, tiny_model_dir):
+    """A pair whose comparison prompt cannot fit the feedback model's context (the tiny
+    model's is 2048 tokens) goes to the rejects with its location; the others are labeled."""
+    long_answer = "word " * 3000
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A carrot."},
+        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": long_answer},
+        {"prompt": "Name a planet.", "chosen": "Mars.", "rejected": "The Moon."},
+    ]) + "\n")
+    out = tmp_path / "labeled"
+    r = runner.invoke(app, ["label", "--pairs", str(pairs), "-o", str(out), "--model",
+                            str(tiny_model_dir), "--backend", "transformers", "--no-few-shot"])
+    assert r.exit_code == 0, r.output
+    assert "1 pairs too long" in r.output
+    assert sorted(rec.prompt[-1].content for rec in read_preferences(out)) == [
+        "Name a fruit.", "Name a planet."]
+    rej = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(x["location"], x["code"]) for x in rej] == [("pairs.jsonl:2", "too-long")]
+    assert "the feedback model's context is 2048" in rej[0]["reason"]
+
+
+def test_sample_rejects_prompts_that_leave_no_room_to_answer(app, tmp_path, tiny_model_dir):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Name a colour."}) + "\n"
+                       + json.dumps({"prompt": "word " * 2100}) + "\n")
+    cands = tmp_path / "cands.jsonl"
+    r = runner.invoke(app, ["sample", str(prompts), "-o", str(cands), "--max-tokens", "4",
+                            "--model", str(tiny_model_dir), "--backend", "transformers"])
+    assert r.exit_code == 0, r.output
+    assert len(cands.read_text().splitlines()) == 1
+    rej = [json.loads(x) for x in (tmp_path / "cands.rejects.jsonl").read_text().splitlines()]
+    assert [x["location"] for x in rej] == ["prompts.jsonl:2"]
+    assert rej[0]["reason"] == "over-length" and "max_prompt_tokens 2044" in rej[0]["detail"]

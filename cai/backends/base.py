@@ -70,6 +70,11 @@ class Backend(ABC):
     def render_chat(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
         """The conversation as raw text through the tokenizer's chat template."""
 
+    def context_length(self) -> int | None:
+        """The model's context window in tokens, where the backend knows it (None: unknown;
+        callers then send requests unchecked and the server says what is too long)."""
+        return None
+
     def close(self) -> None:
         """Release the engine (processes, memory)."""
 

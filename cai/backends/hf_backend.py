@@ -46,6 +46,10 @@ class TransformersBackend(Backend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
 
+    def context_length(self) -> int | None:
+        n = getattr(self.lm.config, "max_position_embeddings", None)
+        return int(n) if n else None
+
     def render_chat(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
         return render_chat(self.tokenizer, conversation, add_generation_prompt)
 

@@ -82,6 +82,9 @@ class VLLMBackend(Backend):
         self.max_model_len = max_model_len
         self.use_tqdm = use_tqdm
 
+    def context_length(self) -> int:
+        return self.max_model_len
+
     def render_chat(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
         return render_chat(self.tokenizer, conversation, add_generation_prompt)
 

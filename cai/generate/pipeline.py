@@ -80,7 +80,7 @@ class Context:
                  observe: Observer | None = None) -> None:
         self.backend, self.constitution, self.config = backend, constitution, config
         self.observe = observe or (lambda call: None)
-        self.context_len = _context_len(backend)
+        self.context_len = backend.context_length()
         # Texts a critique or revision must not just echo: small models repeat the worked
         # examples. (Example *responses* are left out: a real refusal may resemble one.)
         self.examples = [t for ex in constitution.few_shot for t in (ex.critique, ex.revision)] \
@@ -96,15 +96,6 @@ class Context:
         tokens = sum(len(g.token_ids) for gs in gens for g in gs)
         self.observe(StageCall(stage, len(conversations), tokens, seconds))
         return gens
-
-
-def _context_len(backend: Backend) -> int | None:
-    """The model's context window where the backend knows it (None: do not check)."""
-    if getattr(backend, "max_model_len", None):
-        return int(backend.max_model_len)
-    lm = getattr(backend, "lm", None)
-    n = getattr(getattr(lm, "config", None), "max_position_embeddings", None)
-    return int(n) if n else None
 
 
 def _fitting(ctx: Context, chains: list[Chain], convs: list[list[dict[str, str]]],

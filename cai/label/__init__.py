@@ -13,12 +13,13 @@ sample (candidate pairs for labeling).
 
 from cai.label.feedback import clamp, consistent, ensemble, entropy_bits, option_prob, pair_prob
 from cai.label.inputs import Candidates, Pair, human_preferences, pair_key, read_pairs
-from cai.label.labeler import Label, LabelConfig, Verdict, label_pairs, run_info, to_record, verdict
+from cai.label.labeler import (Label, LabelConfig, Verdict, fitting_pairs, label_pairs, run_info,
+                               to_record, verdict)
 from cai.label.report import LabelReport, build_report, format_report
 
 __all__ = [
     "Candidates", "Label", "LabelConfig", "LabelReport", "Pair", "Verdict", "build_report",
-    "clamp", "consistent", "ensemble", "entropy_bits", "format_report", "human_preferences",
+    "clamp", "consistent", "ensemble", "entropy_bits", "fitting_pairs", "format_report", "human_preferences",
     "label_pairs", "option_prob", "pair_key", "pair_prob", "read_pairs", "run_info",
     "to_record", "verdict",
 ]

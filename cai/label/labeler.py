@@ -19,11 +19,12 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.backends import Backend, SamplingConfig
+from cai.backends.text import encode
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.label import cot
 from cai.label.feedback import COT_CLAMP, clamp, consistent, ensemble, option_prob, pair_prob
 from cai.label.inputs import Pair
-from cai.prompting import COMPARISON_OPTIONS, comparison_messages
+from cai.prompting import ANSWER_PREFIX, COMPARISON_OPTIONS, comparison_messages
 from cai.records import PreferenceRecord, stable_id
 
 ORDERS = ("ab", "ba")  # "ab": first shown as (A); "ba": second shown as (A)
@@ -86,6 +87,34 @@ def comparison_conversations(c: Constitution, pairs: list[Pair], config: LabelCo
                 msgs = comparison_messages(c, p, pair.prompt, a, b, few_shot=config.few_shot)
                 convs.append(cot.with_cot_request(msgs) if config.cot else msgs)
     return drawn, convs
+
+
+def fitting_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: LabelConfig
+                  ) -> tuple[list[Pair], list[tuple[Pair, str]]]:
+    """(pairs whose every comparison fits the feedback model's context, [(pair, why not)]).
+
+    One over-long request fails the engine's whole batch, so over-long pairs are set aside
+    first. A comparison needs its rendered prompt, the CoT reasoning budget (CoT mode), the
+    answer prefix and the longest option."""
+    limit = backend.context_length()
+    tokenizer = getattr(backend, "tokenizer", None)
+    if limit is None or tokenizer is None:
+        return pairs, []
+    tail = max(len(encode(tokenizer, ANSWER_PREFIX + o)) for o in COMPARISON_OPTIONS)
+    tail += config.cot_max_tokens if config.cot else 0
+    _, convs = comparison_conversations(c, pairs, config)
+    per_pair = len(convs) // len(pairs) if pairs else 0
+    fit, long = [], []
+    for i, pair in enumerate(pairs):
+        n = max(len(encode(tokenizer, backend.render_chat(conv)))
+                for conv in convs[i * per_pair:(i + 1) * per_pair]) + tail
+        if n > limit:
+            long.append((pair, f"comparison prompt needs {n} tokens"
+                               + (f" (with {config.cot_max_tokens} for reasoning)" if config.cot else "")
+                               + f"; the feedback model's context is {limit}"))
+        else:
+            fit.append(pair)
+    return fit, long
 
 
 def label_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: LabelConfig,
