@@ -68,6 +68,10 @@ def test_report_metrics_by_hand():
     assert ha.pairs == 2 and ha.rate == pytest.approx(0.5)
     assert ha.mean_p == pytest.approx((0.7 + 0.35) / 2)
     assert build_report(recs).human_accuracy is None
+    # length: chosen is rev1 (4 chars) < orig1 (5), rev2 < orig2, orig3 > rev3, x == y
+    assert rep.longer_chosen_rate == pytest.approx((0 + 0 + 1 + 0.5) / 4)
+    assert ra.longer_baseline == 0.0  # every revision is shorter than its original
+    assert ha.longer_baseline == pytest.approx((0.5 + 0.0) / 2)  # y == x in length; rev1 < orig1
 
 
 def test_report_survives_a_store_round_trip(tmp_path):

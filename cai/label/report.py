@@ -9,8 +9,12 @@
 - Agreement with the revision direction (inputs of source "ai-revision"): share of pairs
   where the labeler prefers the revision (the input's chosen).
 - Accuracy against human labels (`--eval-against`): share of matched pairs where the
-  labeler prefers the human's choice; `mean_p_human` is the mean probability it gives it.
-Ties (p exactly 0.5) count half in agreement and accuracy.
+  labeler prefers the human's choice; `mean_p` is the mean probability it gives it.
+- Length: `longer_chosen_rate` is the share of records whose chosen answer (the labeler's
+  pick) is the longer one. Each agreement also carries `longer_baseline`, the rate a
+  "prefer the longer answer" rule would get on the same pairs: a labeler that does no
+  better than that may be judging length, the bias a reward model then learns to exploit.
+Ties (p exactly 0.5, or equal lengths) count half.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Agreement(BaseModel):
     pairs: int = 0
     rate: float | None = None  # share agreeing (ties count half)
     mean_p: float | None = None  # mean probability given to the reference choice
+    longer_baseline: float | None = None  # rate of "prefer the longer answer" on these pairs
 
 
 class PrincipleStats(BaseModel):
@@ -43,6 +48,7 @@ class LabelReport(BaseModel):
     a_rate: float | None  # share of single-order judgements choosing (A)
     mean_entropy_bits: float | None
     mean_p_chosen: float | None
+    longer_chosen_rate: float | None = None  # share of records whose chosen is the longer
     revision_agreement: Agreement
     human_accuracy: Agreement | None = None
     by_principle: dict[str, PrincipleStats] = {}
@@ -52,10 +58,16 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def _agreement(probs: list[float]) -> Agreement:
-    """probs: probability the labeler gives the reference's choice, one per pair."""
-    hits = [1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in probs]
-    return Agreement(pairs=len(probs), rate=_mean(hits), mean_p=_mean(probs))
+def _hit(x: float, y: float) -> float:
+    """1 if x > y, 0.5 on a tie, else 0."""
+    return 1.0 if x > y else 0.5 if x == y else 0.0
+
+
+def _agreement(probs: list[float], longer: list[float]) -> Agreement:
+    """probs: probability the labeler gives the reference's choice, one per pair; longer:
+    per pair, _hit(len(reference choice), len(the other answer))."""
+    return Agreement(pairs=len(probs), rate=_mean([_hit(p, 0.5) for p in probs]),
+                     mean_p=_mean(probs), longer_baseline=_mean(longer))
 
 
 def build_report(records: Iterable[PreferenceRecord],
@@ -68,8 +80,13 @@ def build_report(records: Iterable[PreferenceRecord],
     per_principle: dict[str, list[float]] = defaultdict(list)
     revision: list[float] = []
     vs_human: list[float] = []
+    revision_longer: list[float] = []
+    human_longer: list[float] = []
+    chosen_longer: list[float] = []
     for r in recs:
         fb = r.metadata["ai_feedback"]
+        chosen, rejected = r.chosen[-1].content, r.rejected[-1].content
+        chosen_longer.append(_hit(len(chosen), len(rejected)))
         for v in fb["verdicts"]:
             c = 1.0 if v["consistent"] else 0.0
             consistent.append(c)
@@ -77,12 +94,16 @@ def build_report(records: Iterable[PreferenceRecord],
             a_picks += [1.0 if p > 0.5 else 0.0 for p in v["p_a"]]
         if r.metadata.get("input", {}).get("source") == "ai-revision":
             revision.append(fb["p_first"])  # first = the input's chosen = the revision
+            first, second = (chosen, rejected) if fb["chosen_is_first"] else (rejected, chosen)
+            revision_longer.append(_hit(len(first), len(second)))
         if human is not None:
             prompt = [m.model_dump() for m in r.prompt]
-            chosen, rejected = r.chosen[-1].content, r.rejected[-1].content
             want = human.get(pair_key(prompt, chosen, rejected))
             if want is not None:
-                vs_human.append(r.p_chosen if normalize(chosen) == want else 1.0 - r.p_chosen)
+                agree = normalize(chosen) == want
+                vs_human.append(r.p_chosen if agree else 1.0 - r.p_chosen)
+                picked, other = (chosen, rejected) if agree else (rejected, chosen)
+                human_longer.append(_hit(len(picked), len(other)))
     return LabelReport(
         pairs=len(recs),
         comparisons=len(consistent),
@@ -90,8 +111,9 @@ def build_report(records: Iterable[PreferenceRecord],
         a_rate=_mean(a_picks),
         mean_entropy_bits=_mean([entropy_bits(r.p_chosen) for r in recs]),
         mean_p_chosen=_mean([r.p_chosen for r in recs]),
-        revision_agreement=_agreement(revision),
-        human_accuracy=_agreement(vs_human) if human is not None else None,
+        longer_chosen_rate=_mean(chosen_longer),
+        revision_agreement=_agreement(revision, revision_longer),
+        human_accuracy=_agreement(vs_human, human_longer) if human is not None else None,
         by_principle={k: PrincipleStats(comparisons=len(v), position_consistency=sum(v) / len(v))
                       for k, v in sorted(per_principle.items())},
     )
@@ -109,11 +131,14 @@ def format_report(rep: LabelReport) -> str:
         f"mean label entropy     {'-' if rep.mean_entropy_bits is None else f'{rep.mean_entropy_bits:.3f}'} bits"
         f"  (mean p_chosen {'-' if rep.mean_p_chosen is None else f'{rep.mean_p_chosen:.3f}'})",
     ]
+    lines.append(f"chosen is the longer   {_pct(rep.longer_chosen_rate)}  (length bias of the labels)")
     ra = rep.revision_agreement
-    lines.append(f"revision agreement     {_pct(ra.rate)}  ({ra.pairs} ai-revision pairs)")
+    lines.append(f"revision agreement     {_pct(ra.rate)}  ({ra.pairs} ai-revision pairs; "
+                 f"'prefer longer' would get {_pct(ra.longer_baseline)})")
     if rep.human_accuracy is not None:
         h = rep.human_accuracy
         mp = "-" if h.mean_p is None else f"{h.mean_p:.3f}"
         lines.append(f"accuracy vs human      {_pct(h.rate)}  ({h.pairs} matched pairs, "
-                     f"mean p(human choice) {mp})")
+                     f"mean p(human choice) {mp}; 'prefer longer' would get "
+                     f"{_pct(h.longer_baseline)})")
     return "\n".join(lines)
