@@ -20,6 +20,6 @@ from cai.label.report import LabelReport, build_report, format_report
 __all__ = [
     "Candidates", "Label", "LabelConfig", "LabelReport", "Pair", "Verdict", "build_report",
     "clamp", "consistent", "ensemble", "entropy_bits", "fitting_pairs", "format_report",
-    "human_preferences", "label_pairs", "option_prob", "pair_key", "pair_prob", "read_pairs", "run_info",
-    "to_record", "verdict",
+    "human_preferences", "label_pairs", "option_prob", "pair_key", "pair_prob", "read_pairs",
+    "run_info", "to_record", "verdict",
 ]
