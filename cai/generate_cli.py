@@ -34,6 +34,8 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None),
         few_shot: Optional[bool] = typer.Option(None, "--few-shot/--no-few-shot",
                                                 help="show the constitution's worked examples"),
+        principle_tags_field: Optional[str] = typer.Option(
+            None, help="route principles: draw only those sharing a tag with this prompt field"),
         revision_candidates: Optional[int] = typer.Option(
             None, help="revisions sampled per request; the first passing the checks is kept"),
         field: Optional[str] = typer.Option(None, help="prompt text field (default prompt)"),
@@ -58,8 +60,9 @@ def register(app: typer.Typer) -> None:
             prompts=prompts, out=out, constitution=constitution, model=model, backend=backend,
             backend_options=backend_options or None, rounds=rounds, samples=samples, limit=limit,
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            few_shot=few_shot, revision_candidates=revision_candidates, field=field, messages_field=messages_field, id_field=id_field,
-            max_prompt_tokens=max_prompt_tokens, chunk_size=chunk_size, progress=progress)
+            few_shot=few_shot, principle_tags_field=principle_tags_field,
+            revision_candidates=revision_candidates, field=field, messages_field=messages_field,
+            id_field=id_field, max_prompt_tokens=max_prompt_tokens, chunk_size=chunk_size, progress=progress)
         try:
             cfg = load_config(config, overrides)
             summary = run_generate(cfg)

@@ -20,6 +20,7 @@ from cai.constitution import (
     sample_principle,
     sample_principles,
     shipped_names,
+    tagged,
 )
 
 PARENT = """\
@@ -296,3 +297,22 @@ def test_json_schema_accepts_shipped_and_rejects_typos():
         jsonschema.validate({**child, "principals": []}, schema)
     with pytest.raises(jsonschema.ValidationError):  # without extends, principles must be complete
         jsonschema.validate({k: v for k, v in child.items() if k != "extends"}, schema)
+
+
+def test_tagged_draws_stay_among_matching_principles():
+    c = load_constitution("harmless")
+    violent = {p.id for p in c.principles if "violence_weapons" in p.tags}
+    assert violent == {"violence-weapons"}
+    assert {sample_principle(c, 0, f"r{i}", tags=["violence_weapons"]).id
+            for i in range(200)} == violent
+    # two tags: the union of their principles, each drawn
+    both = {sample_principle(c, 0, f"r{i}", tags=["self_harm", "cybercrime"]).id
+            for i in range(400)}
+    assert both == {"self-harm", "crime"}
+    # no principle carries the tag (or no tags at all): the whole constitution, same draws
+    for tags in (["no-such-tag"], [], None):
+        assert [sample_principle(c, 3, f"r{i}", tags=tags).id for i in range(50)] == \
+               [sample_principle(c, 3, f"r{i}").id for i in range(50)]
+    assert tagged(c, ["no-such-tag"]) == [p for p in c.principles if p.weight > 0]
+    with pytest.raises(ValueError, match=r"1 with weight > 0 sharing a tag with \['privacy_doxxing'\]"):
+        sample_principles(c, 0, "k", 2, tags=["privacy_doxxing"])

@@ -217,6 +217,41 @@ def test_revision_candidates_keep_the_first_that_passes(tmp_path):
         _config(tmp_path, revision_candidates=2, revision={"temperature": 0.0})
 
 
+def test_principles_routed_by_prompt_tags(tmp_path):
+    """With principle_tags_field, every round's principle shares a tag with the prompt row's
+    field; rows whose value matches no principle draw from all. Without it, record ids are
+    what they were (the fingerprint only names the field when it is set)."""
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"id": f"v{i}", "prompt": f"[case:ok] violent request {i}", "category": "violence_weapons"}
+            for i in range(6)]
+    rows += [{"id": f"p{i}", "prompt": f"[case:ok] doxxing request {i}",
+              "category": ["privacy_doxxing", "hate_harassment"]} for i in range(6)]
+    rows += [{"id": "u", "prompt": "[case:ok] something else", "category": "unknown"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    routed = GenerateConfig(prompts=str(path), out=str(tmp_path / "routed"), rounds=2,
+                            principle_tags_field="category", progress=False)
+    run_generate(routed, backend=ScriptedBackend())
+    by_source = {r["source_id"]: r for r in _revisions(tmp_path / "routed")}
+    for sid, rec in by_source.items():
+        used = {r["principle_id"] for r in rec["rounds"]}
+        if sid.startswith("v"):
+            assert used == {"violence-weapons"}
+        elif sid.startswith("p"):
+            assert used <= {"privacy", "hate-harassment"}
+    assert {r["principle_id"] for sid, rec in by_source.items() if sid.startswith("p")
+            for r in rec["rounds"]} == {"privacy", "hate-harassment"}
+
+    plain = routed.model_copy(update={"principle_tags_field": None, "out": str(tmp_path / "plain")})
+    run_generate(plain, backend=ScriptedBackend())
+    plain_recs = {r["source_id"]: r for r in _revisions(tmp_path / "plain")}
+    assert {r["principle_id"] for rec in plain_recs.values() for r in rec["rounds"]} - {
+        "violence-weapons", "privacy", "hate-harassment"}  # unrouted draws range wider
+    again = plain.model_copy(update={"out": str(tmp_path / "plain2")})
+    run_generate(again, backend=ScriptedBackend())
+    assert {r["id"] for r in _revisions(tmp_path / "plain2")} == {r["id"] for r in plain_recs.values()}
+    assert not {r["id"] for r in plain_recs.values()} & {r["id"] for r in by_source.values()}
+
+
 def test_changed_config_is_refused(tmp_path):
     cfg = _config(tmp_path, limit=2)
     run_generate(cfg, backend=ScriptedBackend())

@@ -7,7 +7,7 @@
 
 from cai.constitution.errors import ConstitutionError, LocatedError
 from cai.constitution.loader import SHIPPED_DIR, load_constitution, shipped_names
-from cai.constitution.sampling import sample_principle, sample_principles
+from cai.constitution.sampling import sample_principle, sample_principles, tagged
 from cai.constitution.schema import (
     SCHEMA_VERSION,
     ChatMessage,
@@ -22,5 +22,5 @@ from cai.constitution.schema import (
 __all__ = [
     "SCHEMA_VERSION", "SHIPPED_DIR", "ChatMessage", "Constitution", "ConstitutionError", "Defaults",
     "FeedbackExample", "FewShotExample", "LocatedError", "Principle", "json_schema",
-    "load_constitution", "sample_principle", "sample_principles", "shipped_names",
+    "load_constitution", "sample_principle", "sample_principles", "shipped_names", "tagged",
 ]

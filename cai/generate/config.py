@@ -69,6 +69,10 @@ class GenerateConfig(BaseModel):
                                            "constitution's, at most 4)")
     samples: int = Field(1, ge=1, le=16, description="responses per prompt (records per prompt)")
     few_shot: bool = Field(True, description="show the constitution's worked examples")
+    principle_tags_field: str | None = Field(
+        None, description="draw each record's principles only among those sharing a tag with "
+                          "this field of its prompt row (text or a list); all principles when "
+                          "none does. Default: any principle, as in the CAI paper")
     revision_candidates: int = Field(1, ge=1, le=16,
                                      description="revisions sampled per request; the first that "
                                                  "passes the quality checks is kept")
@@ -135,6 +139,9 @@ def fingerprint_fields(config: GenerateConfig, constitution: Constitution, *,
         "few_shot": config.few_shot,
         "seed": config.seed,
         "sampling": {s: config.sampling(s).model_dump(exclude={"seed"}) for s in STAGES},
+        # only when set, so runs without it keep their record ids
+        **({"principle_tags_field": config.principle_tags_field}
+           if config.principle_tags_field else {}),
     }
 
 

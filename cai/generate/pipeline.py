@@ -150,8 +150,18 @@ def respond(ctx: Context, chains: list[Chain]) -> None:
                 chain.flags.append(f"response:{bad[0]}")
 
 
+def principle_tags(ctx: Context, chain: Chain) -> list[str]:
+    """The record's tags for principle routing: its prompt row's `principle_tags_field`."""
+    name = ctx.config.principle_tags_field
+    value = chain.item.metadata.get(name) if name else None
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
 def principle_for(ctx: Context, chain: Chain, round_index: int) -> Principle:
-    return sample_principle(ctx.constitution, ctx.config.seed, f"{chain.id}/round{round_index}")
+    return sample_principle(ctx.constitution, ctx.config.seed, f"{chain.id}/round{round_index}",
+                            tags=principle_tags(ctx, chain))
 
 
 def critique(ctx: Context, chains: list[Chain], round_index: int) -> None:
