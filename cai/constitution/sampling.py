@@ -45,12 +45,13 @@ def sample_principles(constitution: Constitution, seed: int, key: str, k: int,
     principles are never drawn. With `tags`, only principles sharing one are drawn (all of
     them if none does: see `tagged`)."""
     pool = tagged(constitution, tags)
+    routed = len(pool) < sum(p.weight > 0 for p in constitution.principles)
     if k < 0:
         raise ValueError("k must be >= 0")
     if distinct and k > len(pool):
         raise ValueError(f"cannot draw {k} distinct principles: {constitution.name} has "
-                         f"{len(pool)} with weight > 0" + (f" sharing a tag with {sorted(tags)}"
-                                                           if tags and len(pool) else ""))
+                         f"{len(pool)} with weight > 0"
+                         + (f" sharing a tag with {sorted(tags)}" if routed else ""))
     if not pool and k:
         raise ValueError(f"{constitution.name} has no principle with weight > 0")
     rng = _rng(seed, key)

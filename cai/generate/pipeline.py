@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from cai.backends import Backend, Generation, SamplingConfig
+from cai.backends.text import encode
 from cai.constitution import Constitution, Principle, sample_principle
 from cai.generate.config import GenerateConfig
 from cai.generate.inputs import PromptItem
@@ -107,7 +108,7 @@ def _fitting(ctx: Context, chains: list[Chain], convs: list[list[dict[str, str]]
         return chains, convs
     keep_chains, keep_convs = [], []
     for chain, conv in zip(chains, convs):
-        n = len(tokenizer(ctx.backend.render_chat(conv), add_special_tokens=False)["input_ids"])
+        n = len(encode(tokenizer, ctx.backend.render_chat(conv)))
         if n + max_tokens > ctx.context_len:
             chain.fail("skipped:too-long", f"{what} prompt is {n} tokens; with max_tokens "
                                            f"{max_tokens} it exceeds the context ({ctx.context_len})")
