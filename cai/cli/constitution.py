@@ -186,7 +186,8 @@ def render_cmd(
                                       help="also print raw text through MODEL's chat template, "
                                            "with token counts"),
 ) -> None:
-    """Print the exact critique, revision and comparison prompts the model will see."""
+    """Print the exact critique, revision, comparison (pairwise feedback) and judgement
+    (pointwise feedback) prompts the model will see."""
     from cai import prompting
 
     c = _load_or_exit(file)
@@ -202,6 +203,7 @@ def render_cmd(
                                                 few_shot=few_shot),
         "comparison": prompting.comparison_messages(c, p, conv, response, EXAMPLE_REVISION,
                                                     few_shot=few_shot),
+        "judgement": prompting.judgement_messages(c, p, conv, response, few_shot=few_shot),
     }
     if as_json:
         typer.echo(json.dumps({"constitution": c.name, "principle": p.id, **stages}, indent=2,
@@ -212,9 +214,16 @@ def render_cmd(
         "revision": "<- the model writes its revised response here",
         "comparison": f"{prompting.ANSWER_PREFIX}<- scored continuations: "
                       + " vs ".join(repr(o) for o in prompting.COMPARISON_OPTIONS),
+        "judgement": "<- scored first token: "
+                     + " vs ".join(" + ".join(repr(a) for a in v)
+                                   for v in prompting.JUDGEMENT_ANSWERS.values()),
     }
     for stage, messages in stages.items():
-        _print_messages(f"{stage} prompt, principle {p.id}", messages, tails[stage])
+        title = f"{stage} prompt, principle {p.id}"
+        if stage == "judgement":
+            title += (" (pointwise; question " + ("from `judgement`" if p.judgement
+                                                  else "derived from `comparison`") + ")")
+        _print_messages(title, messages, tails[stage])
     if chat_template:
         _print_chat_template(chat_template, stages)
 
