@@ -71,4 +71,4 @@ def test_logprobs_from_logits():
     logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(3.0), 0.0]]])  # softmax .25/.75
     labels = torch.tensor([[1, 1]])
     out = logprobs_from_logits(logits, labels)
-    assert out.tolist() == pytest.approx([[math.log(0.75), math.log(0.25)]], abs=1e-6)
+    assert out[0].tolist() == pytest.approx([math.log(0.75), math.log(0.25)], abs=1e-6)
