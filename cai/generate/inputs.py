@@ -9,6 +9,8 @@ with a reason, never an exception and never a silent drop:
     duplicate     the same conversation (whitespace-normalised, `prompt_key`) came earlier
     over-length   more than `max_prompt_tokens` tokens (as the model sees it, chat template
                   included when the tokenizer has one)
+    too-deep,     over a bound of `cai.limits` (nesting depth, bytes per row)
+    too-large
 
 `limit` counts accepted prompts, in input order; reading stops once it is reached.
 """
@@ -21,11 +23,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cai import limits
 from cai.io import atomic_open, iter_rows
 from cai.records import prompt_key
 
 ROLES = ("system", "user", "assistant")
-REASONS = ("malformed", "empty", "duplicate", "over-length")
+REASONS = ("malformed", "empty", "duplicate", "over-length", "too-deep", "too-large")
 
 
 class PromptItem(BaseModel):
@@ -63,7 +66,9 @@ def _conversation(row: dict[str, Any], field: str, messages_field: str) -> list[
         value = None  # an empty CSV cell: no message list
     if isinstance(value, str):  # CSV cells hold message lists as JSON text
         try:
-            value = json.loads(value)
+            value = limits.loads(value, repr(messages_field))
+        except limits.LimitError as e:
+            raise _Bad(e.code, str(e)) from None
         except json.JSONDecodeError:
             raise _Bad("malformed", f"{messages_field!r} is text, not a JSON message list") from None
     if value is None:
@@ -130,8 +135,8 @@ def load_prompts(
         return items, rejects
     for row in iter_rows(path, text_field=field):
         if row.error:
-            rejects.append(Reject(location=row.location, reason="malformed", detail=row.error,
-                                  data=row.raw))
+            rejects.append(Reject(location=row.location, reason=row.code or "malformed",
+                                  detail=row.error, data=row.raw))
             continue
         data = row.data or {}
         try:
