@@ -67,14 +67,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["generate", "serve"])
     ap.add_argument("--watch", type=float, default=60.0)
+    ap.add_argument("--src", default=str(REPO), help="the cai source tree to run (PYTHONPATH)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix=f"orphans-{args.mode}-", dir="/tmp/reliability"))
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": args.src}
     cmd = command(args.mode, work, port)
     print("$", " ".join(cmd), flush=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(work / "out.log", "w"),
+    proc = subprocess.Popen(cmd, cwd=args.src, env=env, stdout=open(work / "out.log", "w"),
                             stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
     tree: dict[int, psutil.Process] = {}
