@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from cai.cli.common import fail, backend_options
+from cai.cli.common import RETRY_FOR_HELP, backend_options, fail, interruptible
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -36,6 +36,7 @@ def label_cmd(
     model: str = typer.Option(None, "--model", "-m", help="feedback model: registry name, dir, hub id"),
     backend: str = typer.Option(None, "--backend", "-b", help="vllm | transformers | openai"),
     base_url: str = typer.Option(None, help="for --backend openai"),
+    retry_for: float = typer.Option(300.0, min=0.0, help=RETRY_FOR_HELP),
     principles: int = typer.Option(1, "--principles", "-k", min=1,
                                    help="K principles sampled per pair and ensembled"),
     seed: int = typer.Option(0, help="principle draws (and CoT sampling)"),
@@ -96,8 +97,11 @@ def label_cmd(
         fail("nothing to label")
 
     start = time.perf_counter()
-    with load_backend(backend, model, **backend_options(base_url, gpu_memory_utilization,
-                                                         backend)) as engine:
+    unsaved = (f"no records saved (cai label writes {out} once all {len(pairs)} pairs are "
+               "labeled, so a rerun starts over)")
+    with interruptible("label", unsaved), \
+            load_backend(backend, model, **backend_options(base_url, gpu_memory_utilization,
+                                                           backend, retry_for)) as engine:
         t_loaded = time.perf_counter()
         pairs, too_long = fitting_pairs(engine, c, pairs, config)
         rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
@@ -133,6 +137,7 @@ def sample_cmd(
     model: str = typer.Option(None, "--model", "-m", help="policy: registry name, directory or hub id"),
     backend: str = typer.Option(None, "--backend", "-b", help="vllm | transformers | openai"),
     base_url: str = typer.Option(None, help="for --backend openai"),
+    retry_for: float = typer.Option(300.0, min=0.0, help=RETRY_FOR_HELP),
     n: int = typer.Option(2, "--n", "--samples", min=2, help="responses per prompt"),
     temperature: float = typer.Option(1.0, min=0.0),
     top_p: float = typer.Option(1.0, min=0.0, max=1.0),
@@ -163,8 +168,10 @@ def sample_cmd(
         fail(str(e))
     config = SampleConfig(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     rejects_file = rejects or out.with_name(out.stem + ".rejects.jsonl")
-    with load_backend(backend, model, **backend_options(base_url, gpu_memory_utilization,
-                                                         backend)) as engine:
+    unsaved = f"no candidates saved (cai sample writes {out} at the end, so a rerun starts over)"
+    with interruptible("sample", unsaved), \
+            load_backend(backend, model, **backend_options(base_url, gpu_memory_utilization,
+                                                           backend, retry_for)) as engine:
         ctx = engine.context_length()
         if max_prompt_tokens is None and ctx and getattr(engine, "tokenizer", None) is not None:
             # a prompt that leaves no room for max_tokens would fail the whole batch
