@@ -119,3 +119,54 @@ def test_run_generate_says_it_takes_over_a_stale_lock(tmp_path, tiny_backend, ca
     run_generate(cfg, backend=tiny_backend)
     err = capsys.readouterr().err
     assert "taking over the lock left by pid 999999 on h (started then), which is no longer running" in err
+
+
+class SignalledMidway:
+    """The tiny backend, but the process gets `sig` (a real signal, through the real
+    handler) the moment the engine is first asked for work."""
+
+    def __init__(self, inner, sig):
+        self.inner, self.sig = inner, sig
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def generate(self, *args, **kw):
+        os.kill(os.getpid(), self.sig)
+        return self.inner.generate(*args, **kw)
+
+    def continuation_logprobs(self, *args, **kw):
+        os.kill(os.getpid(), self.sig)
+        return self.inner.continuation_logprobs(*args, **kw)
+
+
+@pytest.mark.parametrize("command", ["sample", "label"])
+def test_label_and_sample_stop_cleanly_too(tmp_path, tiny_backend, monkeypatch, command):
+    from typer.testing import CliRunner
+
+    import cai.backends
+    from cai.cli import app
+
+    monkeypatch.setattr(cai.backends, "load_backend",
+                        lambda *a, **k: SignalledMidway(tiny_backend, signal.SIGTERM))
+    monkeypatch.setattr(sys, "argv", ["cai", command, "..."])
+    if command == "sample":
+        args = ["sample", str(REPO / "pipelines/prompts/red_team_train.jsonl"), "--limit", "2",
+                "--max-tokens", "4", "-o", str(tmp_path / "c.jsonl")]
+        saved = f"no candidates saved (cai sample writes {tmp_path / 'c.jsonl'} at the end"
+    else:
+        args = ["label", "--pairs", str(REPO / "pipelines/prompts/human_prefs.jsonl"),
+                "--limit", "2", "--no-few-shot", "-o", str(tmp_path / "labels")]
+        saved = f"no records saved (cai label writes {tmp_path / 'labels'} once all 2 pairs"
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 143, result.output
+    assert f"cai {command}: stopped by SIGTERM; {saved}" in result.output
+    assert f"run the same command again:\n  cai {command} ...\n" in result.output
+    assert not (tmp_path / "c.jsonl").exists() and not (tmp_path / "labels").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
