@@ -150,11 +150,13 @@ class SignalledMidway:
 def test_label_and_sample_stop_cleanly_too(tmp_path, tiny_backend, monkeypatch, command):
     from typer.testing import CliRunner
 
-    import cai.backends
+    import cai.label.run
+    import cai.label.sample
     from cai.cli import app
 
-    monkeypatch.setattr(cai.backends, "load_backend",
-                        lambda *a, **k: SignalledMidway(tiny_backend, signal.SIGTERM))
+    for module in (cai.label.run, cai.label.sample):
+        monkeypatch.setattr(module, "load_backend",
+                            lambda *a, **k: SignalledMidway(tiny_backend, signal.SIGTERM))
     monkeypatch.setattr(sys, "argv", ["cai", command, "..."])
     if command == "sample":
         args = ["sample", str(REPO / "pipelines/prompts/red_team_train.jsonl"), "--limit", "2",
@@ -163,7 +165,7 @@ def test_label_and_sample_stop_cleanly_too(tmp_path, tiny_backend, monkeypatch, 
     else:
         args = ["label", "--pairs", str(REPO / "pipelines/prompts/human_prefs.jsonl"),
                 "--limit", "2", "--no-few-shot", "-o", str(tmp_path / "labels")]
-        saved = f"no records saved (cai label writes {tmp_path / 'labels'} once all 2 pairs"
+        saved = f"no records saved (cai label writes {tmp_path / 'labels'} once every pair"
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 143, result.output
     assert f"cai {command}: stopped by SIGTERM; {saved}" in result.output
