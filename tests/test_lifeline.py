@@ -35,7 +35,11 @@ if __name__ == "__main__":
     for p in procs:
         p.start()
     # a fork from a thread that then ends: PDEATHSIG would fire early; the watchdog must not
-    t = threading.Thread(target=lambda: procs.append(mp.get_context("fork").Process(target=sleeper)) or procs[-1].start())
+    def fork_from_thread():
+        p = mp.get_context("fork").Process(target=sleeper)
+        p.start()
+        procs.append(p)
+    t = threading.Thread(target=fork_from_thread)
     t.start(); t.join()
     print("started", flush=True)
     time.sleep(600)
