@@ -203,8 +203,8 @@ def plot_rates(ev: dict[str, Any]) -> str:
                 continue
             xs.append(i + (j - (len(sides) - 1) / 2) * width)
             ys.append(100 * p["rate"])
-            lo.append(100 * (p["rate"] - p["ci95"][0]))
-            hi.append(100 * (p["ci95"][1] - p["rate"]))
+            lo.append(max(0.0, 100 * (p["rate"] - p["ci95"][0])))  # rounding can cross
+            hi.append(max(0.0, 100 * (p["ci95"][1] - p["rate"])))
         ax.bar(xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=4, label=name)
         for x, y in zip(xs, ys):
             ax.annotate(f"{y:.0f}%", (x, y), ha="center", va="bottom", fontsize=8,
