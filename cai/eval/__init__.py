@@ -1,13 +1,14 @@
-"""Evaluation: how a trained policy compares with its reference, and the run report.
+"""Evaluation: reward models on preference data (`rm.py`), scoring rows with a reward model
+(`score.py`), a trained policy against its reference (`policy.py`), and the run report.
 
     from cai.eval import EvalPolicyConfig, run_eval_policy, write_report, classify
     summary = run_eval_policy(EvalPolicyConfig(model=..., reference=..., prompts=[...], out=...))
     write_report("outputs/run1")            # -> report.html (self-contained) + report.md
 
-Modules: refusal (the transparent refusal / redirection / compliance classifier), prompts
-(held-out prompts and their harmful/benign kind), stats (Wilson intervals, correlations,
-quantiles), scoring (reward-model scores, KL from log-probs), policy (`cai eval policy`),
-report (the HTML and Markdown report).
+Policy evaluation modules: refusal (the transparent refusal / redirection / compliance
+classifier), prompts (held-out prompts and their harmful/benign kind), stats (Wilson
+intervals, correlations, quantiles), scoring (reward-model scores, KL from log-probs),
+policy (`cai eval policy`), report (the HTML and Markdown report).
 """
 
 from cai.eval.policy import EvalPolicyConfig, run_eval_policy

@@ -26,7 +26,7 @@ from typing import Any
 
 # Candidate key names in a PPO metrics line, first match wins (the reader tolerates any).
 STEP_KEYS = ("iteration", "iter", "step", "global_step", "epoch")
-REWARD_KEYS = ("reward/raw_mean", "reward/mean", "rewards/raw_mean", "reward_raw_mean",
+REWARD_KEYS = ("reward/raw", "reward/raw_mean", "reward/mean", "rewards/raw_mean", "reward_raw_mean",
                "score/mean", "env/reward_mean", "reward", "rewards/mean", "objective/scores")
 KL_KEYS = ("kl", "kl/mean", "objective/kl", "policy/kl", "kl_mean")
 EVAL_REWARD_KEYS = ("eval/reward", "eval/reward_mean", "eval/reward/raw_mean", "heldout/reward",

@@ -2,8 +2,9 @@
 
 - `reward_scores(rm_dir, prompts, responses)`: one scalar per (prompt, response) from a
   `cai train rm` directory (AutoModelForSequenceClassification, num_labels=1), through the
-  reward stage's own formatting and batching (`cai.train.reward.score`), so evaluation reads
-  rewards exactly as training and PPO do.
+  reward stage's own loader and scorer (`cai.eval.rm.load_scoring_model`,
+  `cai.train.reward.score`), so evaluation reads rewards exactly as training, `cai score` and
+  PPO do.
 - `kl_to_reference`: per sample, sum over response tokens of log pi(y_t) - log pi_ref(y_t),
   on the policy's own samples. Averaged over prompts this is an unbiased Monte-Carlo
   estimate of KL(pi || pi_ref) only when y ~ pi, i.e. sampled at temperature 1 with no
@@ -20,14 +21,12 @@ Messages = list[dict[str, str]]
 def reward_scores(rm_dir: str, prompts: Sequence[Messages | str], responses: Sequence[str], *,
                   max_length: int = 2048, batch_size: int = 16) -> list[float]:
     """Reward of each response to its prompt (a message list, or text = one user turn)."""
-    from cai.train.modeling import load_reward_model, load_tokenizer, resolve_training_model
+    from cai.eval.rm import load_scoring_model
     from cai.train.reward import score
 
     if len(prompts) != len(responses):
         raise ValueError("reward_scores: prompts and responses differ in length")
-    path = resolve_training_model(rm_dir)
-    tokenizer = load_tokenizer(path)
-    model = load_reward_model(path, tokenizer).eval()
+    model, tokenizer = load_scoring_model(rm_dir)
     items = [([{"role": "user", "content": p}] if isinstance(p, str) else p, r)
              for p, r in zip(prompts, responses)]
     return score(model, tokenizer, items, max_length=max_length, batch_size=batch_size)

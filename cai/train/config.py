@@ -4,21 +4,18 @@ logging), and reading a stage's section of a pipeline YAML with flags on top.
 Stage configs (`SFTConfig`, `RMConfig`, PPO's) subclass `TrainingConfig`. Fields listed in
 `RUN_ONLY_FIELDS` only change how a run is watched or where it writes, not what it
 computes, so a resume may change them; any other change is refused (`config_changes`).
+Configs load from a pipeline YAML section with `cai.config.load_section(path, "rm", RMConfig,
+overrides)`.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-
-class ConfigError(ValueError):
-    """A training config that cannot be used (bad YAML, unknown key, bad value, or a resume
-    against a different config)."""
+# One ConfigError for every stage; a resume against a different config raises it too.
+from cai.config import ConfigError, load_section
 
 
 class TrainingConfig(BaseModel):
@@ -88,31 +85,4 @@ def config_changes(saved: dict[str, Any], current: BaseModel) -> list[str]:
     return out
 
 
-C = TypeVar("C", bound=BaseModel)
-
-
-def load_section(path: str | os.PathLike | None, section: str, cls: type[C],
-                 overrides: dict[str, Any] | None = None) -> C:
-    """The `section:` mapping of a pipeline YAML (or a file that is just that mapping), with
-    `overrides` (CLI flags; None values ignored) on top, validated as `cls`."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read config ({e})") from e
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: expected a mapping with a `{section}:` section")
-        part = doc.get(section, doc if "data" in doc else None)
-        if not isinstance(part, dict):
-            raise ConfigError(f"{path}: no `{section}:` section")
-        data.update(part)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            data[key] = value
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        where = f"{path}: " if path else ""
-        lines = [f"{'.'.join(map(str, err['loc'])) or '(config)'}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(f"{where}invalid {section} config\n  " + "\n  ".join(lines)) from None
+__all__ = ["ConfigError", "RUN_ONLY_FIELDS", "TrainingConfig", "config_changes", "load_section"]
