@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cai.constitution import load_constitution, shipped_names
-from cai.constitution.cli import app
+from cai.cli.constitution import app
 
 DATA = Path(__file__).parent / "data" / "constitutions"
 runner = CliRunner()
@@ -108,11 +108,22 @@ def test_schema_is_json():
 
 
 def test_registered_under_cai():
+    from cai.cli import app as cai_app
+
+    result = runner.invoke(cai_app, ["constitution", "validate", "harmless"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok   harmless")
+
+
+def test_installed_entry_point():
+    """The one subprocess test of the installed `cai` script (pyproject's console entry)."""
+    import shutil
     import subprocess
     import sys
+    from pathlib import Path
 
-    # A fresh process: registration mutates cai.cli's global app.
-    result = subprocess.run([sys.executable, "-m", "cai.cli", "constitution", "validate", "harmless"],
+    exe = shutil.which("cai") or str(Path(sys.executable).parent / "cai")
+    result = subprocess.run([exe, "constitution", "validate", "harmless"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok   harmless")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cai.data.cli import app
+from cai.cli.data import app
 from cai.data.export import export_records
 from cai.data.importers import import_file
 from cai.data.store import read_preferences

@@ -206,7 +206,7 @@ def test_parquet_import_and_source_id_kept(tmp_path):
 def test_cli_import_reports_counts_and_fails_when_nothing_imports(tmp_path):
     from typer.testing import CliRunner
 
-    from cai.data.cli import app
+    from cai.cli.data import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["import", str(DATA / "hh_bad.jsonl"), "-o", str(tmp_path / "o")])

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
-from cai.data.cli import app
+from cai.cli.data import app
 from cai.data.mix import MixInput, mix_records, pair_key, parse_mix_spec
 from cai.data.store import read_preferences, write_preferences
 from cai.records import PreferenceRecord, prompt_key

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from cai.data.cli import app
+from cai.cli.data import app
 from cai.data.stats import compute_stats, format_stats
 from cai.data.store import write_preferences
 from cai.records import PreferenceRecord

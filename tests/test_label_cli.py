@@ -7,24 +7,17 @@ import importlib.util
 import json
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from cai.data.store import read_manifest, read_preferences
-from cai.label_cli import register
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def app() -> typer.Typer:
-    app = typer.Typer()
+def app():
+    from cai.cli import app
 
-    @app.callback()
-    def _root() -> None:  # keeps `label`/`sample` as sub-commands
-        pass
-
-    register(app)
     return app
 
 

@@ -69,9 +69,8 @@ def test_resolve_errors_are_clear(tmp_path, monkeypatch):
 def test_models_cli_list_and_pull(embedded_model_dir):
     from typer.testing import CliRunner
 
-    from cai.cli import _register, app
+    from cai.cli import app
 
-    _register()
     runner = CliRunner()
     res = runner.invoke(app, ["models", "pull"])
     assert res.exit_code == 0 and "already present" in res.output

@@ -3,7 +3,6 @@
 if __name__ == "__main__":
     import sys
 
-    from cai.cli import app, _register
+    from cai.cli import app
 
-    _register()
     app(["generate", *sys.argv[1:]], prog_name="cai")

@@ -17,10 +17,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.backends import SamplingConfig, default_backend
+from cai.config import ConfigError, load_section
 from cai.constitution import Constitution
 from cai.models import DEFAULT_MODEL
 from cai.records import stable_id
@@ -29,10 +29,6 @@ MAX_ROUNDS = 4
 # Bump when the pipeline's prompting or record layout changes what a run produces.
 PIPELINE_VERSION = 3
 STAGES = ("response", "critique", "revision")
-
-
-class ConfigError(ValueError):
-    """A generate config that cannot be used (bad YAML, unknown key, bad value)."""
 
 
 class StageSampling(BaseModel):
@@ -163,30 +159,4 @@ def load_config(path: str | os.PathLike | None = None,
                 overrides: dict[str, Any] | None = None) -> GenerateConfig:
     """The `generate:` section of a pipeline YAML (or a file that is just that section),
     with `overrides` (CLI flags; None values ignored) on top."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read config ({e})") from e
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: expected a mapping with a `generate:` section")
-        section = doc.get("generate", doc if "prompts" in doc else None)
-        if not isinstance(section, dict):
-            raise ConfigError(f"{path}: no `generate:` section")
-        data.update(section)
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    from pydantic import ValidationError
-
-    try:
-        return GenerateConfig.model_validate(data)
-    except ValidationError as e:
-        where = f"{path}: " if path else ""
-        lines = [f"{'.'.join(map(str, err['loc'])) or '(config)'}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(where + "invalid generate config\n  " + "\n  ".join(lines)) from None
+    return load_section(path, "generate", GenerateConfig, overrides, marker_key="prompts")

@@ -201,7 +201,7 @@ def response_logprobs(model, rows: dict, P: int, temperature: float, with_entrop
     labels = rows["input_ids"][:, P:]
     # only the response positions need the (vocabulary-wide) logits
     logits = model(**rows, logits_to_keep=labels.shape[1] + 1).logits[:, :-1].float() / temperature
-    logp = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    logp = L.logprobs_from_logits(logits, labels)
     return (logp, L.entropy_from_logits(logits)) if with_entropy else (logp, None)
 
 

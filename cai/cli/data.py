@@ -7,12 +7,9 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.common import fail
+
 app = typer.Typer(no_args_is_help=True)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
 
 
 @app.command("import")
@@ -38,20 +35,20 @@ def import_cmd(
     from cai.records import Source
 
     if fmt not in FORMATS:
-        _fail(f"--format must be one of {', '.join(FORMATS)}")
+        fail(f"--format must be one of {', '.join(FORMATS)}")
     if source not in get_args(Source):
-        _fail(f"--source must be one of {', '.join(get_args(Source))}")
+        fail(f"--source must be one of {', '.join(get_args(Source))}")
     try:
         report = import_file(src, out, fmt=fmt, rejects_path=rejects, shard_size=shard_size, source=source)
     except DataError as e:
-        _fail(str(e))
+        fail(str(e))
     by_format = ", ".join(f"{k}={v}" for k, v in report.formats.items()) or "-"
     typer.echo(f"{report.rows} rows: {report.imported} imported ({by_format}) -> {report.out_dir}")
     if report.rejected:
         reasons = ", ".join(f"{k}={v}" for k, v in report.reasons.items())
         typer.echo(f"{report.rejected} rejected ({reasons}) -> {report.rejects_path}")
     if report.rows and not report.imported:
-        _fail("no row could be imported; see the rejects file (wrong --format?)")
+        fail("no row could be imported; see the rejects file (wrong --format?)")
 
 
 @app.command("export")
@@ -69,11 +66,11 @@ def export_cmd(
     from cai.io import DataError
 
     if fmt not in EXPORT_FORMATS:
-        _fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}")
+        fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}")
     try:
         report = export_records(iter_preferences(src), fmt, out)
     except DataError as e:
-        _fail(str(e))
+        fail(str(e))
     notes = [f"{n} {what}" for n, what in [(report.swapped, "swapped (p_chosen < 0.5)"),
                                            (report.skipped_ties, "skipped ties"),
                                            (report.skipped_system, "skipped (system turn mid-conversation)")]
@@ -94,7 +91,7 @@ def stats_cmd(
     try:
         stats = compute_stats(iter_preferences(src))
     except DataError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(json.dumps(stats, indent=2, ensure_ascii=False) if as_json else format_stats(stats))
 
 
@@ -114,7 +111,7 @@ def mix_cmd(
     try:
         report = mix_files(inputs, out, test_fraction=test_fraction, seed=seed, shard_size=shard_size)
     except (DataError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     for r in report.inputs:
         typer.echo(f"{r.path} (x{r.weight:g}): {r.read} read, {r.duplicates} duplicates, "
                    f"{r.kept} kept -> train {r.train}, test {r.test}")

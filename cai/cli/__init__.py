@@ -1,0 +1,44 @@
+"""The `cai` command line: one table of commands, built at import.
+
+Each command group lives in its own module here and exposes `app` (a typer.Typer). A group
+with a name becomes `cai NAME ...`; a group without one adds its commands at the top level
+(`cai generate`). Command modules import heavy libraries (torch, vllm) inside the commands,
+so `cai --help` stays fast. Stage packages never import typer: a command maps flags to a
+config, calls the stage's `run_x`, and prints the result.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cai.cli import chat, constitution, data, demo, eval, generate, label, models, score, serve, train
+
+# (module, group name or None for top-level commands, help)
+COMMANDS: list[tuple[object, str | None, str | None]] = [
+    (models, "models", "The model registry (embedded default model)."),
+    (chat, None, None),
+    (serve, None, None),
+    (constitution, "constitution", "Author, validate and render constitutions."),
+    (data, "data", "Import, export, inspect and mix preference data."),
+    (generate, None, None),
+    (label, None, None),
+    (demo, None, None),
+    (train, "train", "Train: SFT on revisions (SL-CAI), the reward model."),
+    (eval, "eval", "Evaluate: reward models (and policies)."),
+    (score, None, None),
+]
+
+app = typer.Typer(
+    help="cai: turn a written constitution into preference data and an aligned model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+for _module, _name, _help in COMMANDS:
+    if _name is None:
+        app.add_typer(_module.app)
+    else:
+        app.add_typer(_module.app, name=_name, help=_help)
+
+
+def main() -> None:
+    app()
