@@ -151,3 +151,23 @@ def test_sigkill_then_resume_continues_the_same_curve(exclaiming_policy_dir, pro
             if key.startswith("time/"):
                 continue
             assert b[it][key] == pytest.approx(value, abs=1e-6), (it, key)
+
+
+def test_cli_reads_the_ppo_yaml_section_with_flags_on_top(exclaiming_policy_dir, prompts_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+
+    yaml_path = tmp_path / "pipeline.yaml"
+    yaml_path.write_text(f"ppo:\n  policy: {exclaiming_policy_dir}\n  reward: {REWARD}\n"
+                         f"  prompts: {prompts_file}\n  iterations: 5\n  rollout_batch_size: 4\n"
+                         "  minibatch_size: 4\n  ppo_epochs: 1\n  max_new_tokens: 4\n")
+    out = tmp_path / "cli-run"
+    result = CliRunner().invoke(app, ["train", "ppo", "--config", str(yaml_path), "-o", str(out),
+                                      "--iterations", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "1 iterations (transformers rollouts)" in result.output
+    assert json.loads((out / "ppo_config.json").read_text())["iterations"] == 1  # the flag won
+    again = CliRunner().invoke(app, ["train", "ppo", "--config", str(yaml_path), "-o", str(out),
+                                     "--iterations", "1", "--lr", "0.5", "--no-progress", "--resume"])
+    assert again.exit_code == 1 and "learning_rate" in again.output

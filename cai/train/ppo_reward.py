@@ -95,28 +95,19 @@ class RewardModel:
             path, config=config, dtype=torch.float32).to(device).eval().requires_grad_(False)
         self.device = device
         self.batch_size = batch_size
+        self.max_length = 1024
         stats = Path(path) / "reward_stats.json"
         data = json.loads(stats.read_text()) if stats.is_file() else {}
         self.mean = float(data.get("mean", 0.0))
         self.std = float(data.get("std", 1.0)) or 1.0
 
-    def texts(self, prompts: list[Conversation], responses: list[str]) -> list[str]:
-        return [self.tokenizer.apply_chat_template(
-                    [*p, {"role": "assistant", "content": r}], tokenize=False)
-                if getattr(self.tokenizer, "chat_template", None) else
-                "\n\n".join(m["content"] for m in p) + "\n\n" + r
-                for p, r in zip(prompts, responses)]
-
     @torch.no_grad()
     def __call__(self, prompts: list[Conversation], responses: list[str]) -> list[float]:
-        texts = self.texts(prompts, responses)
-        scores: list[float] = []
-        self.tokenizer.padding_side = "right"
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
-                                 add_special_tokens=False).to(self.device)
-            scores += self.model(**enc).logits[:, 0].float().tolist()
-        return scores
+        # the same text and truncation as `cai train rm` / `cai eval rm` (cai.train.reward)
+        from cai.train.reward import score
+
+        return score(self.model, self.tokenizer, list(zip(prompts, responses)),
+                     max_length=self.max_length, batch_size=self.batch_size)
 
 
 def load_reward(spec: str | RewardFn, device: torch.device, batch_size: int = 8):
