@@ -133,20 +133,6 @@ def test_human_prefs_file_reads_whole():
     assert len(human_preferences(pairs)) == 52
 
 
-def test_wilson_interval_by_hand():
-    from cai.label.report import wilson
-
-    # 8 of 10, z = 1.96: centre (0.8 + 0.19208) / 1.38416, half 1.96 sqrt(0.016 + 0.0096040) / 1.38416
-    lo, hi = wilson(8, 10)
-    z = 1.959963984540054
-    centre = (0.8 + z * z / 20) / (1 + z * z / 10)
-    half = z * math.sqrt(0.8 * 0.2 / 10 + z * z / 400) / (1 + z * z / 10)
-    assert (lo, hi) == pytest.approx((centre - half, centre + half))
-    assert (lo, hi) == pytest.approx((0.4902, 0.9433), abs=1e-4)
-    assert wilson(0, 0) is None
-    assert wilson(5, 5)[1] == 1.0
-
-
 def test_length_balanced_accuracy_by_hand():
     """6 human-labeled pairs: in 4 the human's choice is the longer answer, in 2 the
     shorter. A labeler that always picks the longer answer scores 4/6 raw but 50% balanced;

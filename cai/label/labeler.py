@@ -30,7 +30,8 @@ from cai.label.inputs import Pair
 from cai.label.pointwise import PointwiseVerdict, ResponseScorer, label_pairs_pointwise
 from cai.prompting import (ANSWER_PREFIX, COMPARISON_OPTIONS, JUDGEMENT_ANSWERS, comparison_messages,
                            judgement_messages)
-from cai.records import PreferenceRecord, stable_id
+from cai.records import PreferenceRecord
+from cai.schema import stable_id
 
 ORDERS = ("ab", "ba")  # "ab": first shown as (A); "ba": second shown as (A)
 MODES = ("pairwise", "pointwise")

@@ -35,7 +35,7 @@ from cai.backends import Backend
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.label.feedback import ensemble
 from cai.prompting import JUDGEMENT_ANSWERS, judgement_messages
-from cai.records import prompt_key
+from cai.schema import prompt_key
 
 # Chosen by measurement with the embedded model (README, "Pointwise feedback"): the
 # median |s_x - s_y| there is about 1, so tau = 1 keeps labels soft but informative.

@@ -36,23 +36,10 @@ from typing import Iterable
 
 from pydantic import BaseModel
 
+from cai.eval.stats import Z95, wilson
 from cai.label.feedback import entropy_bits
 from cai.label.inputs import normalize, pair_key
 from cai.records import PreferenceRecord
-
-
-Z95 = 1.959963984540054
-
-
-def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval for a binomial rate (successes may be fractional: ties)."""
-    if n <= 0:
-        return None
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 class Rate(BaseModel):
@@ -64,7 +51,8 @@ class Rate(BaseModel):
 
 
 def _rate(hits: list[float]) -> Rate:
-    return Rate(pairs=len(hits), rate=_mean(hits), ci95=wilson(math.fsum(hits), len(hits)))
+    return Rate(pairs=len(hits), rate=_mean(hits),
+                ci95=wilson(math.fsum(hits), len(hits)) if hits else None)
 
 
 def balanced(longer: Rate, shorter: Rate) -> Rate | None:
