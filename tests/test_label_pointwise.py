@@ -46,7 +46,11 @@ class CountingBackend:
 
     def __init__(self, inner):
         self.inner, self.model = inner, inner.model
+        self.tokenizer = inner.tokenizer
         self.calls, self.prompts = 0, []
+
+    def context_length(self):
+        return self.inner.context_length()
 
     def render_chat(self, conv, add_generation_prompt=True):
         return self.inner.render_chat(conv, add_generation_prompt)
@@ -193,3 +197,100 @@ def test_config_checks():
     assert LabelConfig(tau="fit").tau == "fit"
     with pytest.raises(ValueError, match="resolve"):  # a run must resolve tau first
         label_pairs(None, C, [make_pair(X, Y)], LabelConfig(mode="pointwise", tau="fit"))
+
+
+# --- the run and the CLI ----------------------------------------------------------------
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_run_label_pointwise_fits_tau_on_the_eval_pairs(tiny_backend, tmp_path):
+    from cai.data.store import read_manifest, read_preferences
+    from cai.label.run import LabelRunConfig, run_label
+
+    human = _jsonl(tmp_path / "human.jsonl", [
+        {"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A carrot."},
+        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."},
+        {"prompt": "Name a planet.", "chosen": "Mars.", "rejected": "The moon."},
+    ])
+    backend = CountingBackend(tiny_backend)
+    cfg = LabelRunConfig(pairs=str(human), out=str(tmp_path / "labels"), mode="pointwise",
+                         tau="fit", eval_against=str(human), few_shot=False, principles=1)
+    log: list[str] = []
+    summary = run_label(cfg, backend=backend, log=log.append)
+    # the eval pairs are the labeled pairs: scored once for the fit, then from the cache
+    assert backend.calls == 1 and len(backend.prompts) == 3 * 2 * 4
+    run = summary["run"]
+    assert run["mode"] == "pointwise" and run["tau_fitted"] is True
+    assert any(m.startswith("tau fitted on 3 human-labeled pairs") for m in log)
+    recs = read_preferences(tmp_path / "labels")
+    labels = label_pairs(tiny_backend, C,
+                         read_pairs(human)[0], LabelConfig(mode="pointwise", principles=1,
+                                                            few_shot=False), tau=1.0)
+    diffs = reference_diffs(labels, human_preferences(read_pairs(human)[0]))
+    assert run["tau"] == pytest.approx(fit_tau(diffs))
+    assert all(r.metadata["ai_feedback"]["tau"] == run["tau"] for r in recs)
+    assert read_manifest(tmp_path / "labels")["label"]["report"]["mode"] == "pointwise"
+    assert summary["report"]["human_accuracy"]["pairs"] == 3
+
+
+def test_mode_defaults_follow_the_feedback_model(tmp_path):
+    from cai.models import DEFAULT_MODEL, feedback_defaults, models_dir
+
+    assert feedback_defaults(None) == ("pointwise", 1.0)
+    assert feedback_defaults(DEFAULT_MODEL) == ("pointwise", 1.0)
+    assert feedback_defaults(str(models_dir() / DEFAULT_MODEL)) == ("pointwise", 1.0)
+    assert feedback_defaults(str(tmp_path)) == ("pairwise", None)
+    assert feedback_defaults("org/big-judge") == ("pairwise", None)
+
+
+def test_cli_label_mode_and_score_judge(tiny_model_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+
+    runner = CliRunner()
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A carrot."}])
+    common = ["--model", str(tiny_model_dir), "--backend", "transformers"]
+    r = runner.invoke(app, ["label", "--pairs", str(pairs), "-o", str(tmp_path / "l.jsonl"),
+                            "--mode", "pointwise", "--tau", "0.5", "--no-few-shot",
+                            "--eval-against", str(pairs), *common])
+    assert r.exit_code == 0, r.output
+    from cai.records import PreferenceRecord
+
+    feedback = lambda name: PreferenceRecord.from_row(
+        json.loads((tmp_path / name).read_text())).metadata["ai_feedback"]
+    assert feedback("l.jsonl")["mode"] == "pointwise" and feedback("l.jsonl")["tau"] == 0.5
+    assert "[pointwise]" in r.output and "length-balanced" in r.output
+    assert "position consistency" not in r.output
+    r = runner.invoke(app, ["label", "--pairs", str(pairs), "-o", str(tmp_path / "p.jsonl"),
+                            "--mode", "pairwise", "--no-few-shot", *common])
+    assert r.exit_code == 0, r.output
+    assert feedback("p.jsonl")["mode"] == "pairwise"
+    for bad in (["--mode", "both"], ["--tau", "warm"]):
+        r = runner.invoke(app, ["label", "--pairs", str(pairs), "-o", str(tmp_path / "x.jsonl"), *bad])
+        assert r.exit_code == 2, r.output
+
+    rows = _jsonl(tmp_path / "rows.jsonl", [
+        {"prompt": "Name a fruit.", "response": "An apple.", "keep": 1},
+        {"prompt": [{"role": "user", "content": "Name a fruit."}], "response": "A carrot."}])
+    r = runner.invoke(app, ["score", "--judge", "--data", str(rows), "-o", str(tmp_path / "s.jsonl"),
+                            "-p", "general-harm", "-p", "toxicity", "--no-few-shot", *common])
+    assert r.exit_code == 0, r.output
+    out = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert out[0]["keep"] == 1 and set(out[0]["judge_principles"]) == {"general-harm", "toxicity"}
+    from cai.backends.hf_backend import TransformersBackend
+    c = load_constitution("harmless")
+    want = score_responses(TransformersBackend(str(tiny_model_dir)), c,
+                           [([{"role": "user", "content": "Name a fruit."}], "A carrot.")],
+                           principle_ids=["general-harm", "toxicity"], few_shot=False)[0]
+    assert out[1]["judge_score"] == pytest.approx(want.score, abs=1e-5)
+    r = runner.invoke(app, ["score", "--data", str(rows), "-o", str(tmp_path / "t.jsonl")])
+    assert r.exit_code == 2 and "--judge" in r.output
