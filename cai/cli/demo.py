@@ -56,7 +56,8 @@ def demo(
                 _show("before", rec.rejected[-1].content)
                 _show("after", rec.chosen[-1].content)
             typer.echo(f"\n== AI feedback on those pairs ({label_cfg.principles} principles, "
-                       f"both orders) -> {label_cfg.out} ==")
+                       f"{label_cfg.mode or 'default'} mode) -> "
+                       f"{label_cfg.out} ==")
             labeled = run_label(label_cfg, backend=engine, log=typer.echo)
     except (ConfigError, ConstitutionError, DataError, RunConfigError, RunLockedError) as e:
         fail(str(e))
