@@ -294,3 +294,16 @@ def test_cli_label_mode_and_score_judge(tiny_model_dir, tmp_path):
     assert out[1]["judge_score"] == pytest.approx(want.score, abs=1e-5)
     r = runner.invoke(app, ["score", "--data", str(rows), "-o", str(tmp_path / "t.jsonl")])
     assert r.exit_code == 2 and "--judge" in r.output
+
+
+@pytest.mark.vllm
+def test_vllm_scores_like_transformers_on_the_embedded_model(vllm_backend, embedded_hf_backend):
+    pairs, _ = read_pairs("pipelines/prompts/human_prefs.jsonl")
+    cfg = LabelConfig(mode="pointwise", principles=1, seed=0)
+    v = label_pairs(vllm_backend, C, pairs[:3], cfg, tau=1.0)
+    h = label_pairs(embedded_hf_backend, C, pairs[:3], cfg, tau=1.0)
+    for lv, lh in zip(v, h):
+        assert [x.principle for x in lv.verdicts] == [x.principle for x in lh.verdicts]
+        for xv, xh in zip(lv.verdicts, lh.verdicts):
+            assert xv.scores == pytest.approx(xh.scores, abs=0.05)
+        assert lv.p_first == pytest.approx(lh.p_first, abs=0.02)
