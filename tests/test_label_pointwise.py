@@ -241,9 +241,10 @@ def test_run_label_pointwise_fits_tau_on_the_eval_pairs(tiny_backend, tmp_path):
 def test_mode_defaults_follow_the_feedback_model(tmp_path):
     from cai.models import DEFAULT_MODEL, feedback_defaults, models_dir
 
-    assert feedback_defaults(None) == ("pointwise", 1.0)
-    assert feedback_defaults(DEFAULT_MODEL) == ("pointwise", 1.0)
-    assert feedback_defaults(str(models_dir() / DEFAULT_MODEL)) == ("pointwise", 1.0)
+    # the registry entry's own defaults (pairwise, by measurement; its tau for --mode pointwise)
+    assert feedback_defaults(None) == ("pairwise", 1.1)
+    assert feedback_defaults(DEFAULT_MODEL) == ("pairwise", 1.1)
+    assert feedback_defaults(str(models_dir() / DEFAULT_MODEL)) == ("pairwise", 1.1)
     assert feedback_defaults(str(tmp_path)) == ("pairwise", None)
     assert feedback_defaults("org/big-judge") == ("pairwise", None)
 

@@ -31,7 +31,7 @@ def label_cmd(
     retry_for: float = typer.Option(300.0, min=0.0, help=RETRY_FOR_HELP),
     mode: str = typer.Option(None, "--mode", help="pairwise: (A)/(B) comparison in both orders "
                              "(the paper's); pointwise: a Yes/No verdict per response. Default: "
-                             "the feedback model's (pointwise for the embedded model, else pairwise)"),
+                             "the feedback model's registry default, else pairwise"),
     tau: str = typer.Option(None, "--tau", help="pointwise: P = sigmoid((s_chosen - s_rejected) / "
                             "TAU); a number, or 'fit' (maximum likelihood on --eval-against)"),
     principles: int = option(L, "principles", "--principles", "-k"),

@@ -6,8 +6,8 @@ label-quality report.
     labeler's preference -> a store directory or JSONL, the rejects, the report
 
 Mode and tau left unset (None) take the feedback model's defaults
-(`cai.models.feedback_defaults`: pointwise for the embedded model, whose (A)/(B) answers
-are position bias; pairwise, the paper's mode, for any other model). `tau: fit` scores
+(`cai.models.feedback_defaults`: a registry entry's own, chosen by measurement; pairwise,
+the paper's mode, for any other model). `tau: fit` scores
 the `eval_against` pairs first (they share the response cache) and fits tau on them.
 """
 
