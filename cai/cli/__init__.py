@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from cai.cli import chat, constitution, data, demo, generate, label, models, serve
+from cai.cli import chat, constitution, data, demo, generate, label, models, run, serve
 
 # (module, group name or None for top-level commands, help)
 COMMANDS: list[tuple[object, str | None, str | None]] = [
@@ -23,6 +23,7 @@ COMMANDS: list[tuple[object, str | None, str | None]] = [
     (generate, None, None),
     (label, None, None),
     (demo, None, None),
+    (run, None, None),
 ]
 
 app = typer.Typer(
