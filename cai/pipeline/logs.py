@@ -40,6 +40,28 @@ def _vllm_logging_config(log_file: Path) -> dict:
     }
 
 
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _terminal(stream, fd: int, saved_fd: int):
+    """A text stream that still reaches the terminal once `fd` points at the log: the
+    stream itself when it does not write to `fd` (a test runner's buffer), else a new
+    stream on a copy of the original descriptor."""
+    if _fileno(stream) != fd:
+        return stream
+    term_fd = os.dup(saved_fd)
+    term = io.TextIOWrapper(os.fdopen(term_fd, "wb"),
+                            encoding=getattr(stream, "encoding", None) or "utf-8",
+                            errors="replace", line_buffering=True, write_through=True)
+    # tqdm and others ask isatty() to decide on \r redraws: answer for the real terminal
+    term.isatty = lambda: os.isatty(term_fd)  # type: ignore[method-assign]
+    return term
+
+
 @contextlib.contextmanager
 def engine_logs_to_file(log_file: str | os.PathLike) -> Iterator[Path]:
     """Inside the block, engine/library output goes to `log_file` (appended); the terminal
@@ -65,16 +87,8 @@ def engine_logs_to_file(log_file: str | os.PathLike) -> Iterator[Path]:
     saved_fds = (os.dup(1), os.dup(2))
     log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     saved_streams = (sys.stdout, sys.stderr)
-    # The terminal, for Python-level writes: copies of the original descriptors.
-    term_out = io.TextIOWrapper(os.fdopen(os.dup(saved_fds[0]), "wb", buffering=0),
-                                encoding=getattr(sys.stdout, "encoding", None) or "utf-8",
-                                line_buffering=True, write_through=True)
-    term_err = io.TextIOWrapper(os.fdopen(os.dup(saved_fds[1]), "wb", buffering=0),
-                                encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
-                                line_buffering=True, write_through=True)
-    # tqdm and others ask isatty() to decide on \r redraws: answer for the real terminal
-    term_out.isatty = lambda fd=saved_fds[0]: os.isatty(fd)  # type: ignore[method-assign]
-    term_err.isatty = lambda fd=saved_fds[1]: os.isatty(fd)  # type: ignore[method-assign]
+    term_out = _terminal(sys.stdout, 1, saved_fds[0])
+    term_err = _terminal(sys.stderr, 2, saved_fds[1])
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     sys.stdout, sys.stderr = term_out, term_err
@@ -110,9 +124,10 @@ def engine_logs_to_file(log_file: str | os.PathLike) -> Iterator[Path]:
         os.dup2(saved_fds[1], 2)
         for fd in (*saved_fds, log_fd):
             os.close(fd)
-        with contextlib.suppress(Exception):
-            term_out.close()
-            term_err.close()
+        for stream, old in zip((term_out, term_err), saved_streams):
+            if stream is not old:
+                with contextlib.suppress(Exception):
+                    stream.close()
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)

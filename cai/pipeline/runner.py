@@ -21,6 +21,7 @@ that does not use it, so a training step never runs beside an idle engine's memo
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -260,6 +261,17 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def _clear_if_changed(step: Step, manifest: dict[str, Any], inputs: dict[str, str | None]) -> None:
+    """Old outputs made with another config or other inputs are removed before the stage
+    runs again (stages refuse to mix runs in one directory). An interrupted run with the
+    same config and inputs keeps its directory, so a stage that resumes (generate) does."""
+    if not manifest or not step.dir.exists():
+        return
+    if manifest.get("config_hash") == step.config_hash and manifest.get("inputs") == inputs:
+        return
+    shutil.rmtree(step.dir)
+
+
 def run_step(step: Step, inputs: dict[str, str | None], engines: EnginePool,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one step, keeping its manifest current (running -> done | failed)."""
@@ -335,6 +347,7 @@ def run_pipeline(pipeline: Pipeline, stages: list[Stage], *, from_: str | None =
                 continue
             why = "forced by --from/--only" if step.key in forced and not reasons else "; ".join(reasons)
             echo(f"{tag}  running: {why}")
+            _clear_if_changed(step, manifests[step.key], inputs)
             manifest = run_step(step, inputs, engines, log)
             manifests[step.key] = manifest
             brief = step.stage.brief(manifest["summary"] if isinstance(manifest["summary"], dict) else {})

@@ -1,0 +1,84 @@
+"""`cai run` with the real generate stage on the tiny random model (transformers backend):
+prompt sets from two files, a second run that does nothing, a config change that reruns,
+located errors, --dry-run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cai.pipeline.manifest import read_manifest
+
+runner = CliRunner()
+PROMPTS = Path(__file__).resolve().parent.parent / "pipelines" / "prompts"
+
+
+def _write(tmp_path: Path, model: Path, max_tokens: int = 6) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"""\
+run:
+  name: tiny
+  out: {tmp_path / 'run'}
+  model: {model}
+  backend: transformers
+  seed: 3
+prompts:
+  train:
+    - {{file: {PROMPTS / 'red_team_train.jsonl'}, limit: 3}}
+    - {{file: {PROMPTS / 'helpful_train.jsonl'}, limit: 2}}
+generate:
+  prompts: train
+  constitution: harmless
+  rounds: 1
+  max_tokens: {max_tokens}
+  few_shot: false
+""")
+    return path
+
+
+def _cai(*args):
+    from cai.cli import app
+
+    return runner.invoke(app, list(map(str, args)))
+
+
+def test_cai_run_generate_then_noop_then_rerun_on_change(tmp_path, tiny_model_dir):
+    path = _write(tmp_path, tiny_model_dir)
+    r = _cai("run", path)
+    assert r.exit_code == 0, r.output
+    stage_dir = tmp_path / "run" / "generate"
+    m = read_manifest(stage_dir)
+    assert m["status"] == "done" and m["summary"]["records"] == 5
+    assert m["config"]["seed"] == 3 and m["config"]["model"] == str(tiny_model_dir)
+    assert m["config"]["prompts"] == str(tmp_path / "run" / "prompts" / "train.jsonl")
+    assert set(m["inputs"]) == {"file:prompts", "constitution"}
+    assert "[1/1] generate  running: never ran" in r.output
+    assert (tmp_path / "run" / "logs" / "engine.log").exists()
+    ids = [json.loads(x)["id"] for x in
+           (tmp_path / "run" / "prompts" / "train.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (PROMPTS / "red_team_train.jsonl").read_text().splitlines()[:3]]
+    assert ids[:3] == [x["id"] for x in rows] and ids[3].startswith("hp-") and len(ids) == 5
+
+    r2 = _cai("run", path)
+    assert r2.exit_code == 0, r2.output
+    assert "up to date" in r2.output and "running" not in r2.output
+    assert read_manifest(stage_dir)["finished"] == m["finished"]
+    table = lambda out: out[out.index("stage "):]  # noqa: E731 - the summary, from manifests
+    assert table(r2.output).replace("skipped", "ran    ") == table(r.output)
+
+    r3 = _cai("run", "--dry-run", _write(tmp_path, tiny_model_dir, max_tokens=7))
+    assert "generate         config changed" in r3.output
+    r4 = _cai("run", path.with_name("tiny.yaml"))
+    assert r4.exit_code == 0 and "running: config changed" in r4.output
+    assert read_manifest(stage_dir)["config"]["max_tokens"] == 7
+
+
+def test_cai_run_bad_pipeline_is_a_located_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("run: {name: x}\ngenerate:\n  prompts: p.jsonl\n  temprature: 0.5\n")
+    r = _cai("run", path)
+    assert r.exit_code == 1
+    assert f"{path}:4:3: generate.temprature: unknown key 'temprature'" in r.output
+    assert f"{path}:2:1: generate.out: filled in by the runner" not in r.output
