@@ -1,6 +1,7 @@
-"""`cai run` with the real generate stage on the tiny random model (transformers backend):
-prompt sets from two files, a second run that does nothing, a config change that reruns,
-located errors, --dry-run."""
+"""`cai run` with the real generate, sample and label stages on the tiny random model
+(transformers backend, one engine for all three): prompt sets from two files, a second run
+that does nothing, a config change that reruns its stage and those downstream, located
+errors, --dry-run."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ generate:
   rounds: 1
   max_tokens: {max_tokens}
   few_shot: false
+sample:
+  prompts: train
+  limit: 3
+  max_tokens: 5
+label:
+  principles: 1
 """)
     return path
 
@@ -54,7 +61,11 @@ def test_cai_run_generate_then_noop_then_rerun_on_change(tmp_path, tiny_model_di
     assert m["config"]["seed"] == 3 and m["config"]["model"] == str(tiny_model_dir)
     assert m["config"]["prompts"] == str(tmp_path / "run" / "prompts" / "train.jsonl")
     assert set(m["inputs"]) == {"file:prompts", "constitution"}
-    assert "[1/1] generate  running: never ran" in r.output
+    assert "[1/3] generate  running: never ran" in r.output
+    assert r.output.count("starting the transformers engine") == 1
+    lab = read_manifest(tmp_path / "run" / "label")
+    assert lab["config"]["pairs"] == str(tmp_path / "run" / "sample" / "candidates.jsonl")
+    assert lab["summary"]["records"] == 3 and set(lab["inputs"]) == {"sample", "constitution"}
     assert (tmp_path / "run" / "logs" / "engine.log").exists()
     ids = [json.loads(x)["id"] for x in
            (tmp_path / "run" / "prompts" / "train.jsonl").read_text().splitlines()]
@@ -70,8 +81,10 @@ def test_cai_run_generate_then_noop_then_rerun_on_change(tmp_path, tiny_model_di
 
     r3 = _cai("run", "--dry-run", _write(tmp_path, tiny_model_dir, max_tokens=7))
     assert "generate         config changed" in r3.output
+    assert "sample           up to date" in r3.output  # sample reads prompts, not generate
     r4 = _cai("run", path.with_name("tiny.yaml"))
     assert r4.exit_code == 0 and "running: config changed" in r4.output
+    assert "label     up to date" in r4.output
     assert read_manifest(stage_dir)["config"]["max_tokens"] == 7
 
 

@@ -162,7 +162,8 @@ def plan(pipeline: Pipeline, stages: list[Stage], echo: Echo = print) -> list[St
         if stage.per_round and k is not None and k > 1 and stage is present[first]:
             previous = {s.name: latest[s.name] for s in present[first:last]}
         wiring = Wiring(run=pipeline.run, round=k, dir=root / key, present=names,
-                        _dirs=dict(latest), _previous=dict(previous))
+                        _dirs=dict(latest), _previous=dict(previous),
+                        section=dict(pipeline.sections[stage.name]))
         try:
             wired = stage.wire(wiring)
         except ValueError as e:  # a stage that cannot be wired with what the pipeline has

@@ -39,6 +39,7 @@ class Wiring:
     present: frozenset[str]  # the stages the pipeline has
     _dirs: dict[str, tuple[str, Path]]  # stage name -> (step key, directory), latest first
     _previous: dict[str, tuple[str, Path]]  # per-round stage -> the previous round's
+    section: dict[str, Any] = field(default_factory=dict)  # what the user wrote
     used: list[str] = field(default_factory=list)  # step keys whose outputs feed this one
 
     def has(self, stage: str) -> bool:
@@ -129,6 +130,99 @@ GENERATE = Stage(
 )
 
 
+# --------------------------------------------------------------------------- policies
+
+
+def latest_policy(w: Wiring) -> str | None:
+    """The model a per-round stage samples from: the previous round's PPO policy, else the
+    SFT model, else None (the base model)."""
+    prev = w.previous("ppo") if w.has("ppo") else None
+    if prev is not None:
+        return str(policy_dir("ppo", prev))
+    if w.has("sft"):
+        return str(policy_dir("sft", w.output("sft")))
+    return None
+
+
+def policy_dir(stage: str, stage_dir: Path) -> Path:
+    """Where a training stage leaves its model (an HF directory vLLM and transformers load)."""
+    return stage_dir / "model" if stage == "ppo" else stage_dir
+
+
+def _runner_written(w: Wiring, *names: str) -> None:
+    for name in names:
+        if name in w.section:
+            raise ValueError(f"`{name}` is filled in by the runner from the stages before "
+                             f"{w.dir.name}; leave it out")
+
+
+# --------------------------------------------------------------------------- sample
+
+
+def _wire_sample(w: Wiring) -> dict[str, Any]:
+    out: dict[str, Any] = {"out": str(w.dir / "candidates.jsonl")}
+    policy = latest_policy(w)
+    if policy is not None:
+        _runner_written(w, "model")
+        out["model"] = policy
+    return out
+
+
+SAMPLE = Stage(
+    name="sample",
+    config="cai.label.sample:SampleRunConfig",
+    run="cai.label.sample:run_sample",
+    wire=_wire_sample,
+    per_round=True,
+    owned=("out", "rejects"),
+    prompt_fields=("prompts",),
+    file_fields=("prompts",),
+    engine=engine_of,
+    brief=lambda s: (f"{s.get('rows', 0)} prompts sampled, {s.get('truncated_samples', 0)} "
+                     f"samples cut at max_tokens"),
+)
+
+
+# --------------------------------------------------------------------------- label
+
+
+def _wire_label(w: Wiring) -> dict[str, Any]:
+    """Label this round's samples, or (no sample stage) generate's revision pairs. The
+    feedback model is `model:` (default the base model); `model: policy` labels with the
+    latest policy, which saves an engine start when sample just ran on it."""
+    out: dict[str, Any] = {"out": str(w.dir / "preferences")}
+    if w.has("sample") or w.has("generate"):
+        _runner_written(w, "pairs")
+        out["pairs"] = (str(w.output("sample") / "candidates.jsonl") if w.has("sample")
+                        else str(w.output("generate") / "preferences"))
+    if w.section.get("model") == "policy":
+        out["model"] = latest_policy(w) or w.run.model
+    return out
+
+
+def _brief_label(s: dict[str, Any]) -> str:
+    rep = s.get("report") or {}
+    text = f"{s.get('records', 0)} labeled pairs"
+    if rep.get("mean_p_chosen") is not None:
+        text += f", mean p_chosen {rep['mean_p_chosen']:.3f}"
+    if rep.get("position_consistency") is not None:
+        text += f", same winner in both orders {rep['position_consistency']:.0%}"
+    return text
+
+
+LABEL = Stage(
+    name="label",
+    config="cai.label.run:LabelRunConfig",
+    run="cai.label.run:run_label",
+    wire=_wire_label,
+    per_round=True,
+    owned=("out", "rejects", "report"),
+    file_fields=("eval_against",),
+    engine=engine_of,
+    brief=_brief_label,
+)
+
+
 def builtin_stages() -> list[Stage]:
     """The stages this install has, in run order."""
-    return [GENERATE]
+    return [GENERATE, SAMPLE, LABEL]
