@@ -95,3 +95,30 @@ def test_cai_run_bad_pipeline_is_a_located_error(tmp_path):
     assert r.exit_code == 1
     assert f"{path}:4:3: generate.temprature: unknown key 'temprature'" in r.output
     assert f"{path}:2:1: generate.out: filled in by the runner" not in r.output
+
+
+def test_label_alone_on_the_users_pairs(tmp_path, tiny_model_dir):
+    """Stages left out: a user with their own pairs starts at label. The label stage's own
+    checks still hold (an over-long pair is a reject; too many principles is an error)."""
+    from cai.data.store import read_preferences
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A carrot."},
+        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "word " * 3000}]))
+    path = tmp_path / "p.yaml"
+    text = (f"run: {{name: u, out: {tmp_path / 'run'}, model: {tiny_model_dir}, "
+            f"backend: transformers}}\nlabel:\n  pairs: {pairs}\n  few_shot: false\n")
+    path.write_text(text)
+    r = _cai("demo", "--config", path)  # cai demo is cai run on a pipeline file
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "run" / "label"
+    assert [x.prompt[-1].content for x in read_preferences(out / "preferences")] == ["Name a fruit."]
+    rej = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [x["code"] for x in rej] == ["too-long"]
+    assert set(read_manifest(out)["inputs"]) == {"constitution"}
+
+    path.write_text(text + "  principles: 99\n")
+    r = _cai("run", path)
+    assert r.exit_code == 1 and "only 14 principles" in r.output
+    assert read_manifest(out)["status"] == "failed"

@@ -28,6 +28,12 @@ def run_cmd(
     section of the file (leave a section out to leave the stage out). Each stage writes
     <run>/<stage>/ and its stage.json; a rerun skips the stages whose config and inputs are
     unchanged, and reruns a changed stage and everything downstream of it."""
+    run_file(pipeline_path, from_stage=from_stage, only=only, verbose=verbose, dry_run=dry_run)
+
+
+def run_file(pipeline_path: Path, *, from_stage: Optional[str] = None, only: Optional[str] = None,
+             verbose: bool = False, dry_run: bool = False) -> None:
+    """`cai run`'s work, shared with `cai demo`."""
     import contextlib
 
     from cai.pipeline import (PipelineError, SelectionError, StageFailed, builtin_stages,

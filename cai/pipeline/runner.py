@@ -264,11 +264,13 @@ def _jsonable(obj: Any) -> Any:
 
 def _clear_if_changed(step: Step, manifest: dict[str, Any], inputs: dict[str, str | None]) -> None:
     """Old outputs made with another config or other inputs are removed before the stage
-    runs again (stages refuse to mix runs in one directory). An interrupted run with the
-    same config and inputs keeps its directory, so a stage that resumes (generate) does."""
-    if not manifest or not step.dir.exists():
+    runs again (stages refuse to mix runs in one directory), as is a directory without a
+    manifest (not made by the runner). An interrupted run with the same config and inputs
+    keeps its directory, so a stage that resumes (generate) does."""
+    if not step.dir.exists():
         return
-    if manifest.get("config_hash") == step.config_hash and manifest.get("inputs") == inputs:
+    if (manifest and manifest.get("config_hash") == step.config_hash
+            and manifest.get("inputs") == inputs):
         return
     shutil.rmtree(step.dir)
 

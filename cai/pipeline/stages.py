@@ -190,7 +190,8 @@ def _wire_label(w: Wiring) -> dict[str, Any]:
     """Label this round's samples, or (no sample stage) generate's revision pairs. The
     feedback model is `model:` (default the base model); `model: policy` labels with the
     latest policy, which saves an engine start when sample just ran on it."""
-    out: dict[str, Any] = {"out": str(w.dir / "preferences")}
+    out: dict[str, Any] = {"out": str(w.dir / "preferences"),
+                           "rejects": str(w.dir / "rejects.jsonl")}
     if w.has("sample") or w.has("generate"):
         _runner_written(w, "pairs")
         out["pairs"] = (str(w.output("sample") / "candidates.jsonl") if w.has("sample")
