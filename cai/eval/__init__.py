@@ -1,0 +1,2 @@
+"""Evaluation stages: reward models on preference data (`rm.py`), scoring rows with a
+reward model (`score.py`)."""
