@@ -25,7 +25,7 @@ COMMANDS: list[tuple[object, str | None, str | None]] = [
     (label, None, None),
     (demo, None, None),
     (train, "train", "Train: SFT on revisions (SL-CAI), the reward model."),
-    (eval, "eval", "Evaluate: reward models (and policies)."),
+    (eval, "eval", "Evaluate reward models and policies; build the run report."),
     (score, None, None),
     (run, None, None),
 ]
