@@ -122,3 +122,42 @@ def test_label_alone_on_the_users_pairs(tmp_path, tiny_model_dir):
     r = _cai("run", path)
     assert r.exit_code == 1 and "only 14 principles" in r.output
     assert read_manifest(out)["status"] == "failed"
+
+
+def test_the_recipe_is_wired_from_upstream_outputs(tmp_path):
+    """What the runner writes into each real stage's config for the RL-CAI recipe, two
+    rounds: SFT on generate's revisions, sampling from the SFT model, labels from this
+    round's samples, the reward model on them plus human pairs by weight (continuing the
+    previous round's), eval of the SFT model against the base with the last reward model."""
+    from cai.pipeline import builtin_stages, load_pipeline, plan
+
+    human = tmp_path / "human.jsonl"
+    human.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    path = tmp_path / "p.yaml"
+    path.write_text(f"""\
+run: {{name: r, out: {tmp_path / 'run'}, model: base-model, rounds: 2, seed: 4}}
+prompts:
+  train: [{{file: {PROMPTS / 'red_team_train.jsonl'}, limit: 2}}]
+generate: {{prompts: train}}
+sft: {{lr: 1.0e-5}}
+sample: {{prompts: train}}
+label: {{}}
+rm: {{data: [{human}:0.5, upstream:2]}}
+eval: {{harmful: [{PROMPTS / 'red_team_eval.jsonl'}], benign: [{PROMPTS / 'helpful_eval.jsonl'}]}}
+""")
+    stages = builtin_stages()
+    steps = {s.key: s.config for s in plan(load_pipeline(path, [s.name for s in stages]),
+                                           stages, echo=lambda m: None)}
+    run = tmp_path / "run"
+    assert list(steps) == ["generate", "sft", "round1/sample", "round1/label", "round1/rm",
+                           "round2/sample", "round2/label", "round2/rm", "eval"]
+    assert steps["generate"].model == "base-model" and steps["generate"].seed == 4
+    assert steps["sft"].data == [str(run / "generate" / "sft")] and steps["sft"].model == "base-model"
+    assert steps["round1/sample"].model == str(run / "sft")
+    assert steps["round2/label"].pairs == str(run / "round2" / "sample" / "candidates.jsonl")
+    assert steps["round1/rm"].data == [f"{human}:0.5", f"{run / 'round1' / 'label' / 'preferences'}:2"]
+    assert steps["round1/rm"].model == "base-model"
+    assert steps["round2/rm"].model == str(run / "round1" / "rm")
+    ev = steps["eval"]
+    assert (ev.model, ev.reference, ev.reward_model) == (str(run / "sft"), "base-model",
+                                                         str(run / "round2" / "rm"))

@@ -129,9 +129,14 @@ def _build_config(pipeline: Pipeline, stage: Stage, wired: dict[str, Any],
             section[name] = {**value, **(section.get(name) or {})}
         else:
             section.setdefault(name, value)
+    def as_path(value: Any) -> Any:
+        return str(prompt_sets[value]) if isinstance(value, str) and value in prompt_sets else value
+
     for name in stage.prompt_fields:
-        if isinstance(section.get(name), str) and section[name] in prompt_sets:
-            section[name] = str(prompt_sets[section[name]])
+        value = section.get(name)
+        section[name] = [as_path(v) for v in value] if isinstance(value, list) else as_path(value)
+        if value is None:
+            del section[name]
     section.update(wired)
     try:
         return cls.model_validate(section), []
@@ -239,6 +244,12 @@ class EnginePool:
 # --------------------------------------------------------------------------- run
 
 
+def _strip_weight(entry: str) -> str:
+    """`path:weight` (a data mix entry) -> path."""
+    path, _, weight = entry.rpartition(":")
+    return path if path and weight.replace(".", "", 1).isdigit() else entry
+
+
 def _inputs(step: Step, manifests: dict[str, dict[str, Any]]) -> dict[str, str | None]:
     inputs: dict[str, str | None] = {}
     for key in step.used:
@@ -246,8 +257,10 @@ def _inputs(step: Step, manifests: dict[str, dict[str, Any]]) -> dict[str, str |
         inputs[key] = m.get("output_hash") if m and m.get("status") == "done" else None
     for name in step.stage.file_fields:
         value = getattr(step.config, name, None)
-        if value:
+        if isinstance(value, str) and value:
             inputs[f"file:{name}"] = hash_path(value)
+        elif isinstance(value, list) and value:
+            inputs[f"file:{name}"] = hash_json([hash_path(_strip_weight(v)) for v in value])
     constitution = getattr(step.config, "constitution", None)
     if isinstance(constitution, str):
         from cai.constitution import load_constitution

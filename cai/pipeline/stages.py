@@ -224,6 +224,171 @@ LABEL = Stage(
 )
 
 
+# --------------------------------------------------------------------------- sft
+
+
+def _wire_sft(w: Wiring) -> dict[str, Any]:
+    """SL-CAI: fine-tune the base model on generate's revisions (its sft/ conversations)."""
+    out: dict[str, Any] = {"out": str(w.dir)}
+    if w.has("generate"):
+        _runner_written(w, "data")
+        out["data"] = [str(w.output("generate") / "sft")]
+    return out
+
+
+def _brief_train(s: dict[str, Any]) -> str:
+    parts = []
+    for key, name in (("steps", "steps"), ("optimizer_steps", "steps"), ("train_examples", "examples"),
+                      ("train_pairs", "pairs")):
+        if isinstance(s.get(key), (int, float)):
+            parts.append(f"{s[key]} {name}")
+    final = s.get("final_eval") or s.get("eval") or {}
+    if isinstance(final, dict):
+        for key in ("loss", "accuracy"):
+            if isinstance(final.get(key), (int, float)):
+                parts.append(f"eval {key} {final[key]:.3f}")
+    return ", ".join(parts)
+
+
+SFT = Stage(
+    name="sft",
+    config="cai.train.sft:SFTConfig",
+    run="cai.train.sft:run_sft",
+    wire=_wire_sft,
+    shared=("model", "seed"),
+    file_fields=("eval_data",),
+    volatile=("progress", "log_every", "save_every", "keep_checkpoints",
+              "keep_checkpoints_when_done", "resume"),
+    brief=_brief_train,
+)
+
+
+# --------------------------------------------------------------------------- rm
+
+
+def _wire_rm(w: Wiring) -> dict[str, Any]:
+    """The reward model trains on this round's AI labels, or (no label stage) on generate's
+    revision pairs, as in HF's open CAI. The section's `data:` lists extra sources (e.g.
+    imported human pairs, `path:weight`); the entry `upstream` (or `upstream:W`) places and
+    weights the AI pairs, else they come first with weight 1. From round 2 on, the reward
+    model starts from the previous round's (`model`)."""
+    out: dict[str, Any] = {"out": str(w.dir)}
+    upstream = (w.output("label") / "preferences" if w.has("label")
+                else w.output("generate") / "preferences" if w.has("generate") else None)
+    extra = list(w.section.get("data") or [])
+    if isinstance(extra, str):
+        extra = [extra]
+    named = [x for x in extra if str(x).split(":")[0] == "upstream"]
+    if upstream is None and named:
+        raise ValueError("data: `upstream` names the AI pairs, but there is no label or "
+                         "generate stage to make them")
+    if upstream is not None:
+        if named:
+            extra = [str(upstream) + str(x)[len("upstream"):] if x in named else x for x in extra]
+        else:
+            extra = [str(upstream)] + extra
+    if extra:
+        out["data"] = extra
+    previous = w.previous("rm")
+    if previous is not None:
+        _runner_written(w, "model")
+        out["model"] = str(previous)
+    return out
+
+
+RM = Stage(
+    name="rm",
+    config="cai.train.rm:RMConfig",
+    run="cai.train.rm:run_rm",
+    wire=_wire_rm,
+    per_round=True,
+    shared=("model", "seed"),
+    file_fields=("data", "eval_data"),
+    volatile=SFT.volatile,
+    brief=_brief_train,
+)
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def _wire_eval(w: Wiring) -> dict[str, Any]:
+    """The final policy (the last PPO policy, else the SFT model) against the reference
+    (the SFT model when PPO ran after it, else the base model), scored by the last reward
+    model, on the held-out prompts the section names."""
+    out: dict[str, Any] = {"out": str(w.dir)}
+    sft = str(w.output("sft")) if w.has("sft") else None
+    if w.has("ppo"):
+        _runner_written(w, "model", "reference")
+        out["model"] = str(policy_dir("ppo", w.output("ppo")))
+        out["reference"] = sft or w.run.model
+    elif sft is not None:
+        _runner_written(w, "model", "reference")
+        out["model"] = sft
+        out["reference"] = w.run.model
+    if w.has("rm"):
+        _runner_written(w, "reward_model")
+        out["reward_model"] = str(w.output("rm"))
+    if out.get("reference") is None and "reference" in out:
+        from cai.models import DEFAULT_MODEL
+
+        out["reference"] = DEFAULT_MODEL
+    return out
+
+
+def run_eval(config: Any, *, backend: Any = None) -> dict[str, Any]:
+    """The eval stage: `cai eval policy` on the held-out prompts, then the run's report
+    (report.html, report.md) beside the stage directories."""
+    from cai.eval.policy import run_eval_policy
+    from cai.eval.report import write_report
+
+    summary = run_eval_policy(config, log=lambda m: print(f"  {m}"))
+    paths = write_report(Path(config.out).parent)
+    return {**summary, "report": {k: str(v) for k, v in paths.items()}}
+
+
+def _pct(p: Any) -> str:
+    if not isinstance(p, dict) or p.get("rate") is None:
+        return "-"
+    return f"{100 * p['rate']:.1f}%"
+
+
+def _num(x: Any, fmt: str = "{:.2f}") -> str:
+    return fmt.format(x) if isinstance(x, (int, float)) else "-"
+
+
+def final_eval(s: dict[str, Any], stage_dir: Path) -> list[str]:
+    """The report's place and the before/after table the demo ends with."""
+    ref, pol = s.get("reference") or {}, s.get("policy") or {}
+    kl = s.get("kl") or {}
+    rows = [("refusal/redirect on harmful", _pct(ref.get("harmful_safe")),
+             _pct(pol.get("harmful_safe"))),
+            ("over-refusal on benign", _pct(ref.get("benign_over_refusal")),
+             _pct(pol.get("benign_over_refusal"))),
+            ("KL(policy || reference), nats", "0", _num(kl.get("mean"))),
+            ("mean reward (reward model)", _num((ref.get("reward") or {}).get("mean")),
+             _num((pol.get("reward") or {}).get("mean")))]
+    lines = ["", f"{'held-out prompts':32}{'before':>12}{'after':>12}"]
+    lines += [f"{name:32}{a:>12}{b:>12}" for name, a, b in rows]
+    report = s.get("report") or {}
+    lines += ["", f"report: {report.get('html', stage_dir.parent / 'report.html')}"
+              + (f"  (and {report['md']})" if report.get("md") else "")]
+    return lines
+
+
+EVAL = Stage(
+    name="eval",
+    config="cai.eval.policy:EvalPolicyConfig",
+    run=run_eval,
+    wire=_wire_eval,
+    shared=("model", "backend", "seed"),
+    prompt_fields=("prompts", "harmful", "benign"),
+    file_fields=("prompts", "harmful", "benign"),
+    brief=lambda s: "report written" if s.get("report") else "",
+    final=final_eval,
+)
+
+
 def builtin_stages() -> list[Stage]:
     """The stages this install has, in run order."""
-    return [GENERATE, SAMPLE, LABEL]
+    return [GENERATE, SFT, SAMPLE, LABEL, RM, EVAL]
