@@ -161,3 +161,17 @@ eval: {{harmful: [{PROMPTS / 'red_team_eval.jsonl'}], benign: [{PROMPTS / 'helpf
     ev = steps["eval"]
     assert (ev.model, ev.reference, ev.reward_model) == (str(run / "sft"), "base-model",
                                                          str(run / "round2" / "rm"))
+
+
+def test_shipped_pipelines_plan(tmp_path, monkeypatch):
+    """pipelines/demo.yaml and pipelines/gpu-7b.yaml validate with every stage's config."""
+    from cai.pipeline import builtin_stages, load_pipeline, plan
+
+    root = PROMPTS.parent.parent
+    monkeypatch.chdir(root)
+    stages = builtin_stages()
+    for name in ("demo", "gpu-7b"):
+        pipeline = load_pipeline(root / "pipelines" / f"{name}.yaml", [s.name for s in stages])
+        pipeline.run.out = str(tmp_path / name)  # keep the prompt sets out of the checkout
+        steps = plan(pipeline, stages, echo=lambda m: None)
+        assert steps[0].key == "generate"

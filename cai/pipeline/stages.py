@@ -317,6 +317,9 @@ def _wire_eval(w: Wiring) -> dict[str, Any]:
     (the SFT model when PPO ran after it, else the base model), scored by the last reward
     model, on the held-out prompts the section names."""
     out: dict[str, Any] = {"out": str(w.dir)}
+    share = w.run.backend_options.get("gpu_memory_utilization")
+    if share is not None and "gpu_memory_utilization" not in w.section:
+        out["gpu_memory_utilization"] = share
     sft = str(w.output("sft")) if w.has("sft") else None
     if w.has("ppo"):
         _runner_written(w, "model", "reference")
