@@ -99,5 +99,5 @@ def test_run_sample_with_a_shared_engine(tiny_backend, tmp_path):
     assert rows[0]["sampling"] == {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_tokens": 4,
                                    "seed": 1}
     rej = [json.loads(x) for x in (tmp_path / "c.rejects.jsonl").read_text().splitlines()]
-    assert [(r["location"], r["reason"]) for r in rej] == [("prompts.jsonl:2", "duplicate")]
+    assert [(r["location"], r["code"]) for r in rej] == [("prompts.jsonl:2", "duplicate")]
     assert summary["rows"] == 1 and summary["rejected"] == 1

@@ -137,3 +137,56 @@ def rm_cmd(
     overrides.update(data=data or None, overlong=overlong, margin=margin,
                      center_rewards_coefficient=center_rewards_coefficient)
     _run("rm", RMConfig, run_rm, config, overrides)
+
+
+@app.command("ppo")
+def ppo_cmd(
+    policy: Optional[str] = O(None, "--policy", help="causal LM to start from: SFT output dir, "
+                                                     "registry name or hub id"),
+    reward: Optional[str] = O(None, "--reward", help="`cai train rm` dir, any seq-classification "
+                                                     "RM dir, or FILE.py:FUNCTION"),
+    prompts: Optional[str] = O(None, "--prompts", help="prompt file (JSONL/CSV/... with prompt or messages)"),
+    out: Optional[Path] = OUT, config: Optional[Path] = O(None, "--config", help="pipeline YAML; "
+                                                          "its `ppo:` section, flags on top"),
+    value_model: Optional[str] = O(None, help="value model init (default: the reward model)"),
+    eval_prompts: Optional[str] = O(None, help="held-out prompts (else --eval-size from --prompts)"),
+    eval_size: Optional[int] = O(None), eval_every: Optional[int] = O(None),
+    iterations: Optional[int] = O(None, help="rollout/update iterations (default 20)"),
+    rollout_batch_size: Optional[int] = O(None, help="prompts per iteration (default 16)"),
+    max_new_tokens: Optional[int] = O(None), temperature: Optional[float] = O(None),
+    rollout_backend: Optional[str] = O(None, help="auto | transformers | vllm"),
+    ppo_epochs: Optional[int] = O(None), minibatch_size: Optional[int] = O(None),
+    micro_batch_size: Optional[int] = O(None), learning_rate: Optional[float] = O(None, "--lr"),
+    kl_coef: Optional[float] = O(None, help="β (initial value with --adaptive-kl)"),
+    adaptive_kl: Optional[bool] = O(None, "--adaptive-kl/--fixed-kl"),
+    kl_target: Optional[float] = O(None), kl_estimator: Optional[str] = O(None, help="k1 | k3"),
+    lora: Optional[bool] = O(None, "--lora/--no-lora"), lora_r: Optional[int] = O(None),
+    seed: Optional[int] = O(None),
+    resume: bool = O(False, "--resume", help="continue from the last checkpoint in -o"),
+    progress: bool = O(True, "--progress/--no-progress"),
+) -> None:
+    """KL-regularised PPO of a policy against a reward model (RL-CAI's last stage)."""
+    from cai.config import ConfigError, load_section
+    from cai.io import DataError
+    from cai.models import ModelError
+    from cai.train.ppo import PPOConfig, run_ppo
+
+    overrides = dict(policy=policy, reward=reward, prompts=prompts,
+                     output_dir=None if out is None else str(out), value_model=value_model,
+                     eval_prompts=eval_prompts, eval_size=eval_size, eval_every=eval_every,
+                     iterations=iterations, rollout_batch_size=rollout_batch_size,
+                     max_new_tokens=max_new_tokens, temperature=temperature,
+                     rollout_backend=rollout_backend, ppo_epochs=ppo_epochs,
+                     minibatch_size=minibatch_size, micro_batch_size=micro_batch_size,
+                     learning_rate=learning_rate, kl_coef=kl_coef, adaptive_kl=adaptive_kl,
+                     kl_target=kl_target, kl_estimator=kl_estimator, lora=lora, lora_r=lora_r,
+                     seed=seed)
+    try:
+        cfg = load_section(config, "ppo", PPOConfig, overrides)
+        summary = run_ppo(cfg, resume=resume, progress=progress)
+    except (ConfigError, DataError, ModelError, FileExistsError, ValueError) as e:
+        fail(str(e))
+    last = summary.get("last") or {}
+    typer.echo(f"{summary['iterations']} iterations ({summary['rollout_backend']} rollouts); "
+               f"reward {last.get('reward/raw', float('nan')):.4f}, KL {last.get('kl', float('nan')):.3f}; "
+               f"policy -> {summary['policy']}")

@@ -18,11 +18,12 @@ from cai.backends import Backend, load_backend
 from cai.constitution import load_constitution
 from cai.generate.checkpoint import RunStore
 from cai.generate.config import GenerateConfig, fingerprint, fingerprint_fields, input_fields
-from cai.generate.inputs import PromptItem, load_prompts, write_rejects
+from cai.generate.inputs import PromptItem, load_prompts
 from cai.generate.outputs import revision_row, write_outputs
 from cai.generate.pipeline import Chain, Context, run_chains
 from cai.generate.progress import Progress, format_summary
-from cai.records import stable_id
+from cai.interrupt import note_saved
+from cai.schema import stable_id, write_rejects
 
 REJECTS = "rejects.jsonl"
 
@@ -67,6 +68,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
     progress: Progress | None = None
     with RunStore(root) as store:
         manifest = store.open(identity, config.model_dump(mode="json"))
+        if store.stale_holder:
+            h = store.stale_holder
+            print(f"cai generate: {root}: taking over the lock left by pid {h.get('pid')} on "
+                  f"{h.get('host')} (started {h.get('started')}), which is no longer running",
+                  file=sys.stderr)
         tokenizer = _tokenizer(config, backend) if config.max_prompt_tokens else None
         items, rejects = load_prompts(
             config.prompts, field=config.field, messages_field=config.messages_field,
@@ -91,6 +97,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
         run_info = {"model": gen["model"], "backend": gen["backend"], "sampling": gen["sampling"],
                     "seed": config.seed, "constitution": constitution.name,
                     "constitution_hash": gen["constitution_hash"], "config_hash": config_hash}
+        written = 0
         try:
             if chunks:
                 if backend is None:
@@ -103,7 +110,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
                     progress.start_chunk()
                     run_chains(ctx, chains, rounds)
                     store.write_shard([revision_row(ch, run_info) for ch in chains])
+                    written += len(chains)
                     progress.chunk_done(len({ch.item.key for ch in chains}), len(chains), rounds)
+        except BaseException as e:  # Ctrl-C, SIGTERM, a server gone for good: say what is kept
+            note_saved(e, f"{planned - pending + written} of {planned} records saved in {root}")
+            raise
         finally:
             if progress is not None:
                 progress.close()
@@ -123,7 +134,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
             "new_records": pending,
             "already_done": planned - pending,
             "rejects": len(rejects),
-            "reject_reasons": dict(sorted(Counter(r.reason for r in rejects).items())),
+            "reject_reasons": dict(sorted(Counter(r.code for r in rejects).items())),
             **stats,
             "wall_s": round(time.perf_counter() - t_start, 3),
             "sft": datasets["sft"]["count"],

@@ -18,12 +18,12 @@ from pydantic import Field
 from cai.backends import Backend, load_backend
 from cai.config import ConfigError, load_section
 from cai.constitution import load_constitution
-from cai.data.importers import Reject
 from cai.data.store import write_preferences
 from cai.io import DataError, atomic_write_json, atomic_write_jsonl
 from cai.label.inputs import human_preferences, read_pairs
 from cai.label.labeler import LabelConfig, fitting_pairs, label_pairs, run_info, to_record
 from cai.label.report import build_report
+from cai.schema import Reject, write_rejects
 
 Log = Callable[[str], None]
 
@@ -95,7 +95,7 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
     log(f"{len(pairs)} pairs to label from {config.pairs}"
         + (f"; {len(rejected)} rejected -> {rejects_file}" if rejected else ""))
     if not pairs:
-        atomic_write_jsonl(rejects_file, [r.model_dump(exclude_none=True) for r in rejected])
+        write_rejects(rejected, rejects_file)
         raise DataError(f"{config.pairs}: nothing to label")
 
     start = time.perf_counter()
@@ -121,7 +121,7 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
     summary = {"run": run, "labeler": labeler, "pairs_path": config.pairs,
                "rejected": len(rejected), "label_seconds": round(elapsed, 2),
                "load_seconds": round(t_loaded - start, 2), "report": report.model_dump()}
-    atomic_write_jsonl(rejects_file, [r.model_dump(exclude_none=True) for r in rejected])
+    write_rejects(rejected, rejects_file)
     out = Path(config.out)
     if out.suffix == ".jsonl":
         atomic_write_jsonl(out, [r.to_row() for r in records])

@@ -21,7 +21,7 @@ from cai.constitution import Constitution, load_constitution
 from cai.io import DataError, atomic_write_jsonl
 from cai.label.inputs import Candidates
 from cai.prompting import response_messages
-from cai.records import stable_id
+from cai.schema import stable_id, write_rejects
 
 
 class SampleConfig(BaseModel):
@@ -117,7 +117,7 @@ def run_sample(config: SampleRunConfig, *, backend: Backend | None = None,
     """Sample `config.n` responses per usable prompt (one batch) into `config.out`; rejected
     prompts go to the rejects file. Returns the summary. Raises `ConstitutionError` or
     `DataError` (unreadable prompts, or none usable)."""
-    from cai.generate.inputs import load_prompts, write_rejects
+    from cai.generate.inputs import load_prompts
 
     log = log or (lambda m: print(m, file=sys.stderr))
     c = load_constitution(config.constitution) if config.constitution else None
