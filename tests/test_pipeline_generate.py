@@ -126,9 +126,10 @@ def test_label_alone_on_the_users_pairs(tmp_path, tiny_model_dir):
 
 def test_the_recipe_is_wired_from_upstream_outputs(tmp_path):
     """What the runner writes into each real stage's config for the RL-CAI recipe, two
-    rounds: SFT on generate's revisions, sampling from the SFT model, labels from this
-    round's samples, the reward model on them plus human pairs by weight (continuing the
-    previous round's), eval of the SFT model against the base with the last reward model."""
+    rounds: SFT on generate's revisions, sampling from the SFT model then from round 1's PPO
+    policy, labels from this round's samples, the reward model on them plus human pairs by
+    weight (continuing the previous round's), PPO from the latest policy against this round's
+    reward model, eval of the final policy against the SFT model with the last reward model."""
     from cai.pipeline import builtin_stages, load_pipeline, plan
 
     human = tmp_path / "human.jsonl"
@@ -143,6 +144,7 @@ sft: {{lr: 1.0e-5}}
 sample: {{prompts: train}}
 label: {{}}
 rm: {{data: [{human}:0.5, upstream:2]}}
+ppo: {{prompts: train, iterations: 2, lora: true}}
 eval: {{harmful: [{PROMPTS / 'red_team_eval.jsonl'}], benign: [{PROMPTS / 'helpful_eval.jsonl'}]}}
 """)
     stages = builtin_stages()
@@ -150,7 +152,8 @@ eval: {{harmful: [{PROMPTS / 'red_team_eval.jsonl'}], benign: [{PROMPTS / 'helpf
                                            stages, echo=lambda m: None)}
     run = tmp_path / "run"
     assert list(steps) == ["generate", "sft", "round1/sample", "round1/label", "round1/rm",
-                           "round2/sample", "round2/label", "round2/rm", "eval"]
+                           "round1/ppo", "round2/sample", "round2/label", "round2/rm",
+                           "round2/ppo", "eval"]
     assert steps["generate"].model == "base-model" and steps["generate"].seed == 4
     assert steps["sft"].data == [str(run / "generate" / "sft")] and steps["sft"].model == "base-model"
     assert steps["round1/sample"].model == str(run / "sft")
@@ -158,9 +161,15 @@ eval: {{harmful: [{PROMPTS / 'red_team_eval.jsonl'}], benign: [{PROMPTS / 'helpf
     assert steps["round1/rm"].data == [f"{human}:0.5", f"{run / 'round1' / 'label' / 'preferences'}:2"]
     assert steps["round1/rm"].model == "base-model"
     assert steps["round2/rm"].model == str(run / "round1" / "rm")
+    assert (steps["round1/ppo"].policy, steps["round1/ppo"].reward) == (str(run / "sft"),
+                                                                         str(run / "round1" / "rm"))
+    assert steps["round1/ppo"].output_dir == str(run / "round1" / "ppo")
+    policy1 = str(run / "round1" / "ppo" / "policy")
+    assert steps["round2/sample"].model == policy1 and steps["round2/ppo"].policy == policy1
+    assert steps["round2/ppo"].prompts == str(run / "prompts" / "train.jsonl")
     ev = steps["eval"]
-    assert (ev.model, ev.reference, ev.reward_model) == (str(run / "sft"), "base-model",
-                                                         str(run / "round2" / "rm"))
+    assert (ev.model, ev.reference, ev.reward_model) == (str(run / "round2" / "ppo" / "policy"),
+                                                         str(run / "sft"), str(run / "round2" / "rm"))
 
 
 def test_shipped_pipelines_plan(tmp_path, monkeypatch):

@@ -146,7 +146,7 @@ def latest_policy(w: Wiring) -> str | None:
 
 def policy_dir(stage: str, stage_dir: Path) -> Path:
     """Where a training stage leaves its model (an HF directory vLLM and transformers load)."""
-    return stage_dir / "model" if stage == "ppo" else stage_dir
+    return stage_dir / "policy" if stage == "ppo" else stage_dir
 
 
 def _runner_written(w: Wiring, *names: str) -> None:
@@ -309,6 +309,52 @@ RM = Stage(
 )
 
 
+# --------------------------------------------------------------------------- ppo
+
+
+def _wire_ppo(w: Wiring) -> dict[str, Any]:
+    """PPO starts from the latest policy (last round's PPO policy, else the SFT model, else
+    the base) against this round's reward model; `prompts` is the section's (a set name or
+    a file)."""
+    from cai.models import DEFAULT_MODEL
+
+    out: dict[str, Any] = {"output_dir": str(w.dir)}
+    policy = latest_policy(w)
+    if policy is not None:
+        _runner_written(w, "policy")
+        out["policy"] = policy
+    elif "policy" not in w.section:
+        out["policy"] = w.run.model or DEFAULT_MODEL
+    if w.has("rm"):
+        _runner_written(w, "reward")
+        out["reward"] = str(w.output("rm"))
+    return out
+
+
+def _brief_ppo(s: dict[str, Any]) -> str:
+    last = s.get("last") or s.get("last_metrics") or {}
+    parts = [f"{s['iterations']} iterations"] if isinstance(s.get("iterations"), int) else []
+    for key in ("reward", "kl"):
+        if isinstance(last.get(key), (int, float)):
+            parts.append(f"{key} {last[key]:.3f}")
+    return ", ".join(parts)
+
+
+PPO = Stage(
+    name="ppo",
+    config="cai.train.ppo:PPOConfig",
+    run="cai.train.ppo:run_ppo",
+    wire=_wire_ppo,
+    per_round=True,
+    owned=("output_dir",),
+    shared=("seed",),
+    prompt_fields=("prompts", "eval_prompts"),
+    file_fields=("prompts", "eval_prompts"),
+    volatile=("progress", "save_every", "keep_checkpoints"),
+    brief=_brief_ppo,
+)
+
+
 # --------------------------------------------------------------------------- eval
 
 
@@ -394,4 +440,4 @@ EVAL = Stage(
 
 def builtin_stages() -> list[Stage]:
     """The stages this install has, in run order."""
-    return [GENERATE, SFT, SAMPLE, LABEL, RM, EVAL]
+    return [GENERATE, SFT, SAMPLE, LABEL, RM, PPO, EVAL]
