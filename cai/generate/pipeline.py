@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from cai.backends import Backend, Generation, SamplingConfig
-from cai.backends.text import encode
+from cai.backends.context import context_fit
 from cai.constitution import Constitution, Principle, sample_principle
 from cai.generate.config import GenerateConfig
 from cai.generate.inputs import PromptItem
@@ -103,15 +103,12 @@ def _fitting(ctx: Context, chains: list[Chain], convs: list[list[dict[str, str]]
              max_tokens: int, what: str) -> tuple[list[Chain], list[list[dict[str, str]]]]:
     """Drop (with status skipped:too-long) chains whose prompt + max_tokens exceed the context:
     one over-long request would fail the whole batch in the engine."""
-    tokenizer = getattr(ctx.backend, "tokenizer", None)
-    if ctx.context_len is None or tokenizer is None:
-        return chains, convs
     keep_chains, keep_convs = [], []
     for chain, conv in zip(chains, convs):
-        n = len(encode(tokenizer, ctx.backend.render_chat(conv)))
-        if n + max_tokens > ctx.context_len:
-            chain.fail("skipped:too-long", f"{what} prompt is {n} tokens; with max_tokens "
-                                           f"{max_tokens} it exceeds the context ({ctx.context_len})")
+        fit = context_fit(ctx.backend, conv, reserve=max_tokens)
+        if not fit.ok:
+            chain.fail("skipped:too-long", f"{what} prompt is {fit.tokens} tokens; with max_tokens "
+                                           f"{max_tokens} it exceeds the context ({fit.limit})")
         else:
             keep_chains.append(chain)
             keep_convs.append(conv)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.backends import Backend, load_backend
+from cai.backends.context import ChatTokenizer, TokenCounter
 from cai.constitution import load_constitution
 from cai.generate.checkpoint import RunStore
 from cai.generate.config import GenerateConfig, fingerprint, fingerprint_fields, input_fields
@@ -38,14 +39,16 @@ def plan_chunks(items: list[PromptItem], samples: int, chunk_size: int) -> list[
     return [items[i:i + per_chunk] for i in range(0, len(items), per_chunk)]
 
 
-def _tokenizer(config: GenerateConfig, backend: Backend | None) -> Any:
-    if backend is not None and getattr(backend, "tokenizer", None) is not None:
-        return backend.tokenizer
+def _token_counter(config: GenerateConfig, backend: Backend | None) -> TokenCounter:
+    """The engine's own count when there is an engine; else the model's tokenizer alone (the
+    engine is loaded only once there is work, after the prompts are read)."""
+    if backend is not None and backend.tokenizer is not None:
+        return backend
     from transformers import AutoTokenizer
 
     from cai.models import resolve_model
 
-    return AutoTokenizer.from_pretrained(resolve_model(config.model))
+    return ChatTokenizer(AutoTokenizer.from_pretrained(resolve_model(config.model)))
 
 
 def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> dict[str, Any]:
@@ -67,11 +70,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
     progress: Progress | None = None
     with RunStore(root) as store:
         manifest = store.open(identity, config.model_dump(mode="json"))
-        tokenizer = _tokenizer(config, backend) if config.max_prompt_tokens else None
+        counter = _token_counter(config, backend) if config.max_prompt_tokens else None
         items, rejects = load_prompts(
             config.prompts, field=config.field, messages_field=config.messages_field,
             id_field=config.id_field, max_prompt_tokens=config.max_prompt_tokens,
-            tokenizer=tokenizer, limit=config.limit)
+            count_tokens=counter.count_tokens if counter else None, limit=config.limit)
         write_rejects(rejects, root / REJECTS)
 
         done = store.done_ids()
