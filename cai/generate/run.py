@@ -21,7 +21,7 @@ from cai.generate.checkpoint import RunStore
 from cai.generate.config import GenerateConfig, fingerprint, fingerprint_fields, input_fields
 from cai.generate.inputs import PromptItem, load_prompts
 from cai.generate.outputs import revision_row, write_outputs
-from cai.generate.pipeline import Chain, Context, run_chains
+from cai.generate.pipeline import Chain, Run, run_chains
 from cai.generate.progress import Progress, format_summary
 from cai.schema import stable_id, write_rejects
 
@@ -91,9 +91,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
             print(f"cai generate: resuming {root}: {planned - pending} of {planned} records "
                   "already done", file=sys.stderr)
 
-        run_info = {"model": gen["model"], "backend": gen["backend"], "sampling": gen["sampling"],
-                    "seed": config.seed, "constitution": constitution.name,
-                    "constitution_hash": gen["constitution_hash"], "config_hash": config_hash}
+        # stored in every record: what made it
+        provenance = {"model": gen["model"], "backend": gen["backend"],
+                      "sampling": gen["sampling"], "seed": config.seed,
+                      "constitution": constitution.name,
+                      "constitution_hash": gen["constitution_hash"], "config_hash": config_hash}
         try:
             if chunks:
                 if backend is None:
@@ -101,11 +103,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
                                                    **config.backend_options)
                 progress = Progress(pending, len({ch.item.key for c in chunks for ch in c}),
                                     rounds, enabled=config.progress)
-                ctx = Context(backend, constitution, config, observe=progress.observe)
+                run = Run(backend, constitution, config, observe=progress.observe)
                 for chains in chunks:
                     progress.start_chunk()
-                    run_chains(ctx, chains, rounds)
-                    store.write_shard([revision_row(ch, run_info) for ch in chains])
+                    run_chains(run, chains, rounds)
+                    store.write_shard([revision_row(ch, provenance) for ch in chains])
                     progress.chunk_done(len({ch.item.key for ch in chains}), len(chains), rounds)
         finally:
             if progress is not None:
