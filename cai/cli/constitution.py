@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.common import EXIT_BAD_INPUT, EXIT_USAGE, fail
 from cai.constitution.errors import ConstitutionError
 from cai.constitution.loader import load_constitution
 from cai.constitution.schema import Constitution, json_schema
@@ -23,8 +24,8 @@ def _load_or_exit(ref: str) -> Constitution:
     try:
         return load_constitution(ref)
     except ConstitutionError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1)
+        typer.echo(str(e), err=True)  # FILE:LINE:COL lines, as they are (editors jump to them)
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @app.command("validate")
@@ -44,7 +45,7 @@ def validate_cmd(
         typer.echo(f"ok   {ref}: {c.name} {c.version}, {len(c.principles)} principles, "
                    f"hash {c.content_hash()}")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @app.command("show")
@@ -155,12 +156,10 @@ def new_cmd(
     import re
 
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
-        typer.echo(f"error: name {name!r} must be lowercase letters, digits, '-', '_' or '.'", err=True)
-        raise typer.Exit(2)
+        fail(f"name {name!r} must be lowercase letters, digits, '-', '_' or '.'", EXIT_USAGE)
     path = output or Path(f"{name}.yaml")
     if path.exists() and not force:
-        typer.echo(f"error: {path} exists (use --force to overwrite)", err=True)
-        raise typer.Exit(1)
+        fail(f"{path} exists (use --force to overwrite)")
     template = _CHILD_TEMPLATE if extends else _TEMPLATE
     path.write_text(template.format(name=name, file=path, parent=extends), encoding="utf-8")
     typer.echo(f"wrote {path}")
@@ -192,8 +191,7 @@ def render_cmd(
     try:
         p = c.principle(principle) if principle else c.principles[0]
     except KeyError as e:
-        typer.echo(f"error: {e.args[0]}", err=True)
-        raise typer.Exit(1)
+        fail(e.args[0])
     conv = [{"role": "user", "content": prompt}]
     stages = {
         "critique": prompting.critique_messages(c, p, conv, response, few_shot=few_shot),
