@@ -95,6 +95,7 @@ principles:
     revision_request: >
       Rewrite your response so it is kind, keeping everything useful in it.
     comparison: Which response is kinder?   # multiple choice for AI feedback, (A) or (B)
+    judgement: Is the assistant's last reply kind?   # optional: yes/no for pointwise feedback
     weight: 1.0           # optional; relative chance of being drawn, 0 disables
     tags: [tone]          # optional
 
@@ -184,7 +185,8 @@ def render_cmd(
                                       help="also print raw text through MODEL's chat template, "
                                            "with token counts and whether they fit its context"),
 ) -> None:
-    """Print the exact critique, revision and comparison prompts the model will see."""
+    """Print the exact critique, revision, comparison (pairwise feedback) and judgement
+    (pointwise feedback) prompts the model will see."""
     from cai import prompting
 
     c = _load_or_exit(file)
@@ -199,6 +201,7 @@ def render_cmd(
                                                 few_shot=few_shot),
         "comparison": prompting.comparison_messages(c, p, conv, response, EXAMPLE_REVISION,
                                                     few_shot=few_shot),
+        "judgement": prompting.judgement_messages(c, p, conv, response, few_shot=few_shot),
     }
     if as_json:
         typer.echo(json.dumps({"constitution": c.name, "principle": p.id, **stages}, indent=2,
@@ -209,9 +212,16 @@ def render_cmd(
         "revision": "<- the model writes its revised response here",
         "comparison": f"{prompting.ANSWER_PREFIX}<- scored continuations: "
                       + " vs ".join(repr(o) for o in prompting.COMPARISON_OPTIONS),
+        "judgement": "<- scored first token: "
+                     + " vs ".join(" + ".join(repr(a) for a in v)
+                                   for v in prompting.JUDGEMENT_ANSWERS.values()),
     }
     for stage, messages in stages.items():
-        _print_messages(f"{stage} prompt, principle {p.id}", messages, tails[stage])
+        title = f"{stage} prompt, principle {p.id}"
+        if stage == "judgement":
+            title += (" (pointwise; question " + ("from `judgement`" if p.judgement
+                                                  else "derived from `comparison`") + ")")
+        _print_messages(title, messages, tails[stage])
     if chat_template:
         from cai.generate.config import GenerateConfig
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from cai.cli.common import RETRY_FOR_HELP, backend_options, fail, interruptible, option
+from cai.cli.common import (EXIT_USAGE, RETRY_FOR_HELP, backend_options, fail, interruptible,
+                            option)
 from cai.label.run import LabelRunConfig
 from cai.label.sample import SampleRunConfig
 
@@ -28,6 +29,11 @@ def label_cmd(
     backend: str = option(L, "backend", "--backend", "-b"),
     base_url: str = typer.Option(None, help="for --backend openai"),
     retry_for: float = typer.Option(300.0, min=0.0, help=RETRY_FOR_HELP),
+    mode: str = typer.Option(None, "--mode", help="pairwise: (A)/(B) comparison in both orders "
+                             "(the paper's); pointwise: a Yes/No verdict per response. Default: "
+                             "the feedback model's (pointwise for the embedded model, else pairwise)"),
+    tau: str = typer.Option(None, "--tau", help="pointwise: P = sigmoid((s_chosen - s_rejected) / "
+                            "TAU); a number, or 'fit' (maximum likelihood on --eval-against)"),
     principles: int = option(L, "principles", "--principles", "-k"),
     seed: int = option(L, "seed", help="principle draws (and CoT sampling)"),
     cot: bool = option(L, "cot", "--cot", help="reason first, then answer; p clamped to [0.4, 0.6]"),
@@ -42,19 +48,29 @@ def label_cmd(
 ) -> None:
     """Label response pairs with the feedback model (RL-CAI / RLAIF).
 
-    Each pair is judged under K sampled principles, each in both orders (A/B swapped);
-    p_chosen is the mean over principles of the order-averaged probability. Records are
-    oriented so chosen is the response the labeler prefers (p_chosen >= 0.5);
-    metadata.ai_feedback holds the per-principle, per-order probabilities and the input
-    orientation, metadata.input the input's provenance and label."""
+    Each pair is judged under K sampled principles. Pairwise: each in both orders (A/B
+    swapped), p_chosen the mean over principles of the order-averaged probability.
+    Pointwise: each response gets a Yes/No verdict score per principle (scored once, however
+    many pairs it is in), p = sigmoid(score difference / tau), averaged over principles.
+    Records are oriented so chosen is the response the labeler prefers (p_chosen >= 0.5);
+    metadata.ai_feedback holds the mode, the per-principle verdicts (per-order
+    probabilities, or per-response scores) and the input orientation, metadata.input the
+    input's provenance and label."""
     from cai.config import ConfigError, load_section
     from cai.constitution import ConstitutionError
     from cai.io import DataError
     from cai.label import LabelReport, format_report
     from cai.label.run import run_label
 
+    if mode is not None and mode not in ("pairwise", "pointwise"):
+        fail(f"--mode {mode!r}: choose pairwise or pointwise", code=EXIT_USAGE)
+    if tau is not None and tau != "fit":
+        try:
+            tau = float(tau)
+        except ValueError:
+            fail(f"--tau {tau!r}: a positive number or 'fit'", code=EXIT_USAGE)
     overrides = dict(
-        pairs=_path(pairs_path), out=_path(out), constitution=constitution, model=model,
+        mode=mode, tau=tau, pairs=_path(pairs_path), out=_path(out), constitution=constitution, model=model,
         backend=backend, backend_options=backend_options(base_url, gpu_memory_utilization, backend,
                                                         retry_for),
         principles=principles, seed=seed, cot=cot, few_shot=few_shot, cot_max_tokens=cot_max_tokens,
