@@ -61,7 +61,9 @@ class PreferenceRecord(BaseModel):
         row = dict(row)
         meta = row.get("metadata")
         if isinstance(meta, str):
-            row["metadata"] = json.loads(meta) if meta else {}
+            from cai.limits import loads  # the text may come from any input file
+
+            row["metadata"] = loads(meta, "metadata") if meta else {}
         return cls.model_validate(row)
 
 

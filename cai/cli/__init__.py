@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import typer
 
-from cai.cli import chat, constitution, data, demo, generate, label, models, serve
+from cai.cli import (chat, constitution, data, demo, eval, generate, label, models, run, score,
+                     serve, train)
 
 # (module, group name or None for top-level commands, help)
 COMMANDS: list[tuple[object, str | None, str | None]] = [
@@ -23,6 +24,10 @@ COMMANDS: list[tuple[object, str | None, str | None]] = [
     (generate, None, None),
     (label, None, None),
     (demo, None, None),
+    (train, "train", "Train: SFT on revisions (SL-CAI), the reward model."),
+    (eval, "eval", "Evaluate reward models and policies; build the run report."),
+    (score, None, None),
+    (run, None, None),
 ]
 
 app = typer.Typer(

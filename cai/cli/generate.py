@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from cai.cli.common import backend_options as backend_flags, fail, override
+from cai.cli.common import (RETRY_FOR_HELP, backend_options as backend_flags, fail,
+                            interruptible, override)
 from cai.generate.config import GenerateConfig as G
 
 app = typer.Typer()
@@ -24,6 +25,7 @@ def generate(
     model: Optional[str] = override(G, "model", "--model", "-m"),
     backend: Optional[str] = override(G, "backend", "--backend", "-b"),
     base_url: Optional[str] = typer.Option(None, help="for --backend openai"),
+    retry_for: Optional[float] = typer.Option(None, min=0.0, help=RETRY_FOR_HELP + " (default 300)"),
     gpu_memory_utilization: Optional[float] = typer.Option(
         None, help="vLLM: share of GPU memory (on CPU: of RAM) for the KV cache"),
     rounds: Optional[int] = override(G, "rounds"),
@@ -45,7 +47,7 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ) -> None:
     """Respond, critique and revise at batch scale; write revisions, SFT data and
-    preference pairs. Rerun the same command to resume after a crash."""
+    preference pairs. Rerun the same command to resume after a crash, Ctrl-C or SIGTERM."""
     from cai.generate.checkpoint import RunConfigError, RunLockedError
     from cai.generate.config import ConfigError, load_config
     from cai.generate.run import run_generate
@@ -61,7 +63,12 @@ def generate(
         id_field=id_field, max_prompt_tokens=max_prompt_tokens, chunk_size=chunk_size, progress=progress)
     try:
         cfg = load_config(config, overrides)
-        summary = run_generate(cfg)
+        if retry_for is not None:
+            if cfg.backend_name() != "openai":
+                fail("--retry-for applies to --backend openai", 2)
+            cfg.backend_options["retry_for"] = retry_for
+        with interruptible("generate"):
+            summary = run_generate(cfg)
     except (ConfigError, RunConfigError, RunLockedError, DataError) as e:
         fail(str(e))
     if as_json:

@@ -23,6 +23,7 @@ from cai.generate.inputs import PromptItem, load_prompts
 from cai.generate.outputs import revision_row, write_outputs
 from cai.generate.pipeline import Chain, Run, run_chains
 from cai.generate.progress import Progress, format_summary
+from cai.interrupt import note_saved
 from cai.schema import stable_id, write_rejects
 
 REJECTS = "rejects.jsonl"
@@ -70,6 +71,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
     progress: Progress | None = None
     with RunStore(root) as store:
         manifest = store.open(identity, config.model_dump(mode="json"))
+        if store.stale_holder:
+            h = store.stale_holder
+            print(f"cai generate: {root}: taking over the lock left by pid {h.get('pid')} on "
+                  f"{h.get('host')} (started {h.get('started')}), which is no longer running",
+                  file=sys.stderr)
         counter = _token_counter(config, backend) if config.max_prompt_tokens else None
         items, rejects = load_prompts(
             config.prompts, field=config.field, messages_field=config.messages_field,
@@ -96,6 +102,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
                       "sampling": gen["sampling"], "seed": config.seed,
                       "constitution": constitution.name,
                       "constitution_hash": gen["constitution_hash"], "config_hash": config_hash}
+        written = 0
         try:
             if chunks:
                 if backend is None:
@@ -108,7 +115,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
                     progress.start_chunk()
                     run_chains(run, chains, rounds)
                     store.write_shard([revision_row(ch, provenance) for ch in chains])
+                    written += len(chains)
                     progress.chunk_done(len({ch.item.key for ch in chains}), len(chains), rounds)
+        except BaseException as e:  # Ctrl-C, SIGTERM, a server gone for good: say what is kept
+            note_saved(e, f"{planned - pending + written} of {planned} records saved in {root}")
+            raise
         finally:
             if progress is not None:
                 progress.close()

@@ -118,9 +118,27 @@ def fitting_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: 
     return fitting, long
 
 
+def _chunks(items: list[Any], parts: int = 20, least: int = 64) -> list[list[Any]]:
+    """About `parts` engine calls of at least `least` requests each: enough calls for a
+    progress bar with an ETA, each still large enough to keep the engine's batch full (the
+    prefix cache carries shared prefixes from one call to the next)."""
+    size = max(least, -(-len(items) // parts))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _bar(total: int, desc: str, unit: str, enabled: bool):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True, leave=False)
+
+
 def label_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: LabelConfig,
-                log: Callable[[str], None] | None = None) -> list[Label]:
-    """Label every pair; one `generate` call (CoT only) and one `continuation_logprobs` call."""
+                log: Callable[[str], None] | None = None, progress: bool = True) -> list[Label]:
+    """Label every pair: the comparisons are scored (CoT: reasoned, then scored) in about 20
+    engine calls, with a progress bar and ETA on stderr unless `progress` is False."""
     if not pairs:
         return []
     drawn, convs = comparison_conversations(c, pairs, config)
@@ -128,16 +146,22 @@ def label_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: La
     if config.cot:
         if log:
             log(f"reasoning: {len(convs)} comparisons")
-        gens = backend.generate(convs, SamplingConfig(
-            temperature=config.cot_temperature, max_tokens=config.cot_max_tokens, seed=config.seed,
-            stop=cot.STOP))
-        reasonings = [g[0].text for g in gens]
+        sampling = SamplingConfig(temperature=config.cot_temperature,
+                                  max_tokens=config.cot_max_tokens, seed=config.seed, stop=cot.STOP)
+        reasonings = []
+        with _bar(len(convs), "label: reasoning", "cmp", progress) as bar:
+            for chunk in _chunks(convs):
+                reasonings += [g[0].text for g in backend.generate(chunk, sampling)]
+                bar.update(len(chunk))
     texts = [cot.answer_text(backend.render_chat(conv), r) for conv, r in zip(convs, reasonings)]
     if log:
         log(f"scoring: {len(texts)} prompts x {len(COMPARISON_OPTIONS)} options")
-    prompts = [t for t in texts for _ in COMPARISON_OPTIONS]
-    options = [o for _ in texts for o in COMPARISON_OPTIONS]
-    lps = backend.continuation_logprobs(prompts, options)
+    lps: list[float] = []
+    with _bar(len(texts), "label: scoring", "cmp", progress) as bar:
+        for chunk in _chunks(texts):
+            lps += backend.continuation_logprobs([t for t in chunk for _ in COMPARISON_OPTIONS],
+                                                 [o for _ in chunk for o in COMPARISON_OPTIONS])
+            bar.update(len(chunk))
 
     labels, i = [], 0  # i indexes comparisons (pair, principle, order)
     for pair, ps in zip(pairs, drawn):
