@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from cai.cli.common import (RETRY_FOR_HELP, backend_options as backend_flags, fail,
-                            interruptible, override)
+                             interruptible, override)
 from cai.generate.config import GenerateConfig as G
 
 app = typer.Typer()

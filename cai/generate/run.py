@@ -92,6 +92,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
             if chains:
                 chunks.append(chains)
         planned = len(items) * config.samples
+        planned_ids = {record_id(it, s, config_hash) for it in items for s in range(config.samples)}
         pending = sum(map(len, chunks))
         if done and pending:
             print(f"cai generate: resuming {root}: {planned - pending} of {planned} records "
@@ -102,7 +103,6 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
                       "sampling": gen["sampling"], "seed": config.seed,
                       "constitution": constitution.name,
                       "constitution_hash": gen["constitution_hash"], "config_hash": config_hash}
-        written = 0
         try:
             if chunks:
                 if backend is None:
@@ -115,10 +115,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
                     progress.start_chunk()
                     run_chains(run, chains, rounds)
                     store.write_shard([revision_row(ch, provenance) for ch in chains])
-                    written += len(chains)
                     progress.chunk_done(len({ch.item.key for ch in chains}), len(chains), rounds)
         except BaseException as e:  # Ctrl-C, SIGTERM, a server gone for good: say what is kept
-            note_saved(e, f"{planned - pending + written} of {planned} records saved in {root}")
+            # counted from the shards: a signal may land between a shard's rename and `written`
+            note_saved(e, f"{len(store.done_ids() & planned_ids)} of {planned} records saved "
+                          f"in {root}")
             raise
         finally:
             if progress is not None:
