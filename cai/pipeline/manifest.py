@@ -24,11 +24,6 @@ from cai.io import atomic_write_json
 MANIFEST = "stage.json"
 
 
-def hash_json(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 

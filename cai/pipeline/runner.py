@@ -32,10 +32,11 @@ from pydantic import BaseModel, ValidationError
 
 from cai.constitution.errors import LocatedError
 from cai.io import atomic_open, iter_rows
-from cai.pipeline.manifest import (hash_json, hash_path, output_files, read_manifest,
+from cai.pipeline.manifest import (hash_path, output_files, read_manifest,
                                    stale_reasons, write_manifest)
 from cai.pipeline.spec import Pipeline, PipelineError, validation_errors
 from cai.pipeline.stages import Stage, Wiring
+from cai.schema import content_hash
 
 Echo = Callable[[str], None]
 
@@ -79,7 +80,7 @@ def _config_hash(stage: Stage, config: BaseModel) -> str:
     data = config.model_dump(mode="json")
     for name in stage.volatile:
         data.pop(name, None)
-    return hash_json({"stage": stage.name, "config": data})
+    return content_hash({"stage": stage.name, "config": data})
 
 
 def materialise_prompt_sets(pipeline: Pipeline, echo: Echo) -> dict[str, Path]:
@@ -260,7 +261,7 @@ def _inputs(step: Step, manifests: dict[str, dict[str, Any]]) -> dict[str, str |
         if isinstance(value, str) and value:
             inputs[f"file:{name}"] = hash_path(value)
         elif isinstance(value, list) and value:
-            inputs[f"file:{name}"] = hash_json([hash_path(_strip_weight(v)) for v in value])
+            inputs[f"file:{name}"] = content_hash([hash_path(_strip_weight(v)) for v in value])
     constitution = getattr(step.config, "constitution", None)
     if isinstance(constitution, str):
         from cai.constitution import load_constitution
@@ -321,7 +322,7 @@ def run_step(step: Step, inputs: dict[str, str | None], engines: EnginePool,
     manifest.update(status="done", seconds=round(time.perf_counter() - t0, 2),
                     finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     summary=_jsonable(summary), files=files,
-                    output_hash=hash_path(step.dir) if files else hash_json(summary))
+                    output_hash=hash_path(step.dir) if files else content_hash(summary))
     write_manifest(step.dir, manifest)
     return manifest
 
