@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import shutil
 import time
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cai.io import atomic_write_json
 from cai.train import losses as L
+from cai.train.metrics import check_finite
 from cai.train.ppo_reward import RewardFn, load_reward, per_token_values, zero_dropout
 
 STATE_FILE = "ppo_state.json"  # written last in a checkpoint: a directory without it is incomplete
@@ -480,9 +480,9 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
                     for k, v in (("pg_loss", pg_loss), ("clipfrac", clipfrac), ("approx_kl", approx_kl),
                                  ("vf_loss", vf_loss), ("vf_clipfrac", vf_clipfrac)):
                         stats[k].append(v.item())
-                    if not all(math.isfinite(v[-1]) for v in stats.values()):
-                        raise FloatingPointError(f"non-finite loss at iteration {iteration}; "
-                                                 f"last checkpoint: {ckpts[-1] if ckpts else 'none'}")
+                    for k in ("pg_loss", "vf_loss"):  # the training core's NaN guard
+                        check_finite(k, stats[k][-1], step=iteration,
+                                     last_checkpoint=ckpts[-1] if ckpts else None)
         t_update = time.perf_counter() - t0
 
         # == 5. log, β, checkpoint, held-out eval ====================================
