@@ -55,6 +55,9 @@ class CountingBackend:
     def render_chat(self, conv, add_generation_prompt=True):
         return self.inner.render_chat(conv, add_generation_prompt)
 
+    def count_tokens(self, conv):
+        return self.inner.count_tokens(conv)
+
     def continuation_logprobs(self, prompts, conts):
         self.calls += 1
         self.prompts += prompts

@@ -171,3 +171,18 @@ def test_cli_reads_the_ppo_yaml_section_with_flags_on_top(exclaiming_policy_dir,
     again = CliRunner().invoke(app, ["train", "ppo", "--config", str(yaml_path), "-o", str(out),
                                      "--iterations", "1", "--lr", "0.5", "--no-progress", "--resume"])
     assert again.exit_code == 1 and "learning_rate" in again.output
+
+
+@pytest.mark.vllm
+def test_vllm_rollouts_sample_from_the_pushed_weights(exclaiming_policy_dir, prompts_file, tmp_path):
+    """One in-process engine; before each rollout the LoRA policy is merged, pushed and
+    unmerged. The engine's log-prob of every sampled token then equals our rescoring of it
+    (T = 1), at iteration 1 (start weights) and after updates (pushed weights)."""
+    cfg = _config(exclaiming_policy_dir, prompts_file, tmp_path / "vllm", iterations=3, eval_every=0,
+                  eval_size=0, rollout_backend="vllm", lora=True, learning_rate=3e-3)
+    summary = run_ppo(cfg, progress=False)
+    rows = _train_rows(tmp_path / "vllm")
+    assert summary["rollout_backend"] == "vllm"
+    gaps = [rows[i]["rollout/engine_logprob_gap"] for i in (1, 2, 3)]
+    assert rows[3]["kl"] != 0.0  # the policy did move away from the reference
+    assert max(gaps) < 1e-3, gaps

@@ -34,6 +34,18 @@ def option(config_cls: type[BaseModel], field: str, *param_decls: str, **kwargs:
     return typer.Option(default, *param_decls, **kwargs)
 
 
+def override(config_cls: type[BaseModel], field: str, *param_decls: str, **kwargs: Any) -> Any:
+    """A typer option that overrides one field of a stage config read from a YAML file: it
+    defaults to None ("not given"), and its help and default come from the config class."""
+    info = config_cls.model_fields[field]
+    if "help" not in kwargs:
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        shown = "" if default in (None, {}, []) or "default" in (info.description or "").lower() \
+            else f" (default {str(default).lower() if isinstance(default, bool) else default})"
+        kwargs["help"] = (info.description or "") + shown or None
+    return typer.Option(None, *param_decls, **kwargs)
+
+
 def backend_options(base_url: Optional[str] = None,
                     gpu_memory_utilization: Optional[float] = None,
                     backend: Optional[str] = None,

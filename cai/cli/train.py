@@ -169,6 +169,7 @@ def ppo_cmd(
     from cai.config import ConfigError, load_section
     from cai.io import DataError
     from cai.models import ModelError
+    from cai.train.metrics import NonFiniteLossError
     from cai.train.ppo import PPOConfig, run_ppo
 
     overrides = dict(policy=policy, reward=reward, prompts=prompts,
@@ -184,7 +185,7 @@ def ppo_cmd(
     try:
         cfg = load_section(config, "ppo", PPOConfig, overrides)
         summary = run_ppo(cfg, resume=resume, progress=progress)
-    except (ConfigError, DataError, ModelError, FileExistsError, ValueError) as e:
+    except (ConfigError, DataError, ModelError, FileExistsError, ValueError, NonFiniteLossError) as e:
         fail(str(e))
     last = summary.get("last") or {}
     typer.echo(f"{summary['iterations']} iterations ({summary['rollout_backend']} rollouts); "

@@ -130,7 +130,7 @@ def run_eval_policy(config: EvalPolicyConfig, *, backend=None, reference_backend
     """Evaluate; returns the summary written to OUT/eval.json. Backends passed in are used
     as given (and not closed); the others are loaded from the config and closed here."""
     from cai.backends import SamplingConfig
-    from cai.io import atomic_open, atomic_write_json
+    from cai.io import atomic_write_json, atomic_write_jsonl
 
     say = log or (lambda m: None)
     t0 = time.perf_counter()
@@ -156,7 +156,7 @@ def run_eval_policy(config: EvalPolicyConfig, *, backend=None, reference_backend
         say(f"policy {config.model}: generating {len(prompts)} responses")
         pol_gens = _generate(policy, prompts, greedy)
         kl_gens = _generate(policy, prompts, unbiased) if want_kl else None
-        policy_tokenizer = getattr(policy, "tokenizer", None)
+        policy_tokenizer = policy.tokenizer
         policy_lm = getattr(policy, "lm", None)
         owned.close(policy)
         timings["policy_generate_s"] = time.perf_counter() - t
@@ -208,10 +208,9 @@ def run_eval_policy(config: EvalPolicyConfig, *, backend=None, reference_backend
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / SAMPLES_FILE) as f:
-        for row in _samples(prompts, pol_gens, ref_gens, pol_verdicts, ref_verdicts, pol_rewards,
-                            ref_rewards, judge_labels, kl):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write_jsonl(out / SAMPLES_FILE, _samples(prompts, pol_gens, ref_gens, pol_verdicts,
+                                                    ref_verdicts, pol_rewards, ref_rewards,
+                                                    judge_labels, kl))
     atomic_write_json(out / EVAL_FILE, summary)
     return summary
 

@@ -10,7 +10,6 @@ pointwise` uses, so "does this response need revising?" and evaluation can share
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,12 +32,15 @@ class ScoreConfig(BaseModel):
 def _prompt_messages(value: Any, location: str, field: str) -> list[dict[str, str]]:
     from cai.io import DataError
 
+    from cai.schema import BadRow, check_conversation
+
     if isinstance(value, str) and value.strip():
         return [{"role": "user", "content": value}]
-    if isinstance(value, list) and value and all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) and
-            m.get("role") in ("system", "user", "assistant") for m in value):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
+    if isinstance(value, list) and value:
+        try:
+            return check_conversation(value, where=field)
+        except BadRow as e:
+            raise DataError(f"{location}: {e.reason}") from None
     raise DataError(f"{location}: `{field}` must be text or a list of {{role, content}} messages")
 
 
@@ -88,7 +90,7 @@ def _check_out(out: Path) -> None:
 
 
 def _write_rows(rows: list[dict], out: Path, data_path: str) -> None:
-    from cai.io import DataError, atomic_open, write_parquet_atomic
+    from cai.io import DataError, atomic_write_jsonl, write_parquet_atomic
 
     if out.name.endswith(".parquet"):
         import pyarrow as pa
@@ -100,9 +102,7 @@ def _write_rows(rows: list[dict], out: Path, data_path: str) -> None:
                             f"({e}); write .jsonl instead") from None
         write_parquet_atomic(table, out)
     else:
-        with atomic_open(out) as f:
-            for data in rows:
-                f.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+        atomic_write_jsonl(out, rows)
 
 
 def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,

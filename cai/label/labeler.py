@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.backends import Backend, SamplingConfig
-from cai.backends.text import encode
+from cai.backends.context import context_fit
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.label import cot
 from cai.label.feedback import COT_CLAMP, clamp, consistent, ensemble, option_prob, pair_prob
@@ -118,40 +118,59 @@ def fitting_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: 
     One over-long request fails the engine's whole batch, so over-long pairs are set aside
     first. A comparison needs its rendered prompt, the CoT reasoning budget (CoT mode), the
     answer prefix and the longest option."""
-    limit = backend.context_length()
-    tokenizer = getattr(backend, "tokenizer", None)
-    if limit is None or tokenizer is None:
-        return pairs, []
+    if backend.context_length() is None or backend.tokenizer is None:
+        return pairs, []  # nothing to check against
     if config.mode == "pointwise":
-        tail = max(len(encode(tokenizer, a)) for v in JUDGEMENT_ANSWERS.values() for a in v)
+        reserve = 0
+        options = [a for v in JUDGEMENT_ANSWERS.values() for a in v]
         convs = [judgement_messages(c, p, pair.prompt, r, few_shot=config.few_shot)
                  for pair in pairs for p in principles_for(c, pair, config)
                  for r in (pair.first, pair.second)]
     else:
-        tail = max(len(encode(tokenizer, ANSWER_PREFIX + o)) for o in COMPARISON_OPTIONS)
-        tail += config.cot_max_tokens if config.cot else 0
+        reserve = config.cot_max_tokens if config.cot else 0
+        options = [ANSWER_PREFIX + o for o in COMPARISON_OPTIONS]
         _, convs = comparison_conversations(c, pairs, config)
     per_pair = len(convs) // len(pairs) if pairs else 0
-    fit, long = [], []
+    fitting, long = [], []
     for i, pair in enumerate(pairs):
-        n = max(len(encode(tokenizer, backend.render_chat(conv)))
-                for conv in convs[i * per_pair:(i + 1) * per_pair]) + tail
-        if n > limit:
-            long.append((pair, f"{'judgement' if config.mode == 'pointwise' else 'comparison'}"
-                               f" prompt needs {n} tokens"
-                               + (f" (with {config.cot_max_tokens} for reasoning)" if config.cot else "")
-                               + f"; the feedback model's context is {limit}"))
+        # the pair's longest prompt, scored with the longest answer
+        worst = max((context_fit(backend, conv, reserve=reserve, suffix=options)
+                     for conv in convs[i * per_pair:(i + 1) * per_pair]),
+                    key=lambda f: f.tokens or 0)
+        if not worst.ok:
+            kind = "judgement" if config.mode == "pointwise" else "comparison"
+            long.append((pair, f"{kind} prompt needs {worst.tokens + reserve} tokens"
+                               + (f" (with {reserve} for reasoning)" if config.cot else "")
+                               + f"; the feedback model's context is {worst.limit}"))
         else:
-            fit.append(pair)
-    return fit, long
+            fitting.append(pair)
+    return fitting, long
+
+
+def _chunks(items: list[Any], parts: int = 20, least: int = 64) -> list[list[Any]]:
+    """About `parts` engine calls of at least `least` requests each: enough calls for a
+    progress bar with an ETA, each still large enough to keep the engine's batch full (the
+    prefix cache carries shared prefixes from one call to the next)."""
+    size = max(least, -(-len(items) // parts))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _bar(total: int, desc: str, unit: str, enabled: bool):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True, leave=False)
 
 
 def label_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: LabelConfig,
-                log: Callable[[str], None] | None = None, *, tau: float | None = None,
-                scorer: ResponseScorer | None = None) -> list[Label]:
-    """Label every pair; one `generate` call (CoT only) and one `continuation_logprobs` call.
-    Pointwise mode needs `tau` as a number (`config.tau`, resolved) and may share a
-    `scorer` (its cache) across calls."""
+                log: Callable[[str], None] | None = None, progress: bool = True, *,
+                tau: float | None = None, scorer: ResponseScorer | None = None) -> list[Label]:
+    """Label every pair. Pairwise: the comparisons are scored (CoT: reasoned, then scored) in
+    about 20 engine calls, with a progress bar and ETA on stderr unless `progress` is False.
+    Pointwise mode needs `tau` as a number (`config.tau`, resolved) and may share a `scorer`
+    (its cache) across calls."""
     if config.mode == "pointwise":
         t = tau if tau is not None else config.tau
         if not isinstance(t, float):
@@ -164,16 +183,22 @@ def label_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: La
     if config.cot:
         if log:
             log(f"reasoning: {len(convs)} comparisons")
-        gens = backend.generate(convs, SamplingConfig(
-            temperature=config.cot_temperature, max_tokens=config.cot_max_tokens, seed=config.seed,
-            stop=cot.STOP))
-        reasonings = [g[0].text for g in gens]
+        sampling = SamplingConfig(temperature=config.cot_temperature,
+                                  max_tokens=config.cot_max_tokens, seed=config.seed, stop=cot.STOP)
+        reasonings = []
+        with _bar(len(convs), "label: reasoning", "cmp", progress) as bar:
+            for chunk in _chunks(convs):
+                reasonings += [g[0].text for g in backend.generate(chunk, sampling)]
+                bar.update(len(chunk))
     texts = [cot.answer_text(backend.render_chat(conv), r) for conv, r in zip(convs, reasonings)]
     if log:
         log(f"scoring: {len(texts)} prompts x {len(COMPARISON_OPTIONS)} options")
-    prompts = [t for t in texts for _ in COMPARISON_OPTIONS]
-    options = [o for _ in texts for o in COMPARISON_OPTIONS]
-    lps = backend.continuation_logprobs(prompts, options)
+    lps: list[float] = []
+    with _bar(len(texts), "label: scoring", "cmp", progress) as bar:
+        for chunk in _chunks(texts):
+            lps += backend.continuation_logprobs([t for t in chunk for _ in COMPARISON_OPTIONS],
+                                                 [o for _ in chunk for o in COMPARISON_OPTIONS])
+            bar.update(len(chunk))
 
     labels, i = [], 0  # i indexes comparisons (pair, principle, order)
     for pair, ps in zip(pairs, drawn):

@@ -23,7 +23,6 @@ from pydantic import Field
 from cai.backends import Backend, load_backend
 from cai.config import ConfigError, load_section
 from cai.constitution import load_constitution
-from cai.data.store import write_preferences
 from cai.io import DataError, atomic_write_json, atomic_write_jsonl
 from cai.label.inputs import human_preferences, read_pairs
 from cai.label.labeler import LabelConfig, fitting_pairs, label_pairs, run_info, to_record
@@ -98,6 +97,8 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
     `backend`: an engine the caller already built (a pipeline sharing one engine); otherwise
     one is loaded. Raises `ConfigError` (more principles asked than the constitution can
     draw), `ConstitutionError`, or `DataError` (unreadable input, nothing to label)."""
+    from cai.data.store import write_preferences  # pyarrow: only when a run writes
+
     log = log or _stderr
     c = load_constitution(config.constitution)
     usable = [p for p in c.principles if p.weight > 0]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import shutil
 import time
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cai.io import atomic_write_json
 from cai.train import losses as L
+from cai.train.metrics import check_finite
 from cai.train.ppo_reward import RewardFn, load_reward, per_token_values, zero_dropout
 
 STATE_FILE = "ppo_state.json"  # written last in a checkpoint: a directory without it is incomplete
@@ -95,6 +95,7 @@ class PPOConfig(BaseModel):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_target_modules: list[str] | str = "all-linear"
+    value_lora: bool | None = Field(None, description="LoRA on the value model too (default: as `lora`)")
 
     seed: int = 0
     save_every: int = Field(1, ge=1)
@@ -111,12 +112,14 @@ class PPOConfig(BaseModel):
 
 
 def _load_prompt_ids(path: str, config: PPOConfig, tokenizer) -> tuple[list, list[list[int]]]:
+    from cai.backends.context import ChatTokenizer
     from cai.generate.inputs import load_prompts
 
     items, rejects = load_prompts(path, field=config.prompt_field, messages_field=config.messages_field,
-                                  max_prompt_tokens=config.max_prompt_tokens, tokenizer=tokenizer)
+                                  max_prompt_tokens=config.max_prompt_tokens,
+                                  count_tokens=ChatTokenizer(tokenizer).count_tokens)
     if not items:
-        detail = f" ({rejects[0].location}: {rejects[0].reason} {rejects[0].detail})" if rejects else ""
+        detail = f" ({rejects[0].location}: {rejects[0].code}: {rejects[0].reason})" if rejects else ""
         raise ValueError(f"no usable prompts in {path}{detail}")
     ids = [tokenizer.apply_chat_template(i.messages, tokenize=False, add_generation_prompt=True)
            for i in items]
@@ -310,7 +313,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
     reward, rm_mean, rm_std, rm_path = load_reward(reward_fn or config.reward, device)
     value_path = config.value_model or rm_path or policy_path
     value_model = _load_value_model(resolve_model(value_path), tokenizer.pad_token_id)
-    if config.lora:
+    if config.lora if config.value_lora is None else config.value_lora:
         value_model = _lora(value_model, config, "SEQ_CLS")
 
     # -- prompts -----------------------------------------------------------------------
@@ -409,7 +412,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
 
     for iteration in range(start_iter + 1, config.iterations + 1):
         # == 1. rollout ===============================================================
-        t0 = time.perf_counter()
+        t0 = t_iteration = time.perf_counter()
         idx = _prompt_indices(len(prompt_ids), config.rollout_batch_size, iteration, config.seed)
         batch_prompts = [prompt_ids[i] for i in idx]
         batch_messages = [messages[i] for i in idx]
@@ -433,6 +436,15 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
             scores = L.penalize_missing_eos(scores, batch.has_eos, config.missing_eos_penalty)
         if config.whiten_rewards:
             scores = L.whiten_scores(scores)
+        engine_gap = None
+        if engine.last_logprobs is not None and config.temperature == 1.0:
+            # vLLM sampled these tokens with the weights pushed at this iteration's start: its
+            # log-probs must match our rescoring, up to kernel rounding
+            eng = torch.zeros_like(logp)
+            for i, row in enumerate(engine.last_logprobs):
+                k = min(len(row), eng.shape[1])
+                eng[i, :k] = torch.tensor(row[:k], dtype=eng.dtype)
+            engine_gap = L.masked_mean((eng - logp).abs(), batch.mask).item()
         t_score = time.perf_counter() - t0
 
         # == 3. advantages ===========================================================
@@ -470,9 +482,9 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
                     for k, v in (("pg_loss", pg_loss), ("clipfrac", clipfrac), ("approx_kl", approx_kl),
                                  ("vf_loss", vf_loss), ("vf_clipfrac", vf_clipfrac)):
                         stats[k].append(v.item())
-                    if not all(math.isfinite(v[-1]) for v in stats.values()):
-                        raise FloatingPointError(f"non-finite loss at iteration {iteration}; "
-                                                 f"last checkpoint: {ckpts[-1] if ckpts else 'none'}")
+                    for k in ("pg_loss", "vf_loss"):  # the training core's NaN guard
+                        check_finite(k, stats[k][-1], step=iteration,
+                                     last_checkpoint=ckpts[-1] if ckpts else None)
         t_update = time.perf_counter() - t0
 
         # == 5. log, β, checkpoint, held-out eval ====================================
@@ -495,6 +507,9 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
             "time/rollout": t_rollout, "time/push_weights": push_s, "time/score": t_score,
             "time/update": t_update, "lr": sch_p.get_last_lr()[0],
         }
+        if engine_gap is not None:
+            record["rollout/engine_logprob_gap"] = engine_gap
+        record["time/iteration"] = time.perf_counter() - t_iteration
         if eval_ids and config.eval_every and iteration % config.eval_every == 0:
             record.update(evaluate(iteration))
         metrics_log.write(record)

@@ -36,6 +36,7 @@ def _sampling_seed(seed: int, iteration: int) -> int:
 
 class TransformersRollout:
     name = "transformers"
+    last_logprobs = None  # generate() scores with the policy itself: nothing to compare
 
     def __init__(self, tokenizer, eos_token_ids: list[int]) -> None:
         self.tokenizer = tokenizer
@@ -73,6 +74,7 @@ class TransformersRollout:
 
 class VLLMRollout:
     name = "vllm"
+    last_logprobs: list[list[float]] | None = None
 
     def __init__(self, model_dir: str, *, max_model_len: int, gpu_memory_utilization: float = 0.3,
                  seed: int = 0, lora_push: str = "merge") -> None:
@@ -128,9 +130,14 @@ class VLLMRollout:
 
         base = _sampling_seed(seed, iteration)
         params = [SamplingParams(temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
-                                 seed=base + i) for i in range(len(prompt_ids))]
+                                 seed=base + i, logprobs=0) for i in range(len(prompt_ids))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params,
                                     use_tqdm=False, lora_request=self._lora_request)
+        # the engine's own log-prob of each sampled token (of the raw logits, i.e. at T = 1):
+        # the trainer compares them with its rescoring to check the pushed weights
+        self.last_logprobs = [[d[tok].logprob
+                               for tok, d in zip(o.outputs[0].token_ids, o.outputs[0].logprobs or [])]
+                              for o in outputs]
         return [list(o.outputs[0].token_ids) for o in outputs]
 
     def close(self) -> None:
