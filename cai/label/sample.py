@@ -16,12 +16,13 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.backends import Backend, SamplingConfig, load_backend
-from cai.config import load_section
+from cai.backends.context import prompt_budget
+from cai.config import ConfigError, load_section
 from cai.constitution import Constitution, load_constitution
-from cai.io import DataError, atomic_write_jsonl
+from cai.io import atomic_write_jsonl
 from cai.label.inputs import Candidates
 from cai.prompting import response_messages
-from cai.records import stable_id
+from cai.schema import stable_id, write_rejects
 
 
 class SampleConfig(BaseModel):
@@ -77,14 +78,22 @@ def load_sample_config(path: str | Path | None = None,
 
 
 def sample_candidates(backend: Backend, prompts: list[Any], config: SampleConfig,
-                      constitution: Constitution | None = None) -> list[Candidates]:
+                      constitution: Constitution | None = None,
+                      progress: bool = True) -> list[Candidates]:
     """`prompts`: `cai.generate.inputs.PromptItem`s. With a constitution, its system prompt
-    (if any) is shown to the policy, as in generation; the stored prompt is the bare one."""
+    (if any) is shown to the policy, as in generation; the stored prompt is the bare one.
+    Sent in about 20 engine calls of at least 32 prompts, with a progress bar on stderr."""
     if not prompts:
         return []
     convs = [response_messages(constitution, p.messages) if constitution else p.messages
              for p in prompts]
-    outs = backend.generate(convs, config.sampling())
+    from cai.label.labeler import _bar, _chunks
+
+    outs = []
+    with _bar(len(convs), "sample", "prompt", progress) as bar:
+        for chunk in _chunks(convs, least=32):
+            outs += backend.generate(chunk, config.sampling())
+            bar.update(len(chunk))
     settings = config.settings()
     rows = []
     for p, gens in zip(prompts, outs):
@@ -107,9 +116,9 @@ def sample_candidates(backend: Backend, prompts: list[Any], config: SampleConfig
 def run_sample(config: SampleRunConfig, *, backend: Backend | None = None,
                log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Sample `config.n` responses per usable prompt (one batch) into `config.out`; rejected
-    prompts go to the rejects file. Returns the summary. Raises `ConstitutionError` or
-    `DataError` (unreadable prompts, or none usable)."""
-    from cai.generate.inputs import load_prompts, write_rejects
+    prompts go to the rejects file. Returns the summary. Raises `ConstitutionError`,
+    `ConfigError` (max_prompt_tokens without a tokenizer) or `DataError` (unreadable prompts)."""
+    from cai.generate.inputs import load_prompts
 
     log = log or (lambda m: print(m, file=sys.stderr))
     c = load_constitution(config.constitution) if config.constitution else None
@@ -118,19 +127,15 @@ def run_sample(config: SampleRunConfig, *, backend: Backend | None = None,
     if backend is None:
         backend = owned = load_backend(config.backend, config.model, **config.backend_options)
     try:
-        max_prompt_tokens = config.max_prompt_tokens
-        ctx = backend.context_length()
-        tokenizer = getattr(backend, "tokenizer", None)
-        if max_prompt_tokens is None and ctx and tokenizer is not None:
-            # a prompt that leaves no room for max_tokens would fail the whole batch
-            max_prompt_tokens = max(1, ctx - config.max_tokens)
-        try:
-            items, rejected = load_prompts(
-                config.prompts, field=config.field, messages_field=config.messages_field,
-                limit=config.limit, max_prompt_tokens=max_prompt_tokens,
-                tokenizer=tokenizer if max_prompt_tokens else None)
-        except ValueError as e:
-            raise DataError(str(e)) from None
+        # a prompt that leaves no room for max_tokens would fail the whole batch
+        max_prompt_tokens = config.max_prompt_tokens or prompt_budget(backend, config.max_tokens)
+        if max_prompt_tokens is not None and backend.tokenizer is None:
+            raise ConfigError(f"max_prompt_tokens: the {backend.name} backend has no tokenizer "
+                              "to count prompt tokens with")
+        items, rejected = load_prompts(
+            config.prompts, field=config.field, messages_field=config.messages_field,
+            limit=config.limit, max_prompt_tokens=max_prompt_tokens,
+            count_tokens=backend.count_tokens)
         log(f"{len(items)} prompts x {config.n} samples"
             + (f"; {len(rejected)} rejected -> {rejects_file}" if rejected else ""))
         start = time.perf_counter()

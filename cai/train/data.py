@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cai.data.importers import Reject
 from cai.io import DataError, iter_rows
-from cai.records import PreferenceRecord, prompt_key
+from cai.records import PreferenceRecord
+from cai.schema import Reject, check_conversation, prompt_key
 
 SOURCES = ("human", "ai-revision", "ai-feedback")
 
@@ -136,13 +136,7 @@ def load_preferences(specs: list[str], eval_data: str | None, eval_fraction: flo
 def _check_messages(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError("`messages` must be a non-empty list of {role, content}")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                or not isinstance(m.get("content"), str):
-            raise ValueError(f"messages[{i}]: expected {{role: system|user|assistant, "
-                             f"content: text}}, got {m!r:.80}")
-        out.append({"role": m["role"], "content": m["content"]})
+    out = check_conversation(value, where="messages", system="anywhere")
     if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
         raise ValueError("no non-empty assistant turn to learn from")
     return out

@@ -113,12 +113,14 @@ class PPOConfig(BaseModel):
 
 
 def _load_prompt_ids(path: str, config: PPOConfig, tokenizer) -> tuple[list, list[list[int]]]:
+    from cai.backends.context import ChatTokenizer
     from cai.generate.inputs import load_prompts
 
     items, rejects = load_prompts(path, field=config.prompt_field, messages_field=config.messages_field,
-                                  max_prompt_tokens=config.max_prompt_tokens, tokenizer=tokenizer)
+                                  max_prompt_tokens=config.max_prompt_tokens,
+                                  count_tokens=ChatTokenizer(tokenizer).count_tokens)
     if not items:
-        detail = f" ({rejects[0].location}: {rejects[0].reason} {rejects[0].detail})" if rejects else ""
+        detail = f" ({rejects[0].location}: {rejects[0].code}: {rejects[0].reason})" if rejects else ""
         raise ValueError(f"no usable prompts in {path}{detail}")
     ids = [tokenizer.apply_chat_template(i.messages, tokenize=False, add_generation_prompt=True)
            for i in items]

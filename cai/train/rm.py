@@ -18,7 +18,8 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field
 
-from cai.io import DataError, atomic_open, atomic_write_json
+from cai.io import DataError, atomic_write_json
+from cai.schema import write_rejects
 from cai.train.config import TrainingConfig
 
 REWARD_STATS_FILE = "reward_stats.json"
@@ -86,9 +87,7 @@ def evaluate_pairs(model, tokenizer, pairs: list[dict], batch_size: int) -> dict
 
 
 def _print_rejects(rejects, out: Path, echo) -> None:
-    with atomic_open(out / REJECTS_FILE) as f:
-        for r in rejects:
-            f.write(json.dumps(r.model_dump(exclude_none=True), ensure_ascii=False) + "\n")
+    write_rejects(rejects, out / REJECTS_FILE)
     if rejects:
         from collections import Counter
 

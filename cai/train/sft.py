@@ -12,14 +12,14 @@ span overlaps an assistant span are trained on.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import Field
 
-from cai.io import DataError, atomic_open
+from cai.io import DataError
+from cai.schema import write_rejects
 from cai.train.config import TrainingConfig
 
 REJECTS_FILE = "rejects.jsonl"
@@ -161,9 +161,7 @@ def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
                         + (f" ({len(rejects)} rejected; first: {rejects[0].location}: "
                            f"{rejects[0].reason})" if rejects else ""))
     run_dir.start(config)
-    with atomic_open(run_dir.path / REJECTS_FILE) as f:
-        for r in rejects:
-            f.write(json.dumps(r.model_dump(exclude_none=True), ensure_ascii=False) + "\n")
+    write_rejects(rejects, run_dir.path / REJECTS_FILE)
     if rejects:
         echo(f"rejected {len(rejects)} rows; listed in {run_dir.path / REJECTS_FILE}")
         for r in rejects[:3]:
