@@ -25,8 +25,9 @@ import torch
 
 
 def default_rollout_backend() -> str:
-    """Measured (README, `cai train ppo`): on this 2-core CPU transformers rollouts beat
-    vLLM once the per-iteration weight push is counted; on CUDA vLLM wins."""
+    """vLLM on CUDA. On CPU transformers for now: vLLM there needs the shared engine lock and
+    RAM for its KV cache, and the CPU comparison of the two inside PPO (bench/ppo.py) is not
+    measured yet; revisit with its numbers."""
     return "vllm" if torch.cuda.is_available() else "transformers"
 
 
