@@ -177,7 +177,7 @@ def test_cli_reads_the_ppo_yaml_section_with_flags_on_top(exclaiming_policy_dir,
 def test_vllm_rollouts_sample_from_the_pushed_weights(exclaiming_policy_dir, prompts_file, tmp_path):
     """One in-process engine; before each rollout the LoRA policy is merged, pushed and
     unmerged. The engine's log-prob of every sampled token then equals our rescoring of it
-    (T = 1), at iteration 1 (start weights) and after updates (pushed weights)."""
+    (both at temperature T), at iteration 1 (start weights) and after updates (pushed weights)."""
     cfg = _config(exclaiming_policy_dir, prompts_file, tmp_path / "vllm", iterations=3, eval_every=0,
                   eval_size=0, rollout_backend="vllm", lora=True, learning_rate=3e-3)
     summary = run_ppo(cfg, progress=False)

@@ -66,7 +66,8 @@ class PPOConfig(BaseModel):
     temperature: float = Field(0.7, gt=0.0)
     rollout_backend: Literal["auto", "transformers", "vllm"] = "auto"
     vllm_lora_push: Literal["merge", "adapter"] = "merge"
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=0.95)
+    vllm_gpu_memory_utilization: float = Field(0.1, gt=0.0, le=0.95, description="share of "
+                                               "GPU memory (of RAM on CPU) for the KV cache")
 
     ppo_epochs: int = Field(4, ge=1)
     minibatch_size: int = Field(8, ge=1)
@@ -437,7 +438,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
         if config.whiten_rewards:
             scores = L.whiten_scores(scores)
         engine_gap = None
-        if engine.last_logprobs is not None and config.temperature == 1.0:
+        if engine.last_logprobs is not None:
             # vLLM sampled these tokens with the weights pushed at this iteration's start: its
             # log-probs must match our rescoring, up to kernel rounding
             eng = torch.zeros_like(logp)

@@ -25,8 +25,9 @@ import torch
 
 
 def default_rollout_backend() -> str:
-    """Measured (README, `cai train ppo`): on this 2-core CPU transformers rollouts beat
-    vLLM once the per-iteration weight push is counted; on CUDA vLLM wins."""
+    """vLLM on CUDA. On CPU transformers for now: vLLM there needs the shared engine lock and
+    RAM for its KV cache, and the CPU comparison of the two inside PPO (bench/ppo.py) is not
+    measured yet; revisit with its numbers."""
     return "vllm" if torch.cuda.is_available() else "transformers"
 
 
@@ -86,9 +87,10 @@ class VLLMRollout:
         extra: dict[str, Any] = {}
         if lora_push == "adapter":
             extra = {"enable_lora": True, "max_lora_rank": 64, "max_loras": 1}
+        # processed log-probs: after the temperature, so they compare with our rescoring at any T
         self.backend = VLLMBackend(model_dir, gpu_memory_utilization=gpu_memory_utilization,
-                                   max_model_len=max_model_len, seed=seed,
-                                   enable_prefix_caching=False, **extra)
+                                   max_model_len=max_model_len, seed=seed, enable_prefix_caching=False,
+                                   logprobs_mode="processed_logprobs", **extra)
         self.llm = self.backend.llm
         self._lora_request = None
         self._pushes = 0
@@ -133,8 +135,8 @@ class VLLMRollout:
                                  seed=base + i, logprobs=0) for i in range(len(prompt_ids))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params,
                                     use_tqdm=False, lora_request=self._lora_request)
-        # the engine's own log-prob of each sampled token (of the raw logits, i.e. at T = 1):
-        # the trainer compares them with its rescoring to check the pushed weights
+        # the engine's own log-prob of each sampled token (at temperature T): the trainer
+        # compares them with its rescoring to check the pushed weights
         self.last_logprobs = [[d[tok].logprob
                                for tok, d in zip(o.outputs[0].token_ids, o.outputs[0].logprobs or [])]
                               for o in outputs]
