@@ -80,6 +80,9 @@ class Stage:
     prompt_fields: tuple[str, ...] = ()  # may name a `prompts:` set
     file_fields: tuple[str, ...] = ()  # user paths whose contents are inputs
     volatile: tuple[str, ...] = ("progress",)  # not part of the config hash
+    # fields that, when only they grew (None = no cap, the largest), leave the old outputs
+    # in place because the stage resumes into them and ends as a fresh run would
+    grows: tuple[str, ...] = ()
     # the inference engine the stage runs on, or None; passed to it as `backend=`
     engine: Callable[[Any], tuple[str | None, str | None, dict[str, Any]] | None] | None = None
     brief: Callable[[dict[str, Any]], str] = lambda s: ""  # one line from its summary
@@ -125,6 +128,7 @@ GENERATE = Stage(
     prompt_fields=("prompts",),
     file_fields=("prompts",),
     volatile=("progress", "chunk_size"),
+    grows=("limit",),  # a run directory accumulates records: --limit N = the first N prompts
     engine=engine_of,
     brief=_brief_generate,
 )
