@@ -364,28 +364,30 @@ PPO = Stage(
 
 def _wire_eval(w: Wiring) -> dict[str, Any]:
     """The final policy (the last PPO policy, else the SFT model) against the reference
-    (the SFT model when PPO ran after it, else the base model), scored by the last reward
-    model, on the held-out prompts the section names."""
+    (the SFT model when PPO ran after it, else the base model; `reference: base` picks the
+    base model, for a before/after of the whole recipe), scored by the last reward model,
+    on the held-out prompts the section names."""
+    from cai.models import DEFAULT_MODEL
+
     out: dict[str, Any] = {"out": str(w.dir)}
     share = w.run.backend_options.get("gpu_memory_utilization")
     if share is not None and "gpu_memory_utilization" not in w.section:
         out["gpu_memory_utilization"] = share
+    base = w.run.model or DEFAULT_MODEL
+    want_base = w.section.get("reference") == "base"
+    if want_base:
+        out["reference"] = base
     sft = str(w.output("sft")) if w.has("sft") else None
-    if w.has("ppo"):
-        _runner_written(w, "model", "reference")
-        out["model"] = str(policy_dir("ppo", w.output("ppo")))
-        out["reference"] = sft or w.run.model
-    elif sft is not None:
-        _runner_written(w, "model", "reference")
-        out["model"] = sft
-        out["reference"] = w.run.model
+    if w.has("ppo") or sft is not None:
+        _runner_written(w, "model")
+        if not want_base:
+            _runner_written(w, "reference")
+        out["model"] = str(policy_dir("ppo", w.output("ppo"))) if w.has("ppo") else sft
+        if not want_base:
+            out["reference"] = (sft or base) if w.has("ppo") else base
     if w.has("rm"):
         _runner_written(w, "reward_model")
         out["reward_model"] = str(w.output("rm"))
-    if out.get("reference") is None and "reference" in out:
-        from cai.models import DEFAULT_MODEL
-
-        out["reference"] = DEFAULT_MODEL
     return out
 
 
