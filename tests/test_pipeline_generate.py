@@ -159,6 +159,8 @@ eval: {{harmful: [{PROMPTS / 'red_team_eval.jsonl'}], benign: [{PROMPTS / 'helpf
                            "round2/ppo", "eval"]
     assert steps["generate"].model == "base-model" and steps["generate"].seed == 4
     assert steps["sft"].data == [str(run / "generate" / "sft")] and steps["sft"].model == "base-model"
+    # a directory the runner kept (same config and inputs) holds this run: continue it
+    assert steps["sft"].resume and steps["round1/rm"].resume
     assert steps["round1/sample"].model == str(run / "sft")
     assert steps["round2/label"].pairs == str(run / "round2" / "sample" / "candidates.jsonl")
     assert steps["round1/rm"].data == [f"{human}:0.5", f"{run / 'round1' / 'label' / 'preferences'}:2"]

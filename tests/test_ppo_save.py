@@ -48,3 +48,11 @@ def test_lora_policy_is_saved_merged_by_default(tiny_model_dir, tmp_path):
     assert (merged_logits - base_logits).abs().max() > 1e-3
     # the value model is a loadable full model too
     assert (merged.parent / "value_model" / "model.safetensors").is_file()
+
+    # `cai run` runs ppo again in a directory it kept (same config and inputs, a file gone):
+    # the step continues that run instead of refusing it
+    from cai.pipeline.stages import PPO
+
+    summary = json.loads((merged.parent / "summary.json").read_text())
+    config = PPOConfig(**json.loads((merged.parent / "ppo_config.json").read_text()))
+    assert PPO.run_function()(config)["last"] == summary["last"]

@@ -233,7 +233,8 @@ LABEL = Stage(
 
 def _wire_sft(w: Wiring) -> dict[str, Any]:
     """SL-CAI: fine-tune the base model on generate's revisions (its sft/ conversations)."""
-    out: dict[str, Any] = {"out": str(w.dir)}
+    # the runner keeps an interrupted run's directory (same config and inputs): continue it
+    out: dict[str, Any] = {"out": str(w.dir), "resume": True}
     if w.has("generate"):
         _runner_written(w, "data")
         out["data"] = [str(w.output("generate") / "sft")]
@@ -276,7 +277,7 @@ def _wire_rm(w: Wiring) -> dict[str, Any]:
     imported human pairs, `path:weight`); the entry `upstream` (or `upstream:W`) places and
     weights the AI pairs, else they come first with weight 1. From round 2 on, the reward
     model starts from the previous round's (`model`)."""
-    out: dict[str, Any] = {"out": str(w.dir)}
+    out: dict[str, Any] = {"out": str(w.dir), "resume": True}  # as sft
     upstream = (w.output("label") / "preferences" if w.has("label")
                 else w.output("generate") / "preferences" if w.has("generate") else None)
     extra = list(w.section.get("data") or [])
@@ -344,10 +345,18 @@ def _brief_ppo(s: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def run_ppo_step(config: Any, *, backend: Any = None) -> dict[str, Any]:
+    """`cai train ppo --resume`: the runner keeps a directory only when its config and inputs
+    are unchanged, so an interrupted (or finished) run there is this one to continue."""
+    from cai.train.ppo import run_ppo
+
+    return run_ppo(config, resume=True)
+
+
 PPO = Stage(
     name="ppo",
     config="cai.train.ppo:PPOConfig",
-    run="cai.train.ppo:run_ppo",
+    run=run_ppo_step,
     wire=_wire_ppo,
     per_round=True,
     owned=("output_dir",),
