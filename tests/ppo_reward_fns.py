@@ -13,3 +13,9 @@ def target_share(prompts, responses):
     """Share of a 12-token response's tokens that are the target token ("!" is one token in
     the embedded tokenizer; capped at 1)."""
     return [min(1.0, r.count(TARGET) / RESPONSE_TOKENS) for r in responses]
+
+
+def length(prompts, responses):
+    """Characters in the response / 100: differs between samples of any policy, so the
+    first PPO update already has non-zero advantages."""
+    return [len(r) / 100 for r in responses]

@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from cai.eval.report import ppo_curves, write_report
+from cai.eval.report import find_inputs, ppo_curves, write_report
 
 from test_eval_policy import HELP, RED, Scripted
 
@@ -99,6 +99,19 @@ def test_ppo_reader_tolerates_other_key_names_and_gaps():
             {"junk": True}]
     c = ppo_curves(rows)
     assert c["reward"] == [(1.0, 0.5)] and c["kl"] == [(2.0, 1.5)] and c["eval_kl"] == []
+
+
+def test_with_rounds_the_last_rounds_ppo_and_rm_are_read(tmp_path):
+    # `cai run` with rounds: 2 writes round1/ppo ... round10/ppo; eval scored the last one
+    for k in (1, 2, 10):
+        for stage, name in (("ppo", "metrics.jsonl"), ("rm", "eval.json")):
+            (tmp_path / f"round{k}" / stage).mkdir(parents=True)
+            (tmp_path / f"round{k}" / stage / name).write_text("{}\n")
+    found = find_inputs(tmp_path)
+    assert found["ppo_metrics"] == tmp_path / "round10" / "ppo" / "metrics.jsonl"
+    assert found["rm_eval"] == tmp_path / "round10" / "rm" / "eval.json"
+    (tmp_path / "round10" / "ppo" / "metrics.jsonl").unlink()
+    assert find_inputs(tmp_path)["ppo_metrics"] == tmp_path / "round2" / "ppo" / "metrics.jsonl"
 
 
 def test_missing_stages_are_said_not_failed(tmp_path):

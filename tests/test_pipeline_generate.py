@@ -10,6 +10,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+import pytest
+
+from cai.pipeline import PipelineError
 from cai.pipeline.manifest import read_manifest
 
 runner = CliRunner()
@@ -156,6 +159,8 @@ eval: {{harmful: [{PROMPTS / 'red_team_eval.jsonl'}], benign: [{PROMPTS / 'helpf
                            "round2/ppo", "eval"]
     assert steps["generate"].model == "base-model" and steps["generate"].seed == 4
     assert steps["sft"].data == [str(run / "generate" / "sft")] and steps["sft"].model == "base-model"
+    # a directory the runner kept (same config and inputs) holds this run: continue it
+    assert steps["sft"].resume and steps["round1/rm"].resume
     assert steps["round1/sample"].model == str(run / "sft")
     assert steps["round2/label"].pairs == str(run / "round2" / "sample" / "candidates.jsonl")
     assert steps["round1/rm"].data == [f"{human}:0.5", f"{run / 'round1' / 'label' / 'preferences'}:2"]
@@ -170,6 +175,15 @@ eval: {{harmful: [{PROMPTS / 'red_team_eval.jsonl'}], benign: [{PROMPTS / 'helpf
     ev = steps["eval"]
     assert (ev.model, ev.reference, ev.reward_model) == (str(run / "round2" / "ppo" / "policy"),
                                                          str(run / "sft"), str(run / "round2" / "rm"))
+    # `reference: base`: the whole recipe's before/after (the base model as reference)
+    path.write_text(path.read_text().replace("eval: {", "eval: {reference: base, "))
+    steps = {s.key: s.config for s in plan(load_pipeline(path, [s.name for s in stages]),
+                                           stages, echo=lambda m: None)}
+    assert (steps["eval"].model, steps["eval"].reference) == (str(run / "round2" / "ppo" / "policy"),
+                                                              "base-model")
+    path.write_text(path.read_text().replace("reference: base", "reference: other"))
+    with pytest.raises(PipelineError, match="reference. is filled in by the runner"):
+        plan(load_pipeline(path, [s.name for s in stages]), stages, echo=lambda m: None)
 
 
 def test_shipped_pipelines_plan(tmp_path, monkeypatch):

@@ -23,6 +23,11 @@ def test_engine_output_goes_to_the_log_and_ours_to_the_terminal(tmp_path):
                             "print('child warning', file=sys.stderr)"], check=True)
             logging.getLogger("vllm.engine").warning("vllm WARNING line")
             logging.getLogger("transformers.modeling").warning("transformers warning")
+            # transformers' own logger setup (a stderr handler on first use) and its bars
+            from transformers.utils import logging as hf_logging
+            hf_logging.get_logger("transformers.modeling_utils").warning("hf LOAD REPORT")
+            for _ in hf_logging.tqdm(range(3), desc="Loading weights"):
+                pass
             warnings.warn("a library UserWarning")
             assert os.environ["VLLM_LOGGING_CONFIG_PATH"].endswith("vllm-logging.json")
         print("after", flush=True)
@@ -36,6 +41,6 @@ def test_engine_output_goes_to_the_log_and_ours_to_the_terminal(tmp_path):
     assert r.stderr.splitlines() == ["ours: on stderr", "fd 2 restored"]
     text = log.read_text()
     for line in ("C-level noise on fd 2", "C-level noise on fd 1", "child says hi",
-                 "child warning", "vllm WARNING line", "transformers warning",
+                 "child warning", "vllm WARNING line", "transformers warning", "hf LOAD REPORT",
                  "a library UserWarning"):
         assert line in text, line

@@ -273,3 +273,24 @@ def test_prompt_sets_take_rows_from_several_files(tmp_path):
     plan(load_pipeline(path, [s.name for s in sts]), sts, echo=lambda m: None)
     rows = [json.loads(x) for x in (tmp_path / "run" / "prompts" / "train.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a0", "a1", "b1", "b2"]
+
+
+def test_a_grown_limit_keeps_the_outputs_a_stage_resumes_into(tmp_path):
+    """generate's `limit` (here `value`) only grew: its directory stays, so it adds records
+    to those it has; shrunk, or grown along with another change: cleared as usual."""
+    from dataclasses import replace
+
+    sts = stages()
+    sts[0] = replace(sts[0], grows=("value",))
+    go(write(tmp_path), sts)
+    kept = tmp_path / "run" / "gen" / "earlier-records"
+
+    def rerun(gen_section):
+        kept.write_text("x")
+        calls, _ = go(write(tmp_path, text=BASE.replace("gen: {{value: 1}}", gen_section)), sts)
+        return calls[:1] == ["gen"], kept.exists()
+
+    assert rerun("gen: {{value: 3}}") == (True, True)  # grew: kept
+    assert rerun("gen: {{value: 3}}") == (False, True)  # up to date: nothing ran
+    assert rerun("gen: {{value: 2}}") == (True, False)  # shrank: cleared
+    assert rerun("gen: {{value: 5, seed: 1}}") == (True, False)  # another field too: cleared

@@ -73,14 +73,23 @@ def _first(paths: list[Path]) -> Path | None:
     return next((p for p in paths if p.is_file()), None)
 
 
+def _stage_dirs(run_dir: Path, stage: str) -> list[Path]:
+    """A stage's directory: <run>/<stage>, or with `cai run` rounds the last round's
+    <run>/roundK/<stage> first (the policy that eval scored)."""
+    rounds = [p for p in run_dir.glob(f"round*/{stage}") if p.parent.name[5:].isdigit()]
+    rounds.sort(key=lambda p: int(p.parent.name[5:]), reverse=True)
+    return rounds + [run_dir / stage]
+
+
 def find_inputs(run_dir: Path) -> dict[str, Path | None]:
     """Where the report's inputs are in a run directory (None: not there)."""
     eval_json = _first([run_dir / "eval" / "eval.json", run_dir / "eval_policy" / "eval.json",
                         run_dir / "eval.json"])
     samples = eval_json.parent / "samples.jsonl" if eval_json else None
     return {
-        "ppo_metrics": _first([run_dir / "ppo" / "metrics.jsonl", run_dir / "metrics.jsonl"]),
-        "rm_eval": _first([run_dir / "rm" / "eval.json", run_dir / "rm_eval.json",
+        "ppo_metrics": _first([d / "metrics.jsonl" for d in _stage_dirs(run_dir, "ppo")]
+                              + [run_dir / "metrics.jsonl"]),
+        "rm_eval": _first([d / "eval.json" for d in _stage_dirs(run_dir, "rm")] + [run_dir / "rm_eval.json",
                            run_dir / "eval_rm" / "eval.json", run_dir / "eval" / "rm.json"]),
         "policy_eval": eval_json,
         "samples": samples if samples and samples.is_file() else None,

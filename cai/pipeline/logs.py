@@ -9,7 +9,8 @@ How, since the noise comes from several places:
     sys.stdout/sys.stderr fresh file objects on copies of the terminal's descriptors, so
     `print` and tqdm still reach the terminal;
   - Python loggers of transformers, torch, accelerate, datasets and warnings.warn go to
-    the log file through the root logger; datasets' own progress bars are switched off.
+    the log file through the root logger; datasets' and transformers' own progress bars
+    (loading weights, writing shards) are switched off.
 Environment variables set here are inherited by the engine's processes, so this must run
 before vLLM is imported (the `cai` CLI imports it lazily).
 """
@@ -107,9 +108,22 @@ def engine_logs_to_file(log_file: str | os.PathLike) -> Iterator[Path]:
             lg.handlers = []
             lg.propagate = True
     logging.captureWarnings(True)
+    # transformers gives its logger its own stderr handler when it is first used (after
+    # the lines above) and draws "Loading weights" bars: route the first through the root
+    # logger (the file), switch the bars off
+    from transformers.utils import logging as hf_logging
+
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()
     try:
         yield log_file
     finally:
+        hf_logging.enable_default_handler()
+        hf_logging.disable_propagation()
+        if hf_bars:
+            hf_logging.enable_progress_bar()
         logging.captureWarnings(False)
         for name, (handlers, propagate) in saved_loggers.items():
             lg = logging.getLogger(name)

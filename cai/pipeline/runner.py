@@ -276,15 +276,34 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def _only_grew(step: Step, old_config: Any) -> bool:
+    """True when the saved config differs from this one only in the stage's `grows` fields,
+    each now at least as large (None: no cap)."""
+    if not step.stage.grows or not isinstance(old_config, dict):
+        return False
+    new = step.config.model_dump(mode="json")
+    for name in step.stage.volatile:
+        new.pop(name, None)
+        old_config = {k: v for k, v in old_config.items() if k != name}
+    for name in step.stage.grows:
+        was, now = old_config.get(name), new.get(name)
+        if now is not None and (was is None or now < was):
+            return False
+    rest = lambda c: {k: v for k, v in c.items() if k not in step.stage.grows}  # noqa: E731
+    return rest(old_config) == rest(new)
+
+
 def _clear_if_changed(step: Step, manifest: dict[str, Any], inputs: dict[str, str | None]) -> None:
     """Old outputs made with another config or other inputs are removed before the stage
     runs again (stages refuse to mix runs in one directory), as is a directory without a
     manifest (not made by the runner). An interrupted run with the same config and inputs
-    keeps its directory, so a stage that resumes (generate) does."""
+    keeps its directory, so a stage that resumes (generate) does; so does a run whose
+    config only grew a `grows` field (generate's `limit`: it adds the missing records)."""
     if not step.dir.exists():
         return
-    if (manifest and manifest.get("config_hash") == step.config_hash
-            and manifest.get("inputs") == inputs):
+    if manifest and manifest.get("inputs") == inputs and (
+            manifest.get("config_hash") == step.config_hash
+            or _only_grew(step, manifest.get("config"))):
         return
     shutil.rmtree(step.dir)
 

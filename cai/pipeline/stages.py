@@ -80,6 +80,9 @@ class Stage:
     prompt_fields: tuple[str, ...] = ()  # may name a `prompts:` set
     file_fields: tuple[str, ...] = ()  # user paths whose contents are inputs
     volatile: tuple[str, ...] = ("progress",)  # not part of the config hash
+    # fields that, when only they grew (None = no cap, the largest), leave the old outputs
+    # in place because the stage resumes into them and ends as a fresh run would
+    grows: tuple[str, ...] = ()
     # the inference engine the stage runs on, or None; passed to it as `backend=`
     engine: Callable[[Any], tuple[str | None, str | None, dict[str, Any]] | None] | None = None
     brief: Callable[[dict[str, Any]], str] = lambda s: ""  # one line from its summary
@@ -125,6 +128,7 @@ GENERATE = Stage(
     prompt_fields=("prompts",),
     file_fields=("prompts",),
     volatile=("progress", "chunk_size"),
+    grows=("limit",),  # a run directory accumulates records: --limit N = the first N prompts
     engine=engine_of,
     brief=_brief_generate,
 )
@@ -229,7 +233,8 @@ LABEL = Stage(
 
 def _wire_sft(w: Wiring) -> dict[str, Any]:
     """SL-CAI: fine-tune the base model on generate's revisions (its sft/ conversations)."""
-    out: dict[str, Any] = {"out": str(w.dir)}
+    # the runner keeps an interrupted run's directory (same config and inputs): continue it
+    out: dict[str, Any] = {"out": str(w.dir), "resume": True}
     if w.has("generate"):
         _runner_written(w, "data")
         out["data"] = [str(w.output("generate") / "sft")]
@@ -272,7 +277,7 @@ def _wire_rm(w: Wiring) -> dict[str, Any]:
     imported human pairs, `path:weight`); the entry `upstream` (or `upstream:W`) places and
     weights the AI pairs, else they come first with weight 1. From round 2 on, the reward
     model starts from the previous round's (`model`)."""
-    out: dict[str, Any] = {"out": str(w.dir)}
+    out: dict[str, Any] = {"out": str(w.dir), "resume": True}  # as sft
     upstream = (w.output("label") / "preferences" if w.has("label")
                 else w.output("generate") / "preferences" if w.has("generate") else None)
     extra = list(w.section.get("data") or [])
@@ -340,10 +345,18 @@ def _brief_ppo(s: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def run_ppo_step(config: Any, *, backend: Any = None) -> dict[str, Any]:
+    """`cai train ppo --resume`: the runner keeps a directory only when its config and inputs
+    are unchanged, so an interrupted (or finished) run there is this one to continue."""
+    from cai.train.ppo import run_ppo
+
+    return run_ppo(config, resume=True)
+
+
 PPO = Stage(
     name="ppo",
     config="cai.train.ppo:PPOConfig",
-    run="cai.train.ppo:run_ppo",
+    run=run_ppo_step,
     wire=_wire_ppo,
     per_round=True,
     owned=("output_dir",),
@@ -360,28 +373,30 @@ PPO = Stage(
 
 def _wire_eval(w: Wiring) -> dict[str, Any]:
     """The final policy (the last PPO policy, else the SFT model) against the reference
-    (the SFT model when PPO ran after it, else the base model), scored by the last reward
-    model, on the held-out prompts the section names."""
+    (the SFT model when PPO ran after it, else the base model; `reference: base` picks the
+    base model, for a before/after of the whole recipe), scored by the last reward model,
+    on the held-out prompts the section names."""
+    from cai.models import DEFAULT_MODEL
+
     out: dict[str, Any] = {"out": str(w.dir)}
     share = w.run.backend_options.get("gpu_memory_utilization")
     if share is not None and "gpu_memory_utilization" not in w.section:
         out["gpu_memory_utilization"] = share
+    base = w.run.model or DEFAULT_MODEL
+    want_base = w.section.get("reference") == "base"
+    if want_base:
+        out["reference"] = base
     sft = str(w.output("sft")) if w.has("sft") else None
-    if w.has("ppo"):
-        _runner_written(w, "model", "reference")
-        out["model"] = str(policy_dir("ppo", w.output("ppo")))
-        out["reference"] = sft or w.run.model
-    elif sft is not None:
-        _runner_written(w, "model", "reference")
-        out["model"] = sft
-        out["reference"] = w.run.model
+    if w.has("ppo") or sft is not None:
+        _runner_written(w, "model")
+        if not want_base:
+            _runner_written(w, "reference")
+        out["model"] = str(policy_dir("ppo", w.output("ppo"))) if w.has("ppo") else sft
+        if not want_base:
+            out["reference"] = (sft or base) if w.has("ppo") else base
     if w.has("rm"):
         _runner_written(w, "reward_model")
         out["reward_model"] = str(w.output("rm"))
-    if out.get("reference") is None and "reference" in out:
-        from cai.models import DEFAULT_MODEL
-
-        out["reference"] = DEFAULT_MODEL
     return out
 
 

@@ -97,6 +97,8 @@ class PPOConfig(BaseModel):
     lora_alpha: int = Field(32, ge=1)
     lora_target_modules: list[str] | str = "all-linear"
     value_lora: bool | None = Field(None, description="LoRA on the value model too (default: as `lora`)")
+    merge_lora: bool = Field(True, description="save policy/ and value_model/ with the adapter "
+                             "merged (full HF models every stage loads), else the adapters")
 
     seed: int = 0
     save_every: int = Field(1, ge=1)
@@ -523,7 +525,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
     bar.close()
     metrics_log.close()
     engine.close()
-    final = _save_final(accelerator, policy, value_model, tokenizer, out)
+    final = _save_final(accelerator, policy, value_model, tokenizer, out, config.merge_lora)
     summary = {"output_dir": str(out), "iterations": config.iterations, "last": record,
                "rollout_backend": backend, **final}
     atomic_write_json(out / "summary.json", summary)
@@ -593,12 +595,16 @@ def _save_checkpoint(accelerator, out: Path, iteration: int, kl_ctl, config: PPO
     return ckpts[-config.keep_checkpoints:]
 
 
-def _save_final(accelerator, policy, value_model, tokenizer, out: Path) -> dict:
-    """The trained policy (LoRA adapter or full model) and value model, loadable by transformers/peft."""
+def _save_final(accelerator, policy, value_model, tokenizer, out: Path, merge_lora: bool = True) -> dict:
+    """The trained policy and value model as HF directories: full models (a LoRA adapter
+    merged in, as SFT saves by default, so sample/eval/vLLM load them like any model), or
+    the adapters alone with merge_lora=False."""
+    from cai.train.modeling import save_hf_model
+
     paths = {}
     for name, model in (("policy", policy), ("value_model", value_model)):
         target = out / name
-        accelerator.unwrap_model(model).save_pretrained(target, safe_serialization=True)
-        tokenizer.save_pretrained(target)
+        target.mkdir(parents=True, exist_ok=True)
+        save_hf_model(accelerator, model, tokenizer, target, merge_lora=merge_lora)
         paths[name] = str(target)
     return paths
