@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,8 +27,11 @@ from cai.records import stable_id
 
 MAX_ROUNDS = 4
 # Bump when the pipeline's prompting or record layout changes what a run produces.
-PIPELINE_VERSION = 3
+# 4: principles routed from the prompt (--route auto), the no-change verdict and the
+# unresponsive-revision check are on by default.
+PIPELINE_VERSION = 4
 STAGES = ("response", "critique", "revision")
+ROUTES = ("auto", "tags", "random")
 
 
 class StageSampling(BaseModel):
@@ -69,6 +72,27 @@ class GenerateConfig(BaseModel):
         None, description="draw each record's principles only among those sharing a tag with "
                           "this field of its prompt row (text or a list); all principles when "
                           "none does. Default: any principle, as in the CAI paper")
+    route: Literal["auto", "tags", "random"] = Field(
+        "auto", description="how each record's principles are chosen. auto: from the prompt's "
+                            "`principle_tags_field` when it names a tag, else by scoring the "
+                            "prompt against each principle's tags with the loaded model (benign "
+                            "prompts get the constitution's `benign`-tagged principles); tags: "
+                            "the field only (all principles when it names no tag); random: any "
+                            "principle, as in the CAI paper")
+    route_threshold: float = Field(
+        1.0, description="auto routing: a prompt whose best principle scores below this "
+                         "(log-prob gain of the tag words over an empty prompt, nats) is benign")
+    unchanged_threshold: float | None = Field(
+        0.5, ge=0.0, le=1.0,
+        description="before each critique, the model judges whether the answer violates the "
+                    "drawn principle (both answer orders); at P(no change needed) >= this the "
+                    "answer is kept (status ok:unchanged: an SFT row, no preference pair). "
+                    "None: always revise")
+    min_relevance: float | None = Field(
+        0.0, description="a revision must still answer its prompt: the mean per-token log-prob "
+                         "gain of the revision given its own prompt over a shuffled one (PMI, "
+                         "nats) must exceed this, and it must not talk about 'the response'; "
+                         "else degenerate:unresponsive. None: no check")
     revision_candidates: int = Field(1, ge=1, le=16,
                                      description="revisions sampled per request; the first that "
                                                  "passes the quality checks is kept")
@@ -138,7 +162,44 @@ def fingerprint_fields(config: GenerateConfig, constitution: Constitution, *,
         # only when set, so runs without it keep their record ids
         **({"principle_tags_field": config.principle_tags_field}
            if config.principle_tags_field else {}),
+        **version4_fields(config),
     }
+
+
+def version4_fields(config: GenerateConfig) -> dict[str, Any]:
+    """The options added in pipeline version 4, each only when it changes what a run does
+    relative to version 3 (where the route was "tags" when principle_tags_field was set,
+    else "random", and every answer was revised without a relevance check)."""
+    out: dict[str, Any] = {}
+    route = effective_route(config)
+    if route != ("tags" if config.principle_tags_field else "random"):
+        out["route"] = route
+    if route == "auto":
+        out["route_threshold"] = config.route_threshold
+    if config.unchanged_threshold is not None:
+        out["unchanged_threshold"] = config.unchanged_threshold
+    if config.min_relevance is not None:
+        out["min_relevance"] = config.min_relevance
+    return out
+
+
+def effective_route(config: GenerateConfig) -> str:
+    """The route a run uses: "tags" needs principle_tags_field (without it, nothing to read)."""
+    if config.route == "tags" and not config.principle_tags_field:
+        return "random"
+    return config.route
+
+
+def apply_recommended(config: GenerateConfig, recommended: dict[str, Any]
+                      ) -> tuple[GenerateConfig, dict[str, Any]]:
+    """`config` with the model's recommended settings filled in for every field the user
+    left unset (flags, YAML keys and constructor arguments count as set); returns it and
+    the settings that were applied."""
+    applied = {k: v for k, v in recommended.items()
+               if k in GenerateConfig.model_fields and k not in config.model_fields_set}
+    if not applied:
+        return config, {}
+    return GenerateConfig.model_validate({**config.model_dump(exclude_unset=True), **applied}), applied
 
 
 def input_fields(config: GenerateConfig) -> dict[str, Any]:
