@@ -15,18 +15,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from cai.schema import validation_errors as format_validation_error  # the one formatter
+
 T = TypeVar("T", bound=BaseModel)
 
 
 class ConfigError(ValueError):
     """A stage config that cannot be used (bad YAML, unknown key, bad value)."""
-
-
-def format_validation_error(e: ValidationError, where: str = "") -> list[str]:
-    """One line per error: `where: dotted.location: message`."""
-    prefix = f"{where}: " if where else ""
-    return [f"{prefix}{'.'.join(map(str, err['loc'])) or '(config)'}: {err['msg']}"
-            for err in e.errors()]
 
 
 def read_section(path: str | os.PathLike, section: str, *,

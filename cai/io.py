@@ -20,7 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -99,6 +99,19 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
+    """One JSON value per line (a pydantic model as its JSON dump), written atomically;
+    returns the number of lines. An empty `rows` still writes the (empty) file."""
+    n = 0
+    with atomic_open(path) as f:
+        for row in rows:
+            if hasattr(row, "model_dump"):
+                row = row.model_dump(mode="json")
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            n += 1
+    return n
 
 
 def write_parquet_atomic(table: "pa.Table", path: str | os.PathLike) -> None:
@@ -337,6 +350,6 @@ def iter_rows(path: str | os.PathLike, *, text_field: str = "prompt") -> Iterato
 
 
 __all__ = [
-    "DataError", "Row", "atomic_open", "atomic_write_bytes", "atomic_write_json",
+    "DataError", "Row", "atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_jsonl",
     "atomic_write_text", "iter_rows", "write_parquet_atomic", "MANIFEST_NAME",
 ]

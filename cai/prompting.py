@@ -2,7 +2,9 @@
 
 Every builder puts what is shared by all records first (system prompt, then few-shot
 turns) and the record's own conversation last, so an engine with a prefix cache (vLLM)
-computes the shared part once. Messages are plain dicts {"role", "content"}.
+computes the shared part once. Messages are plain dicts {"role", "content"}
+(`cai.schema.Conversation`); incoming conversations are checked by
+`cai.schema.check_conversation`.
 
 Constitution texts are sent as written (they take no placeholders): the critique and
 revision requests are user turns that follow the response in the chat, and the
@@ -15,51 +17,41 @@ import re
 from typing import Any, Iterable
 
 from cai.constitution.schema import Constitution, Principle
-
-Message = dict[str, str]
+from cai.schema import Conversation, check_conversation
 
 COMPARISON_OPTIONS = (" (A)", " (B)")
 ANSWER_PREFIX = "The answer is:"
 _ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
-def _msg(role: str, content: str) -> Message:
+def _msg(role: str, content: str) -> dict[str, str]:
     return {"role": role, "content": content}
 
 
-def _as_messages(conversation: Iterable[Any]) -> list[Message]:
-    """Dicts, pydantic messages (records.Message, schema.ChatMessage) -> fresh dicts; checked."""
-    out = []
-    for m in conversation:
-        role, content = (m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content)
-        if role not in _ROLE_NAMES:
-            raise ValueError(f"unknown role {role!r}")
-        out.append(_msg(role, content))
-    if not out or out[-1]["role"] != "user":
-        raise ValueError("a conversation must end with a user turn")
-    return out
+def _as_messages(conversation: Iterable[Any]) -> Conversation:
+    """Dicts or `Message` models -> fresh dicts, checked: known roles, a system turn only
+    first, ending with a user turn (a `cai.schema.BadRow`, a ValueError, otherwise)."""
+    return check_conversation(conversation, ends_with="user")
 
 
-def _with_system(c: Constitution, conversation: Iterable[Any]) -> tuple[list[Message], list[Message]]:
+def _with_system(c: Constitution, conversation: Iterable[Any]) -> tuple[Conversation, Conversation]:
     """(system turn list, rest). A record's own leading system turn is appended to the
     constitution's system prompt: chat templates accept a system turn only first."""
     turns = _as_messages(conversation)
     own = turns.pop(0)["content"] if turns and turns[0]["role"] == "system" else None
     parts = [t for t in (c.system_prompt, own) if t]
-    if any(t["role"] == "system" for t in turns):
-        raise ValueError("a system turn may only come first in a conversation")
     return ([_msg("system", "\n\n".join(parts))] if parts else []), turns
 
 
-def response_messages(c: Constitution, conversation: Iterable[Any]) -> list[Message]:
+def response_messages(c: Constitution, conversation: Iterable[Any]) -> Conversation:
     """What the assistant answers: system prompt (if any) then the conversation."""
     system, turns = _with_system(c, conversation)
     return system + turns
 
 
-def few_shot_turns(c: Constitution) -> list[Message]:
+def few_shot_turns(c: Constitution) -> Conversation:
     """Each critique/revision example as earlier chat turns, using its own principle's requests."""
-    turns: list[Message] = []
+    turns: Conversation = []
     for ex in c.few_shot:
         p = c.principle(ex.principle)
         turns += [_msg(m.role, m.content) for m in ex.conversation]
@@ -70,7 +62,7 @@ def few_shot_turns(c: Constitution) -> list[Message]:
 
 
 def critique_messages(c: Constitution, principle: Principle, conversation: Iterable[Any],
-                      response: str, few_shot: bool = True) -> list[Message]:
+                      response: str, few_shot: bool = True) -> Conversation:
     """[system, few-shot..., conversation..., assistant: response, user: critique request];
     the model's next turn is the critique."""
     system, turns = _with_system(c, conversation)
@@ -80,7 +72,7 @@ def critique_messages(c: Constitution, principle: Principle, conversation: Itera
 
 
 def revision_messages(c: Constitution, principle: Principle, conversation: Iterable[Any],
-                      response: str, critique: str, few_shot: bool = True) -> list[Message]:
+                      response: str, critique: str, few_shot: bool = True) -> Conversation:
     """The critique prompt continued with the critique and the revision request; the
     model's next turn is the revised response."""
     return critique_messages(c, principle, conversation, response, few_shot) + [
@@ -107,14 +99,14 @@ def comparison_prompt(question: str, conversation: Iterable[Any], response_a: st
 
 
 def comparison_messages(c: Constitution, principle: Principle, conversation: Iterable[Any],
-                        response_a: str, response_b: str, few_shot: bool = True) -> list[Message]:
+                        response_a: str, response_b: str, few_shot: bool = True) -> Conversation:
     """[feedback few-shot (user question, assistant answer)..., user: this comparison].
 
     No system prompt: the labeler judges the assistant, it does not play it. The labeler
     renders this with the generation prompt, appends ANSWER_PREFIX, and scores
     COMPARISON_OPTIONS as continuations.
     """
-    turns: list[Message] = []
+    turns: Conversation = []
     if few_shot:
         for ex in c.feedback_few_shot:
             q = c.principle(ex.principle).comparison

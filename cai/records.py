@@ -8,22 +8,16 @@ export to TRL need no conversion.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# Re-exported: records are where most code meets them.
+from cai.schema import ROLES, Message, arrow_messages, check_conversation, prompt_key, stable_id
+
 Source = Literal["human", "ai-revision", "ai-feedback"]
-ROLES = ("system", "user", "assistant")
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["system", "user", "assistant"]
-    content: str
 
 
 class PreferenceRecord(BaseModel):
@@ -44,16 +38,14 @@ class PreferenceRecord(BaseModel):
     @field_validator("chosen", "rejected")
     @classmethod
     def _ends_with_assistant(cls, turns: list[Message]) -> list[Message]:
-        if turns[-1].role != "assistant":
-            raise ValueError("must end with an assistant turn")
+        check_conversation(turns, ends_with="assistant", system="anywhere")
         if not turns[-1].content.strip():
             raise ValueError("final assistant turn is empty")
         return turns
 
     @model_validator(mode="after")
     def _prompt_ends_with_user(self) -> "PreferenceRecord":
-        if self.prompt[-1].role != "user":
-            raise ValueError("prompt must end with a user turn")
+        check_conversation(self.prompt, where="prompt", ends_with="user", system="anywhere")
         return self
 
     def to_row(self) -> dict[str, Any]:
@@ -71,7 +63,7 @@ class PreferenceRecord(BaseModel):
         return cls.model_validate(row)
 
 
-_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_MESSAGES = arrow_messages()
 
 ARROW_SCHEMA = pa.schema(
     [
@@ -88,17 +80,5 @@ ARROW_SCHEMA = pa.schema(
 )
 
 
-def stable_id(*parts: Any) -> str:
-    """A short content hash of JSON-serialisable parts; equal inputs give equal ids."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
-def prompt_key(prompt: list[Message] | list[dict]) -> str:
-    """Identity of a prompt for dedupe and leak-free splits (whitespace-normalised)."""
-    turns = [
-        (m.role, " ".join(m.content.split())) if isinstance(m, Message)
-        else (m["role"], " ".join(m["content"].split()))
-        for m in prompt
-    ]
-    return stable_id(turns)
+__all__ = ["ARROW_SCHEMA", "ROLES", "Message", "PreferenceRecord", "Source", "prompt_key",
+           "stable_id"]

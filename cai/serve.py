@@ -13,21 +13,17 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cai.backends.base import Backend, SamplingConfig
-
-
-class ChatMessage(BaseModel):
-    role: str
-    content: str
+from cai.schema import Message, check_conversation
 
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
@@ -35,6 +31,12 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     return_token_ids: bool = False
+
+    @field_validator("messages")
+    @classmethod
+    def _conversation(cls, messages: list[Message]) -> list[Message]:
+        check_conversation(messages)  # a system turn only first (a 422 otherwise)
+        return messages
 
 
 class CompletionRequest(BaseModel):

@@ -10,8 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from cai.data.importers import (
-    Reject,
-    RowError,
     import_file,
     import_rows,
     parse_transcript,
@@ -20,7 +18,7 @@ from cai.data.importers import (
 )
 from cai.data.store import read_preferences
 from cai.io import Row
-from cai.records import stable_id
+from cai.schema import BadRow, Reject, stable_id
 
 DATA = Path(__file__).parent / "data"
 
@@ -45,7 +43,7 @@ def test_parse_transcript_multi_turn_and_system_preamble():
         u("hi"), a("hello\nthere"), u("bye"), a(" ok "),  # only the one space after ':' is the marker's
     ]
     assert to_transcript(parse_transcript(text)) == text
-    with pytest.raises(RowError, match="no 'Human:' or 'Assistant:' turn"):
+    with pytest.raises(BadRow, match="no 'Human:' or 'Assistant:' turn"):
         parse_transcript("no markers at all")
 
 
@@ -144,7 +142,7 @@ def test_plain_strings_and_labels():
     ({"prompt": "Q", "chosen": "  ", "rejected": "b"}, "empty-answer", "chosen: empty final assistant answer"),
     ({"prompt": " ", "chosen": "g", "rejected": "b"}, "empty-prompt", "prompt: final user turn is empty"),
     ({"prompt": [{"role": "tool", "content": "x"}], "chosen": "g", "rejected": "b"},
-     "bad-messages", "prompt[0]: unsupported role 'tool'"),
+     "bad-messages", "prompt[0]: unknown role 'tool'"),
     ({"prompt": "Q", "chosen": [a("g"), u("more?")], "rejected": "b"},
      "no-answer", "chosen: ends with a user turn, not an assistant turn"),
     ({"prompt": "Q", "chosen": 3, "rejected": "b"}, "bad-messages", "chosen: expected a string or a message list, got int"),

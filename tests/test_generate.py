@@ -159,7 +159,7 @@ def test_scripted_end_to_end(tmp_path):
     assert manifest["status"] == "complete" and manifest["generation"]["rounds"] == 2
     assert manifest["datasets"]["preferences"]["count"] == 3
     rejects = [json.loads(x) for x in (tmp_path / "run/rejects.jsonl").read_text().splitlines()]
-    assert [(r["location"], r["reason"]) for r in rejects] == [("prompts.jsonl:12", "duplicate"),
+    assert [(r["location"], r["code"]) for r in rejects] == [("prompts.jsonl:12", "duplicate"),
                                                                ("prompts.jsonl:13", "empty")]
 
     # A finished run is not redone.

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cai.generate.inputs import count_prompt_tokens, load_prompts, write_rejects
+from cai.generate.inputs import count_prompt_tokens, load_prompts
+from cai.schema import write_rejects
 from cai.io import DataError
 
 
@@ -41,19 +42,19 @@ def test_jsonl_hygiene(tmp_path):
     assert items[0].metadata == {"category": "crime"}
     assert items[0].location == "p.jsonl:1"
     assert [m["role"] for m in items[1].messages] == ["system", "user", "assistant", "user"]
-    got = {r.location: (r.reason, r.detail) for r in rejects}
+    got = {r.location: (r.code, r.reason) for r in rejects}
     assert got == {
         "p.jsonl:2": ("duplicate", "same prompt as p.jsonl:1"),
         "p.jsonl:3": ("empty", "'prompt' is empty"),
         "p.jsonl:4": ("malformed", got["p.jsonl:4"][1]),
-        "p.jsonl:5": ("malformed", "the last turn is 'assistant'; a prompt must end with a user turn"),
+        "p.jsonl:5": ("malformed", "must end with a user turn, not an assistant turn"),
         "p.jsonl:7": ("malformed", "no 'prompt' or 'messages' field (fields: id, text)"),
         "p.jsonl:8": ("malformed", "message 0: unknown role 'robot'"),
         "p.jsonl:9": ("empty", "message 0 (user) is empty"),
     }
     assert "invalid JSON" in got["p.jsonl:4"][1]
     bad_json = next(r for r in rejects if r.location == "p.jsonl:4")
-    assert bad_json.data == "{not json"  # the raw text survives for the rejects file
+    assert bad_json.raw == "{not json"  # the raw text survives for the rejects file
 
 
 def test_limit_counts_accepted_prompts(tmp_path):
@@ -61,15 +62,15 @@ def test_limit_counts_accepted_prompts(tmp_path):
                                           {"prompt": "y"}, {"prompt": "z"}])
     items, rejects = load_prompts(path, limit=2)
     assert [i.messages[0]["content"] for i in items] == ["same", "x"]
-    assert [r.reason for r in rejects] == ["duplicate"]  # reading stopped at the limit
+    assert [r.code for r in rejects] == ["duplicate"]  # reading stopped at the limit
 
 
 def test_over_length(tmp_path, embedded_tokenizer):
     path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "short"}, {"prompt": "word " * 200}])
     n_short = count_prompt_tokens([{"role": "user", "content": "short"}], embedded_tokenizer)
     items, rejects = load_prompts(path, max_prompt_tokens=n_short, tokenizer=embedded_tokenizer)
-    assert len(items) == 1 and [r.reason for r in rejects] == ["over-length"]
-    assert f"> max_prompt_tokens {n_short}" in rejects[0].detail
+    assert len(items) == 1 and [r.code for r in rejects] == ["over-length"]
+    assert f"> max_prompt_tokens {n_short}" in rejects[0].reason
     with pytest.raises(ValueError, match="needs a tokenizer"):
         load_prompts(path, max_prompt_tokens=5)
 
@@ -91,7 +92,7 @@ def test_csv_txt_parquet_and_custom_fields(tmp_path):
     (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\nfirst prompt\n")
     items, rejects = load_prompts(tmp_path / "p.txt")
     assert [i.messages[0]["content"] for i in items] == ["first prompt", "second prompt"]
-    assert [(r.location, r.reason) for r in rejects] == [("p.txt:line 4", "duplicate")]
+    assert [(r.location, r.code) for r in rejects] == [("p.txt:line 4", "duplicate")]
 
     pq.write_table(pa.Table.from_pylist([
         {"id": "x", "messages": [{"role": "user", "content": "from parquet"}]}]), tmp_path / "p.parquet")
@@ -108,6 +109,8 @@ def test_write_rejects(tmp_path):
     _, rejects = load_prompts(path)
     write_rejects(rejects, tmp_path / "rejects.jsonl")
     rows = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
-    assert [(r["location"], r["reason"]) for r in rows] == [("p.jsonl:1", "empty"),
-                                                            ("p.jsonl:2", "malformed")]
-    assert rows[0]["data"] == {"prompt": ""} and rows[1]["data"] == "[1, 2"
+    assert [(r["location"], r["code"]) for r in rows] == [("p.jsonl:1", "empty"),
+                                                          ("p.jsonl:2", "malformed")]
+    assert rows[0]["reason"] == "'prompt' is empty" and "invalid JSON" in rows[1]["reason"]
+    assert rows[0]["row"] == {"prompt": ""} and rows[1]["raw"] == "[1, 2"
+    assert set(rows[0]) == {"location", "code", "reason", "row"}

@@ -37,7 +37,7 @@ def test_sample_then_label_with_eval_and_report(app, tiny_model_dir, tmp_path):
     assert [row["source_id"] for row in rows] == ["p1", "p2"]
     assert all(len(row["responses"]) == 3 and len(row["finish_reasons"]) == 3 for row in rows)
     rejects = [json.loads(line) for line in (tmp_path / "cands.rejects.jsonl").read_text().splitlines()]
-    assert [(x["location"], x["reason"]) for x in rejects] == [("prompts.jsonl:3", "empty")]
+    assert [(x["location"], x["code"]) for x in rejects] == [("prompts.jsonl:3", "empty")]
 
     # a human label for one candidate pair, to evaluate against
     first = rows[0]
@@ -142,4 +142,4 @@ def test_sample_rejects_prompts_that_leave_no_room_to_answer(app, tmp_path, tiny
     assert len(cands.read_text().splitlines()) == 1
     rej = [json.loads(x) for x in (tmp_path / "cands.rejects.jsonl").read_text().splitlines()]
     assert [x["location"] for x in rej] == ["prompts.jsonl:2"]
-    assert rej[0]["reason"] == "over-length" and "max_prompt_tokens 2044" in rej[0]["detail"]
+    assert rej[0]["code"] == "over-length" and "max_prompt_tokens 2044" in rej[0]["reason"]

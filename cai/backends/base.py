@@ -11,8 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Message = dict[str, str]  # {"role": "user"|"assistant"|"system", "content": "..."}
-Conversation = list[Message]
+from cai.schema import Conversation  # [{"role": "system"|"user"|"assistant", "content": ...}]
 
 
 class SamplingConfig(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, NoReturn, Optional
 
 import typer
+from pydantic import BaseModel
 
 EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2
@@ -18,6 +19,15 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print `error: message` on stderr and exit with `code` (no traceback)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def option(config_cls: type[BaseModel], field: str, *param_decls: str, **kwargs: Any) -> Any:
+    """A typer option for one field of a stage config: its default and help come from the
+    config class, which stays the one source of both (and validates the value)."""
+    info = config_cls.model_fields[field]
+    default = ... if info.is_required() else info.get_default(call_default_factory=True)
+    kwargs.setdefault("help", info.description)
+    return typer.Option(default, *param_decls, **kwargs)
 
 
 def backend_options(base_url: Optional[str] = None,

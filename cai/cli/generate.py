@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from cai.cli.common import backend_options as backend_flags, fail
 
 app = typer.Typer()
 
@@ -55,9 +56,7 @@ def generate(
     from cai.generate.run import run_generate
     from cai.io import DataError
 
-    backend_options = {k: v for k, v in {"base_url": base_url,
-                                          "gpu_memory_utilization": gpu_memory_utilization}.items()
-                       if v is not None}
+    backend_options = backend_flags(base_url, gpu_memory_utilization, backend)
     overrides = dict(
         prompts=prompts, out=out, constitution=constitution, model=model, backend=backend,
         backend_options=backend_options or None, rounds=rounds, samples=samples, limit=limit,
@@ -69,7 +68,6 @@ def generate(
         cfg = load_config(config, overrides)
         summary = run_generate(cfg)
     except (ConfigError, RunConfigError, RunLockedError, DataError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

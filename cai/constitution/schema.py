@@ -7,14 +7,13 @@ partial principles that override the parent's by id (see loader.py).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
 
 from cai.constitution.errors import did_you_mean
+from cai.schema import BadRow, Message, check_conversation, content_hash
 
 SCHEMA_VERSION = 1
 # Directives a file may carry beside the Constitution fields; consumed by the loader.
@@ -47,22 +46,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
+class ChatMessage(Message):
+    """A turn of a worked example: a `cai.schema.Message` whose text must not be blank
+    (stripped, like every constitution text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     content: Text
 
 
-def _ends_with_user(turns: list[ChatMessage]) -> list[ChatMessage]:
-    if not turns:
-        raise ValueError("must contain at least one message")
-    if any(t.role == "system" for t in turns):
-        raise ValueError("system turns are not allowed here; put instructions in system_prompt")
-    if turns[-1].role != "user":
-        raise ValueError("must end with a user turn")
+def _example_conversation(turns: list[ChatMessage]) -> list[ChatMessage]:
+    try:
+        check_conversation(turns, ends_with="user", system="never")
+    except BadRow as e:
+        hint = "; put instructions in system_prompt" if "system turns" in e.reason else ""
+        raise ValueError(e.reason + hint) from None
     return turns
 
 
-Conversation = Annotated[list[ChatMessage], AfterValidator(_ends_with_user)]
+ExampleConversation = Annotated[list[ChatMessage], AfterValidator(_example_conversation)]
 
 
 class Principle(_Strict):
@@ -88,7 +90,7 @@ class FewShotExample(_Strict):
     """A worked critique-and-revision, shown to the model as earlier chat turns."""
 
     principle: str = Field(description="id of the principle whose requests this example answers")
-    conversation: Conversation
+    conversation: ExampleConversation
     response: Text = Field(description="the assistant's first answer")
     critique: Text
     revision: Text
@@ -98,7 +100,7 @@ class FeedbackExample(_Strict):
     """A worked comparison, shown before the question in AI-feedback prompts."""
 
     principle: str
-    conversation: Conversation
+    conversation: ExampleConversation
     response_a: Text
     response_b: Text
     answer: Literal["A", "B"]
@@ -135,9 +137,7 @@ class Constitution(_Strict):
     def content_hash(self) -> str:
         """Identity of the resolved content: equal for files that differ only in key order,
         whitespace, comments or how they were split across `extends`."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False,
-                          separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+        return content_hash(self.model_dump(mode="json"))
 
 
 PLACEHOLDER = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")

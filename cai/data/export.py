@@ -16,14 +16,13 @@ skipped and counted. jsonl keeps p_chosen as is.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterable, Literal
 
 from pydantic import BaseModel
 
 from cai.data.importers import to_transcript
-from cai.io import atomic_open
+from cai.io import atomic_write_jsonl
 from cai.records import PreferenceRecord
 
 ExportFormat = Literal["trl", "hh", "jsonl"]
@@ -39,23 +38,18 @@ class ExportReport(BaseModel):
     skipped_system: int = 0  # hh only: a system turn that is not the first turn
 
 
-def _dumps(obj: object) -> str:
-    # Default separators and ensure_ascii=False: matches how HH-style files are usually written.
-    return json.dumps(obj, ensure_ascii=False) + "\n"
-
-
-def export_line(record: PreferenceRecord, fmt: str) -> str:
-    """One output line for `record`, hard-label orientation already applied by the caller."""
+def export_row(record: PreferenceRecord, fmt: str) -> dict:
+    """One output row for `record`, hard-label orientation already applied by the caller."""
     if fmt == "jsonl":
-        return _dumps(record.model_dump(mode="json"))
+        return record.model_dump(mode="json")
     prompt = [m.model_dump() for m in record.prompt]
     chosen = [m.model_dump() for m in record.chosen]
     rejected = [m.model_dump() for m in record.rejected]
     if fmt == "trl":
-        return _dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     if fmt == "hh":
-        return _dumps({"chosen": to_transcript(prompt + chosen),
-                       "rejected": to_transcript(prompt + rejected)})
+        return {"chosen": to_transcript(prompt + chosen),
+                "rejected": to_transcript(prompt + rejected)}
     raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
 
 
@@ -65,7 +59,8 @@ def export_records(
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
     report = ExportReport(path=str(path), format=fmt)
-    with atomic_open(path) as f:
+
+    def rows():
         for rec in records:
             if fmt != "jsonl":
                 if rec.p_chosen == 0.5:
@@ -76,10 +71,11 @@ def export_records(
                                                  "p_chosen": 1.0 - rec.p_chosen})
                     report.swapped += 1
             try:
-                line = export_line(rec, fmt)
+                row = export_row(rec, fmt)
             except ValueError:  # only to_transcript raises here: a non-leading system turn
                 report.skipped_system += 1
                 continue
-            f.write(line)
-            report.written += 1
+            yield row
+
+    report.written = atomic_write_jsonl(path, rows())
     return report

@@ -22,37 +22,19 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from cai.io import Row, atomic_open, iter_rows
-from cai.records import ROLES, PreferenceRecord, stable_id
+from cai.io import Row, iter_rows
+from cai.records import PreferenceRecord
+from cai.schema import (BadRow, Conversation, Reject, check_conversation, stable_id,
+                        validation_errors, write_rejects)
 
 Format = Literal["auto", "hh", "plain", "trl"]
 FORMATS: tuple[str, ...] = ("auto", "hh", "plain", "trl")
-Messages = list[dict[str, str]]
 
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant): ?")
 _HH_ROLE = {"Human": "user", "Assistant": "assistant"}
 # Columns with a meaning in plain/TRL rows; anything else is kept under metadata["extra"].
 _KNOWN = {"prompt", "chosen", "rejected", "p_chosen", "label", "id", "source",
           "principle_ids", "labeler", "metadata"}
-
-
-class RowError(ValueError):
-    """Why one row cannot become a record. `code` groups reasons for the report."""
-
-    def __init__(self, code: str, reason: str):
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class Reject(BaseModel):
-    """One line of the rejects file."""
-
-    location: str
-    code: str
-    reason: str
-    row: dict[str, Any] | None = None
-    raw: str | None = None
 
 
 class ImportReport(BaseModel):
@@ -70,13 +52,13 @@ class ImportReport(BaseModel):
 # --------------------------------------------------------------------------- HH transcripts
 
 
-def parse_transcript(text: str) -> Messages:
+def parse_transcript(text: str) -> Conversation:
     """"\\n\\nHuman: a\\n\\nAssistant: b" -> [{"role": "user", ...}, {"role": "assistant", ...}]."""
     parts = _TURN.split(text)
     preamble, turns = parts[0], parts[1:]
     if not turns:
-        raise RowError("no-turns", "no 'Human:' or 'Assistant:' turn")
-    messages: Messages = []
+        raise BadRow("no-turns", "no 'Human:' or 'Assistant:' turn")
+    messages: Conversation = []
     if preamble.strip():
         messages.append({"role": "system", "content": preamble})
     for marker, content in zip(turns[0::2], turns[1::2]):
@@ -100,10 +82,11 @@ def to_transcript(messages: Iterable[dict[str, str]]) -> str:
 # --------------------------------------------------------------------------- pair helpers
 
 
-def split_shared_prefix(chosen: Messages, rejected: Messages) -> tuple[Messages, Messages, Messages]:
+def split_shared_prefix(chosen: Conversation, rejected: Conversation
+                        ) -> tuple[Conversation, Conversation, Conversation]:
     """Longest common turn prefix ending with a user turn -> (prompt, chosen rest, rejected rest)."""
     if chosen == rejected:
-        raise RowError("identical", "chosen and rejected are identical")
+        raise BadRow("identical", "chosen and rejected are identical")
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
         n += 1
@@ -111,40 +94,31 @@ def split_shared_prefix(chosen: Messages, rejected: Messages) -> tuple[Messages,
     while k and chosen[k - 1]["role"] != "user":
         k -= 1
     if not k:
-        raise RowError("no-shared-prompt", "chosen and rejected share no Human turn to use as the prompt")
+        raise BadRow("no-shared-prompt", "chosen and rejected share no Human turn to use as the prompt")
     return chosen[:k], chosen[k:], rejected[k:]
 
 
-def _check_answer(side: str, turns: Messages, hh: bool) -> None:
+def _check_answer(side: str, turns: Conversation, hh: bool) -> None:
     turn = "'Assistant:' turn" if hh else "assistant turn"
     if not turns:
-        raise RowError("no-answer", f"{side}: no {turn} after the prompt")
+        raise BadRow("no-answer", f"{side}: no {turn} after the prompt")
     if turns[-1]["role"] != "assistant":
-        raise RowError("no-answer", f"{side}: ends with a {turns[-1]['role']} turn, not an {turn}")
+        raise BadRow("no-answer", f"{side}: ends with a {turns[-1]['role']} turn, not an {turn}")
     if not turns[-1]["content"].strip():
         what = "final Assistant answer" if hh else "final assistant answer"
-        raise RowError("empty-answer", f"{side}: empty {what}")
+        raise BadRow("empty-answer", f"{side}: empty {what}")
 
 
-def _messages(value: Any, field: str, default_role: str) -> Messages:
+def _messages(value: Any, field: str, default_role: str) -> Conversation:
     """A string (one turn of `default_role`) or a list of {"role", "content"} dicts."""
     if isinstance(value, str):
         return [{"role": default_role, "content": value}]
     if not isinstance(value, (list, tuple)):
-        raise RowError("bad-messages", f"{field}: expected a string or a message list, got "
+        raise BadRow("bad-messages", f"{field}: expected a string or a message list, got "
                                        f"{type(value).__name__}")
     if not value:
-        raise RowError("bad-messages", f"{field}: empty message list")
-    out: Messages = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m:
-            raise RowError("bad-messages", f"{field}[{i}]: expected {{'role', 'content'}}, got {m!r:.80}")
-        if m["role"] not in ROLES:
-            raise RowError("bad-messages", f"{field}[{i}]: unsupported role {m['role']!r}")
-        if not isinstance(m.get("content"), str):
-            raise RowError("bad-messages", f"{field}[{i}]: content must be a string")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+        raise BadRow("bad-messages", f"{field}: empty message list")
+    return check_conversation(value, where=field, system="anywhere", code="bad-messages")
 
 
 def _p_chosen(data: dict[str, Any]) -> float:
@@ -160,19 +134,19 @@ def _p_chosen(data: dict[str, Any]) -> float:
         try:
             p = float(v)
         except (TypeError, ValueError):
-            raise RowError("bad-label", f"{key}: not a probability: {v!r:.40}") from None
+            raise BadRow("bad-label", f"{key}: not a probability: {v!r:.40}") from None
         if math.isnan(p) or not 0.0 <= p <= 1.0:
-            raise RowError("bad-label", f"{key}: {p} is outside [0, 1]")
+            raise BadRow("bad-label", f"{key}: {p} is outside [0, 1]")
         values.append((key, p))
     if len(values) == 2 and values[0][1] != values[1][1]:
-        raise RowError("bad-label", f"p_chosen {values[0][1]} and label {values[1][1]} disagree")
+        raise BadRow("bad-label", f"p_chosen {values[0][1]} and label {values[1][1]} disagree")
     return values[0][1] if values else 1.0
 
 
 def _require(data: dict[str, Any], *fields: str) -> None:
     for f in fields:
         if data.get(f) is None:
-            raise RowError("missing-field", f"missing field {f!r}")
+            raise BadRow("missing-field", f"missing field {f!r}")
 
 
 def detect_format(data: dict[str, Any]) -> str:
@@ -187,19 +161,19 @@ def detect_format(data: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- rows -> records
 
 
-def _pair_hh(data: dict[str, Any]) -> tuple[Messages, Messages, Messages]:
+def _pair_hh(data: dict[str, Any]) -> tuple[Conversation, Conversation, Conversation]:
     _require(data, "chosen", "rejected")
     sides = {}
     for side in ("chosen", "rejected"):
         if not isinstance(data[side], str):
-            raise RowError("bad-messages", f"{side}: expected a transcript string, got "
+            raise BadRow("bad-messages", f"{side}: expected a transcript string, got "
                                            f"{type(data[side]).__name__}")
         try:
             turns = parse_transcript(data[side])
-        except RowError as e:
-            raise RowError(e.code, f"{side}: {e.reason}") from None
+        except BadRow as e:
+            raise BadRow(e.code, f"{side}: {e.reason}") from None
         if not any(t["role"] == "assistant" for t in turns):
-            raise RowError("no-answer", f"{side}: no 'Assistant:' turn")
+            raise BadRow("no-answer", f"{side}: no 'Assistant:' turn")
         sides[side] = turns
     prompt, chosen, rejected = split_shared_prefix(sides["chosen"], sides["rejected"])
     _check_answer("chosen", chosen, hh=True)
@@ -207,12 +181,12 @@ def _pair_hh(data: dict[str, Any]) -> tuple[Messages, Messages, Messages]:
     return prompt, chosen, rejected
 
 
-def _pair_explicit(data: dict[str, Any], lists_only: bool) -> tuple[Messages, Messages, Messages]:
+def _pair_explicit(data: dict[str, Any], lists_only: bool) -> tuple[Conversation, Conversation, Conversation]:
     _require(data, "prompt", "chosen", "rejected")
     if lists_only:
         for f in ("prompt", "chosen", "rejected"):
             if isinstance(data[f], str):
-                raise RowError("bad-messages", f"{f}: trl format wants a message list, got a string "
+                raise BadRow("bad-messages", f"{f}: trl format wants a message list, got a string "
                                                "(use --format plain)")
     prompt = _messages(data["prompt"], "prompt", "user")
     chosen = _messages(data["chosen"], "chosen", "assistant")
@@ -222,21 +196,21 @@ def _pair_explicit(data: dict[str, Any], lists_only: bool) -> tuple[Messages, Me
     if chosen[:n] == prompt and rejected[:n] == prompt and len(chosen) > n and len(rejected) > n:
         chosen, rejected = chosen[n:], rejected[n:]
     if not prompt[-1]["content"].strip():
-        raise RowError("empty-prompt", "prompt: final user turn is empty")
-    if prompt[-1]["role"] != "user":
-        raise RowError("bad-messages", f"prompt: ends with a {prompt[-1]['role']} turn, not a user turn")
+        raise BadRow("empty-prompt", "prompt: final user turn is empty")
+    check_conversation(prompt, where="prompt", ends_with="user", system="anywhere",
+                       code="bad-messages")
     if chosen == rejected:
-        raise RowError("identical", "chosen and rejected are identical")
+        raise BadRow("identical", "chosen and rejected are identical")
     _check_answer("chosen", chosen, hh=False)
     _check_answer("rejected", rejected, hh=False)
     return prompt, chosen, rejected
 
 
-def _pair_implicit(data: dict[str, Any]) -> tuple[Messages, Messages, Messages]:
+def _pair_implicit(data: dict[str, Any]) -> tuple[Conversation, Conversation, Conversation]:
     _require(data, "chosen", "rejected")
     for side in ("chosen", "rejected"):
         if isinstance(data[side], str):
-            raise RowError("bad-messages", f"{side}: trl format wants a message list, got a string "
+            raise BadRow("bad-messages", f"{side}: trl format wants a message list, got a string "
                                            "(use --format hh for transcripts)")
     chosen = _messages(data["chosen"], "chosen", "assistant")
     rejected = _messages(data["rejected"], "rejected", "assistant")
@@ -255,11 +229,11 @@ def _string_list(value: Any) -> list[Any]:
             try:
                 return list(json.loads(value))
             except json.JSONDecodeError:
-                raise RowError("bad-field", f"principle_ids: not a JSON list: {value!r:.40}") from None
+                raise BadRow("bad-field", f"principle_ids: not a JSON list: {value!r:.40}") from None
         return [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(value, (list, tuple)):
         return list(value)
-    raise RowError("bad-field", f"principle_ids: expected a list, got {type(value).__name__}")
+    raise BadRow("bad-field", f"principle_ids: expected a list, got {type(value).__name__}")
 
 
 def _json_safe(value: Any) -> Any:
@@ -269,7 +243,7 @@ def _json_safe(value: Any) -> Any:
 def row_to_record(
     data: dict[str, Any], fmt: str, location: str, *, source: str = "human"
 ) -> tuple[PreferenceRecord, str]:
-    """One parsed row -> (record, the format it was read as). Raises `RowError`."""
+    """One parsed row -> (record, the format it was read as). Raises `BadRow`."""
     kind = detect_format(data) if fmt == "auto" else fmt
     if kind == "hh":
         prompt, chosen, rejected = _pair_hh(data)
@@ -317,9 +291,7 @@ def row_to_record(
             metadata=metadata,
         )
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise RowError("invalid-record", f"{where}: {err['msg']}" if where else err["msg"]) from None
+        raise BadRow("invalid-record", validation_errors(e)[0]) from None
     return record, kind
 
 
@@ -338,7 +310,7 @@ def import_rows(
         data = row.data or {}
         try:
             record, _ = row_to_record(data, fmt, row.location, source=source)
-        except RowError as e:
+        except BadRow as e:
             yield Reject(location=row.location, code=e.code, reason=e.reason, row=_json_safe(data))
             continue
         first = seen.get(record.id)
@@ -381,15 +353,13 @@ def import_file(
     report.rejected = len(rejects)
     report.formats = dict(sorted(formats.items()))
     report.reasons = dict(sorted(Counter(r.code for r in rejects).items()))
-    with atomic_open(rejects_file) as f:
-        for r in rejects:
-            f.write(json.dumps(r.model_dump(exclude_none=True), ensure_ascii=False) + "\n")
+    write_rejects(rejects, rejects_file)
     write_preferences(records, out, shard_size=shard_size,
                       extra={"import": report.model_dump(exclude={"out_dir"})})
     return report
 
 
 __all__ = [
-    "FORMATS", "ImportReport", "Reject", "RowError", "detect_format", "import_file", "import_rows",
+    "FORMATS", "ImportReport", "detect_format", "import_file", "import_rows",
     "parse_transcript", "row_to_record", "split_shared_prefix", "to_transcript",
 ]

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, Field
 
-from cai.records import PreferenceRecord, prompt_key, stable_id
+from cai.records import PreferenceRecord
+from cai.schema import prompt_key, stable_id
 
 
 class MixInput(BaseModel):

@@ -13,7 +13,8 @@ import statistics
 from collections import Counter
 from typing import Any, Iterable
 
-from cai.records import PreferenceRecord, prompt_key
+from cai.records import PreferenceRecord
+from cai.schema import prompt_key
 
 BUCKETS = 10
 

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from cai.io import MANIFEST_NAME, DataError, atomic_write_json, iter_rows, write_parquet_atomic
 from cai.records import ARROW_SCHEMA, PreferenceRecord
+from cai.schema import validation_errors
 
 SCHEMA_VERSION = 1
 STORE_FORMAT = "cai.preferences"
@@ -130,8 +131,4 @@ def read_preferences(path: str | os.PathLike) -> list[PreferenceRecord]:
 
 
 def _first_error(e: Exception) -> str:
-    if isinstance(e, ValidationError):
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        return f"{where}: {err['msg']}" if where else err["msg"]
-    return str(e)
+    return validation_errors(e)[0] if isinstance(e, ValidationError) else str(e)

@@ -29,11 +29,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cai.io import MANIFEST_NAME, atomic_write_json, write_parquet_atomic
+from cai.schema import arrow_messages
 
 RUN_FORMAT = "cai.generate-run"
 REVISIONS = "revisions"
 
-_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_MESSAGES = arrow_messages()
 _ROUND = pa.struct([
     ("round", pa.int32()), ("principle_id", pa.string()),
     ("critique", pa.string()), ("critique_finish", pa.string()), ("critique_tokens", pa.int32()),

@@ -23,7 +23,7 @@ from cai.backends import SamplingConfig, default_backend
 from cai.config import ConfigError, load_section
 from cai.constitution import Constitution
 from cai.models import DEFAULT_MODEL
-from cai.records import stable_id
+from cai.schema import stable_id
 
 MAX_ROUNDS = 4
 # Bump when the pipeline's prompting or record layout changes what a run produces.

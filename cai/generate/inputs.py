@@ -1,8 +1,8 @@
 """Prompts in: any data file `cai.io.iter_rows` reads, as chat conversations, cleaned.
 
 A row gives its conversation either as a message list (`messages_field`, or a list under
-`field`) or as text (`field`, one user turn). What cannot be used becomes a `Reject`
-with a reason, never an exception and never a silent drop:
+`field`) or as text (`field`, one user turn). What cannot be used becomes a
+`cai.schema.Reject` with a code and a reason, never an exception and never a silent drop:
 
     malformed     the row did not parse, or has no usable prompt/messages
     empty         the prompt (or a turn of it) is blank
@@ -21,11 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.io import atomic_open, iter_rows
-from cai.records import prompt_key
+from cai.io import iter_rows
+from cai.schema import BadRow, Reject, check_conversation, prompt_key, write_rejects
 
-ROLES = ("system", "user", "assistant")
-REASONS = ("malformed", "empty", "duplicate", "over-length")
+CODES = ("malformed", "empty", "duplicate", "over-length")
 
 
 class PromptItem(BaseModel):
@@ -40,23 +39,6 @@ class PromptItem(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="the row's other fields")
 
 
-class Reject(BaseModel):
-    """One input row that was not used, and why."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    location: str
-    reason: str = Field(description="one of REASONS")
-    detail: str = ""
-    data: Any = None  # the parsed row, or the raw text of a row that did not parse
-
-
-class _Bad(ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
 def _conversation(row: dict[str, Any], field: str, messages_field: str) -> list[dict[str, str]]:
     value = row.get(messages_field)
     if isinstance(value, str) and not value.strip():
@@ -65,39 +47,22 @@ def _conversation(row: dict[str, Any], field: str, messages_field: str) -> list[
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise _Bad("malformed", f"{messages_field!r} is text, not a JSON message list") from None
+            raise BadRow("malformed", f"{messages_field!r} is text, not a JSON message list") from None
     if value is None:
         value = row.get(field)
     if value is None:
-        raise _Bad("malformed", f"no {field!r} or {messages_field!r} field "
-                                f"(fields: {', '.join(map(str, row)) or 'none'})")
+        raise BadRow("malformed", f"no {field!r} or {messages_field!r} field "
+                                  f"(fields: {', '.join(map(str, row)) or 'none'})")
     if isinstance(value, str):
         if not value.strip():
-            raise _Bad("empty", f"{field!r} is empty")
+            raise BadRow("empty", f"{field!r} is empty")
         return [{"role": "user", "content": value.strip()}]
     if isinstance(value, dict):  # a single message
         value = [value]
     if not isinstance(value, list) or not value:
-        raise _Bad("malformed" if value else "empty",
-                   f"expected text or a list of messages, got {type(value).__name__}")
-    turns = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise _Bad("malformed", f"message {i}: expected {{'role', 'content'}}")
-        role, content = m["role"], m["content"]
-        if role not in ROLES:
-            raise _Bad("malformed", f"message {i}: unknown role {role!r}")
-        if not isinstance(content, str):
-            raise _Bad("malformed", f"message {i}: content is {type(content).__name__}, not text")
-        if not content.strip():
-            raise _Bad("empty", f"message {i} ({role}) is empty")
-        if role == "system" and i > 0:
-            raise _Bad("malformed", f"message {i}: a system turn may only come first")
-        turns.append({"role": role, "content": content.strip()})
-    if turns[-1]["role"] != "user":
-        raise _Bad("malformed", f"the last turn is {turns[-1]['role']!r}; a prompt must end "
-                                "with a user turn")
-    return turns
+        raise BadRow("malformed" if value else "empty",
+                     f"expected text or a list of messages, got {type(value).__name__}")
+    return check_conversation(value, ends_with="user", allow_empty=False, strip=True)
 
 
 def count_prompt_tokens(messages: list[dict[str, str]], tokenizer: Any) -> int:
@@ -130,22 +95,21 @@ def load_prompts(
         return items, rejects
     for row in iter_rows(path, text_field=field):
         if row.error:
-            rejects.append(Reject(location=row.location, reason="malformed", detail=row.error,
-                                  data=row.raw))
+            rejects.append(Reject(location=row.location, code="malformed", reason=row.error,
+                                  raw=row.raw))
             continue
         data = row.data or {}
         try:
             messages = _conversation(data, field, messages_field)
             key = prompt_key(messages)
             if key in first_seen:
-                raise _Bad("duplicate", f"same prompt as {first_seen[key]}")
+                raise BadRow("duplicate", f"same prompt as {first_seen[key]}")
             if max_prompt_tokens is not None:
                 n = count_prompt_tokens(messages, tokenizer)
                 if n > max_prompt_tokens:
-                    raise _Bad("over-length", f"{n} tokens > max_prompt_tokens {max_prompt_tokens}")
-        except _Bad as e:
-            rejects.append(Reject(location=row.location, reason=e.reason, detail=e.detail,
-                                  data=data))
+                    raise BadRow("over-length", f"{n} tokens > max_prompt_tokens {max_prompt_tokens}")
+        except BadRow as e:
+            rejects.append(Reject(location=row.location, code=e.code, reason=e.reason, row=data))
             continue
         first_seen[key] = row.location
         sid = data.get(id_field)
@@ -158,8 +122,4 @@ def load_prompts(
     return items, rejects
 
 
-def write_rejects(rejects: list[Reject], path: str | os.PathLike) -> None:
-    """One JSON object per line (location, reason, detail, data), written atomically."""
-    with atomic_open(path) as f:
-        for r in rejects:
-            f.write(json.dumps(r.model_dump(mode="json"), ensure_ascii=False, default=str) + "\n")
+__all__ = ["CODES", "PromptItem", "Reject", "count_prompt_tokens", "load_prompts", "write_rejects"]

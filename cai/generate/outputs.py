@@ -27,12 +27,13 @@ from cai.data.store import write_preferences
 from cai.generate.pipeline import Chain
 from cai.io import write_parquet_atomic
 from cai.records import PreferenceRecord
+from cai.schema import arrow_messages
 
 SFT = "sft"
 PREFERENCES = "preferences"
 SFT_SHARD_SIZE = 1000
 
-_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_MESSAGES = arrow_messages()
 SFT_SCHEMA = pa.schema([
     ("id", pa.string()),
     ("messages", _MESSAGES),

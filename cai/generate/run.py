@@ -18,11 +18,11 @@ from cai.backends import Backend, load_backend
 from cai.constitution import load_constitution
 from cai.generate.checkpoint import RunStore
 from cai.generate.config import GenerateConfig, fingerprint, fingerprint_fields, input_fields
-from cai.generate.inputs import PromptItem, load_prompts, write_rejects
+from cai.generate.inputs import PromptItem, load_prompts
 from cai.generate.outputs import revision_row, write_outputs
 from cai.generate.pipeline import Chain, Context, run_chains
 from cai.generate.progress import Progress, format_summary
-from cai.records import stable_id
+from cai.schema import stable_id, write_rejects
 
 REJECTS = "rejects.jsonl"
 
@@ -123,7 +123,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
             "new_records": pending,
             "already_done": planned - pending,
             "rejects": len(rejects),
-            "reject_reasons": dict(sorted(Counter(r.reason for r in rejects).items())),
+            "reject_reasons": dict(sorted(Counter(r.code for r in rejects).items())),
             **stats,
             "wall_s": round(time.perf_counter() - t_start, 3),
             "sft": datasets["sft"]["count"],

@@ -1,6 +1,11 @@
 """AI feedback (RL-CAI / RLAIF): label response pairs with soft preferences from a feedback
 model answering the constitution's multiple-choice comparison question.
 
+    from cai.label import LabelRunConfig, run_label
+    summary = run_label(LabelRunConfig(pairs="pairs.jsonl", out="labels", principles=4))
+
+or, piece by piece (`run_label` is these steps plus rejects, the context check and a report):
+
     from cai.label import LabelConfig, label_pairs, read_pairs, to_record, run_info
     pairs, rejects = read_pairs("pairs.jsonl")
     labels = label_pairs(backend, constitution, pairs, LabelConfig(principles=4, seed=0))
@@ -8,7 +13,7 @@ model answering the constitution's multiple-choice comparison question.
 
 Modules: feedback (the probability math), inputs (what can be labeled), labeler (prompts
 and the batched scoring call), cot (chain-of-thought mode), report (label quality),
-sample (candidate pairs for labeling).
+sample (candidate pairs for labeling), run (`run_label`: a whole labeling run).
 """
 
 from cai.label.feedback import clamp, consistent, ensemble, entropy_bits, option_prob, pair_prob
@@ -16,10 +21,11 @@ from cai.label.inputs import Candidates, Pair, human_preferences, pair_key, read
 from cai.label.labeler import (Label, LabelConfig, Verdict, fitting_pairs, label_pairs, run_info,
                                to_record, verdict)
 from cai.label.report import LabelReport, build_report, format_report
+from cai.label.run import LabelRunConfig, load_label_config, run_label
 
 __all__ = [
-    "Candidates", "Label", "LabelConfig", "LabelReport", "Pair", "Verdict", "build_report",
+    "Candidates", "Label", "LabelConfig", "LabelReport", "LabelRunConfig", "Pair", "Verdict", "build_report",
     "clamp", "consistent", "ensemble", "entropy_bits", "fitting_pairs", "format_report",
     "human_preferences", "label_pairs", "option_prob", "pair_key", "pair_prob", "read_pairs",
-    "run_info", "to_record", "verdict",
+    "load_label_config", "run_info", "run_label", "to_record", "verdict",
 ]

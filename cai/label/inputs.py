@@ -8,7 +8,7 @@
    i < j becomes (responses[i], responses[j]).
 
 A row or pair that cannot be labeled (unreadable, not a pair, identical or empty answers, a
-multi-turn completion, the same pair twice) becomes an `importers.Reject` with its reason;
+multi-turn completion, the same pair twice) becomes a `cai.schema.Reject` with its reason;
 the run goes on.
 """
 
@@ -21,9 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cai.data.importers import Reject, RowError, row_to_record
+from cai.data.importers import row_to_record
 from cai.io import iter_rows
-from cai.records import Message, PreferenceRecord, prompt_key, stable_id
+from cai.records import PreferenceRecord
+from cai.schema import BadRow, Message, Reject, prompt_key, stable_id, validation_errors
 
 
 class Candidates(BaseModel):
@@ -66,16 +67,16 @@ def pair_key(prompt: list[dict[str, str]], a: str, b: str) -> str:
 
 def _answer(turns: list[Message], side: str) -> str:
     if len(turns) != 1:
-        raise RowError("multi-turn", f"{side}: {len(turns)} turns; only a single assistant "
+        raise BadRow("multi-turn", f"{side}: {len(turns)} turns; only a single assistant "
                                      "answer can be compared")
     return turns[0].content
 
 
 def _check(a: str, b: str) -> None:
     if not a.strip() or not b.strip():
-        raise RowError("empty-answer", "an answer is empty")
+        raise BadRow("empty-answer", "an answer is empty")
     if normalize(a) == normalize(b):
-        raise RowError("identical", "the two answers are identical")
+        raise BadRow("identical", "the two answers are identical")
 
 
 def _from_record(rec: PreferenceRecord, location: str) -> Pair:
@@ -95,7 +96,7 @@ def _from_candidates(c: Candidates, location: str) -> list[Pair | Reject]:
         a, b = c.responses[i], c.responses[j]
         try:
             _check(a, b)
-        except RowError as e:
+        except BadRow as e:
             out.append(Reject(location=f"{location}[{i},{j}]", code=e.code, reason=e.reason))
             continue
         meta = {k: v for k, v in (c.model_extra or {}).items()}
@@ -111,7 +112,7 @@ def _row_items(data: dict[str, Any], location: str) -> list[Pair | Reject]:
     try:
         rec = PreferenceRecord.from_row(data)
     except (ValidationError, json.JSONDecodeError, TypeError):
-        rec, _ = row_to_record(data, "auto", location)  # human formats; raises RowError
+        rec, _ = row_to_record(data, "auto", location)  # human formats; raises BadRow
     return [_from_record(rec, location)]
 
 
@@ -127,14 +128,12 @@ def read_pairs(path: str | os.PathLike) -> tuple[list[Pair], list[Reject]]:
         data = row.data or {}
         try:
             items = _row_items(data, row.location)
-        except RowError as e:
+        except BadRow as e:
             rejects.append(Reject(location=row.location, code=e.code, reason=e.reason, row=_safe(data)))
             continue
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(x) for x in err["loc"])
             rejects.append(Reject(location=row.location, code="invalid-candidates",
-                                  reason=f"{where}: {err['msg']}", row=_safe(data)))
+                                  reason=validation_errors(e)[0], row=_safe(data)))
             continue
         for item in items:
             if isinstance(item, Reject):

@@ -25,7 +25,8 @@ from cai.label import cot
 from cai.label.feedback import COT_CLAMP, clamp, consistent, ensemble, option_prob, pair_prob
 from cai.label.inputs import Pair
 from cai.prompting import ANSWER_PREFIX, COMPARISON_OPTIONS, comparison_messages
-from cai.records import PreferenceRecord, stable_id
+from cai.records import PreferenceRecord
+from cai.schema import stable_id
 
 ORDERS = ("ab", "ba")  # "ab": first shown as (A); "ba": second shown as (A)
 

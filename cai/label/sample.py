@@ -8,29 +8,72 @@ a truncated or empty sample can be traced (the labeler rejects empty or identica
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.backends import Backend, SamplingConfig
-from cai.constitution import Constitution
+from cai.backends import Backend, SamplingConfig, load_backend
+from cai.config import load_section
+from cai.constitution import Constitution, load_constitution
+from cai.io import DataError, atomic_write_jsonl
 from cai.label.inputs import Candidates
 from cai.prompting import response_messages
-from cai.records import stable_id
+from cai.schema import stable_id, write_rejects
 
 
 class SampleConfig(BaseModel):
+    """How candidates are sampled. These fields (and only these) go into each row's
+    `sampling` and its id."""
+
     model_config = ConfigDict(extra="forbid")
 
     n: int = Field(2, ge=2, description="responses per prompt")
-    temperature: float = Field(1.0, ge=0.0, description="> 0, or the samples are identical")
+    # Greedy decoding would make the n samples identical, and identical pairs are not labeled.
+    temperature: float = Field(1.0, gt=0.0, description="> 0, or the samples are identical")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(256, ge=1)
     seed: int = 0
 
+    def settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in SampleConfig.model_fields}
+
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
                               max_tokens=self.max_tokens, seed=self.seed)
+
+
+class SampleRunConfig(SampleConfig):
+    """A sampling run: prompts in, a candidates JSONL out, with which policy."""
+
+    prompts: str = Field(description="prompts: .jsonl/.json/.csv/.parquet/.txt or a `datasets` "
+                                     "directory")
+    out: str = Field(description="candidates JSONL (input to `cai label --pairs`)")
+    model: str | None = Field(None, description="policy: registry name, directory or hub id")
+    backend: str | None = Field(None, description="vllm | transformers | openai")
+    backend_options: dict[str, Any] = Field(default_factory=dict,
+                                            description="passed to load_backend")
+    constitution: str | None = Field(None, description="show this constitution's system prompt "
+                                                       "to the policy")
+    field: str = Field("prompt", description="text field of a prompt")
+    messages_field: str = Field("messages", description="message-list field of a prompt")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="reject longer prompts "
+                                          "(default: the model's context minus max_tokens)")
+    limit: int | None = Field(None, ge=1, description="first N usable prompts")
+    rejects: str | None = Field(None, description="rejects JSONL (default OUT stem + "
+                                                  ".rejects.jsonl)")
+
+    def rejects_path(self) -> Path:
+        out = Path(self.out)
+        return Path(self.rejects) if self.rejects else out.with_name(out.stem + ".rejects.jsonl")
+
+
+def load_sample_config(path: str | Path | None = None,
+                       overrides: dict[str, Any] | None = None) -> SampleRunConfig:
+    """The `sample:` section of a pipeline YAML, with `overrides` (flags) on top."""
+    return load_section(path, "sample", SampleRunConfig, overrides, marker_key="prompts")
 
 
 def sample_candidates(backend: Backend, prompts: list[Any], config: SampleConfig,
@@ -42,7 +85,7 @@ def sample_candidates(backend: Backend, prompts: list[Any], config: SampleConfig
     convs = [response_messages(constitution, p.messages) if constitution else p.messages
              for p in prompts]
     outs = backend.generate(convs, config.sampling())
-    settings = config.model_dump()
+    settings = config.settings()
     rows = []
     for p, gens in zip(prompts, outs):
         rows.append(Candidates(
@@ -59,3 +102,46 @@ def sample_candidates(backend: Backend, prompts: list[Any], config: SampleConfig
             metadata=p.metadata,
         ))
     return rows
+
+
+def run_sample(config: SampleRunConfig, *, backend: Backend | None = None,
+               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Sample `config.n` responses per usable prompt (one batch) into `config.out`; rejected
+    prompts go to the rejects file. Returns the summary. Raises `ConstitutionError` or
+    `DataError` (unreadable prompts, or none usable)."""
+    from cai.generate.inputs import load_prompts
+
+    log = log or (lambda m: print(m, file=sys.stderr))
+    c = load_constitution(config.constitution) if config.constitution else None
+    rejects_file = config.rejects_path()
+    owned = None
+    if backend is None:
+        backend = owned = load_backend(config.backend, config.model, **config.backend_options)
+    try:
+        max_prompt_tokens = config.max_prompt_tokens
+        ctx = backend.context_length()
+        tokenizer = getattr(backend, "tokenizer", None)
+        if max_prompt_tokens is None and ctx and tokenizer is not None:
+            # a prompt that leaves no room for max_tokens would fail the whole batch
+            max_prompt_tokens = max(1, ctx - config.max_tokens)
+        try:
+            items, rejected = load_prompts(
+                config.prompts, field=config.field, messages_field=config.messages_field,
+                limit=config.limit, max_prompt_tokens=max_prompt_tokens,
+                tokenizer=tokenizer if max_prompt_tokens else None)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        log(f"{len(items)} prompts x {config.n} samples"
+            + (f"; {len(rejected)} rejected -> {rejects_file}" if rejected else ""))
+        start = time.perf_counter()
+        rows = sample_candidates(backend, items, config, c)
+        elapsed = time.perf_counter() - start
+    finally:
+        if owned is not None:
+            owned.close()
+    atomic_write_jsonl(config.out, rows)
+    write_rejects(rejected, rejects_file)
+    cut = sum(fr == "length" for r in rows for fr in (r.model_extra or {}).get("finish_reasons", []))
+    return {"out": config.out, "rows": len(rows), "rejected": len(rejected),
+            "rejects_path": str(rejects_file), "truncated_samples": cut,
+            "sample_seconds": round(elapsed, 2), "model": backend.model}

@@ -1,0 +1,133 @@
+"""`run_label(config)`: pairs + constitution -> AI-feedback records, a rejects file and a
+label-quality report.
+
+    read pairs (and the human labels to evaluate against) -> set aside pairs too long for
+    the feedback model -> label every pair (one scoring call) -> records oriented by the
+    labeler's preference -> a store directory or JSONL, the rejects, the report
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import Field
+
+from cai.backends import Backend, load_backend
+from cai.config import ConfigError, load_section
+from cai.constitution import load_constitution
+from cai.data.store import write_preferences
+from cai.io import DataError, atomic_write_json, atomic_write_jsonl
+from cai.label.inputs import human_preferences, read_pairs
+from cai.label.labeler import LabelConfig, fitting_pairs, label_pairs, run_info, to_record
+from cai.label.report import build_report
+from cai.schema import Reject, write_rejects
+
+Log = Callable[[str], None]
+
+
+class LabelRunConfig(LabelConfig):
+    """A labeling run: what to label, where to write it, and with which feedback model. The
+    labeling settings themselves (principles, seed, few-shot, CoT) are `LabelConfig`'s."""
+
+    pairs: str = Field(description="pairs to label: a preference store / .parquet / JSONL of "
+                                   "records (e.g. ai-revision pairs), human rows "
+                                   "(prompt/chosen/rejected, HH, TRL), or `cai sample` "
+                                   "candidates (prompt + responses)")
+    out: str = Field(description="output: a store directory, or a .jsonl file")
+    constitution: str = Field("harmless", description="shipped name or file")
+    model: str | None = Field(None, description="feedback model: registry name, dir, hub id")
+    backend: str | None = Field(None, description="vllm | transformers | openai")
+    backend_options: dict[str, Any] = Field(default_factory=dict,
+                                            description="passed to load_backend, e.g. "
+                                                        "gpu_memory_utilization, base_url")
+    eval_against: str | None = Field(None, description="human-labeled pairs (same formats as "
+                                                       "pairs): report accuracy on the pairs "
+                                                       "found in both")
+    limit: int | None = Field(None, ge=1, description="label only the first N pairs")
+    rejects: str | None = Field(None, description="rejects JSONL (default beside out)")
+    report: str | None = Field(None, description="also write the summary and report as JSON")
+
+    def rejects_path(self) -> Path:
+        if self.rejects:
+            return Path(self.rejects)
+        out = Path(self.out)
+        return out.with_name(out.stem + ".rejects.jsonl") if out.suffix == ".jsonl" \
+            else out / "rejects.jsonl"
+
+
+def load_label_config(path: str | Path | None = None,
+                      overrides: dict[str, Any] | None = None) -> LabelRunConfig:
+    """The `label:` section of a pipeline YAML (or a file that is only that section), with
+    `overrides` (flags; None values ignored) on top."""
+    return load_section(path, "label", LabelRunConfig, overrides, marker_key="pairs")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
+              log: Log | None = None) -> dict[str, Any]:
+    """Label the pairs described by `config`; returns the summary (also stored in the
+    output store's manifest under `label`, and in `config.report` when set).
+
+    `backend`: an engine the caller already built (a pipeline sharing one engine); otherwise
+    one is loaded. Raises `ConfigError` (more principles asked than the constitution can
+    draw), `ConstitutionError`, or `DataError` (unreadable input, nothing to label)."""
+    log = log or _stderr
+    c = load_constitution(config.constitution)
+    usable = [p for p in c.principles if p.weight > 0]
+    if config.principles > len(usable):
+        raise ConfigError(f"principles {config.principles}: {c.name} has only {len(usable)} "
+                          "principles to draw")
+    pairs, rejected = read_pairs(config.pairs)
+    human = None
+    if config.eval_against is not None:
+        human = human_preferences(read_pairs(config.eval_against)[0])
+        if not human:
+            raise DataError(f"{config.eval_against}: no labeled pairs to evaluate against")
+    if config.limit:
+        pairs = pairs[:config.limit]
+    rejects_file = config.rejects_path()
+    log(f"{len(pairs)} pairs to label from {config.pairs}"
+        + (f"; {len(rejected)} rejected -> {rejects_file}" if rejected else ""))
+    if not pairs:
+        write_rejects(rejected, rejects_file)
+        raise DataError(f"{config.pairs}: nothing to label")
+
+    start = time.perf_counter()
+    owned = None
+    if backend is None:
+        backend = owned = load_backend(config.backend, config.model, **config.backend_options)
+    try:
+        t_loaded = time.perf_counter()
+        pairs, too_long = fitting_pairs(backend, c, pairs, config)
+        rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
+                            reason=why) for p, why in too_long]
+        if too_long:
+            log(f"{len(too_long)} pairs too long for the feedback model -> {rejects_file}")
+        labels = label_pairs(backend, c, pairs, config, log=log)
+        labeler = backend.model
+    finally:
+        if owned is not None:
+            owned.close()
+    elapsed = time.perf_counter() - t_loaded
+    run = run_info(c, config)
+    records = [to_record(lab, labeler, run) for lab in labels]
+    report = build_report(records, human)
+    summary = {"run": run, "labeler": labeler, "pairs_path": config.pairs,
+               "rejected": len(rejected), "label_seconds": round(elapsed, 2),
+               "load_seconds": round(t_loaded - start, 2), "report": report.model_dump()}
+    write_rejects(rejected, rejects_file)
+    out = Path(config.out)
+    if out.suffix == ".jsonl":
+        atomic_write_jsonl(out, [r.to_row() for r in records])
+    else:
+        write_preferences(records, out, extra={"label": summary})
+    if config.report:
+        atomic_write_json(config.report, summary)
+    return {**summary, "out": str(out), "records": len(records), "too_long": len(too_long),
+            "rejects_path": str(rejects_file)}
