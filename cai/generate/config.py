@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cai.backends import SamplingConfig, default_backend
 from cai.config import ConfigError, load_section
@@ -27,11 +27,10 @@ from cai.schema import stable_id
 
 MAX_ROUNDS = 4
 # Bump when the pipeline's prompting or record layout changes what a run produces.
-# 4: principles routed from the prompt (--route auto), the no-change verdict and the
-# unresponsive-revision check are on by default.
-PIPELINE_VERSION = 4
+# Options added later enter the fingerprint only when they change what a run does (see
+# routing_and_check_fields), so runs with the earlier behaviour keep their record ids.
+PIPELINE_VERSION = 3
 STAGES = ("response", "critique", "revision")
-ROUTES = ("auto", "tags", "random")
 
 
 class StageSampling(BaseModel):
@@ -110,6 +109,12 @@ class GenerateConfig(BaseModel):
                                                    "backend call per chunk; one shard per chunk")
     progress: bool = True
 
+    @field_validator("unchanged_threshold", "min_relevance", mode="before")
+    @classmethod
+    def _off(cls, v: object) -> object:
+        # "off" from a flag or YAML turns the step off (None is "not given" for overrides)
+        return None if isinstance(v, str) and v.strip().lower() in ("off", "none", "null") else v
+
     @model_validator(mode="after")
     def _samples_need_sampling(self) -> "GenerateConfig":
         if self.samples > 1 and self.sampling("response").temperature == 0.0:
@@ -162,14 +167,16 @@ def fingerprint_fields(config: GenerateConfig, constitution: Constitution, *,
         # only when set, so runs without it keep their record ids
         **({"principle_tags_field": config.principle_tags_field}
            if config.principle_tags_field else {}),
-        **version4_fields(config),
+        **routing_and_check_fields(config),
     }
 
 
-def version4_fields(config: GenerateConfig) -> dict[str, Any]:
-    """The options added in pipeline version 4, each only when it changes what a run does
-    relative to version 3 (where the route was "tags" when principle_tags_field was set,
-    else "random", and every answer was revised without a relevance check)."""
+def routing_and_check_fields(config: GenerateConfig) -> dict[str, Any]:
+    """The routing, no-change and relevance options, each only when it changes what a run
+    does relative to the pipeline before them (route "tags" when principle_tags_field is
+    set, else "random"; every answer revised; no relevance check). The defaults change it,
+    so a default run's ids differ from before, while a run with the earlier settings
+    (--route random, no verdict, no check) keeps its ids and can resume an old directory."""
     out: dict[str, Any] = {}
     route = effective_route(config)
     if route != ("tags" if config.principle_tags_field else "random"):
