@@ -203,6 +203,8 @@ def route(ctx: Context, chains: list[Chain]) -> None:
 
 
 def principle_for(ctx: Context, chain: Chain, round_index: int) -> Principle:
+    if chain.route not in ("", "random", "tags", routing.BENIGN):
+        return ctx.constitution.principle(chain.route)  # routed to this one principle
     return sample_principle(ctx.constitution, ctx.config.seed, f"{chain.id}/round{round_index}",
                             tags=chain.route_tags)
 

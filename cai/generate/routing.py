@@ -36,8 +36,8 @@ _EMPTY_PROMPT = "Hello."
 
 @dataclass(frozen=True)
 class Route:
-    """Where one prompt was routed: a principle id (or BENIGN), the tags its draws use, and
-    the winning score (the best candidate's gain, also for a benign prompt)."""
+    """Where one prompt was routed: a principle id (every round uses it) or BENIGN, the tags
+    a benign prompt's draws use, and the best candidate's gain (also for a benign prompt)."""
 
     label: str
     tags: tuple[str, ...]
@@ -57,14 +57,6 @@ def tag_words(principle: Principle) -> str:
 def candidates(c: Constitution) -> list[Principle]:
     """Principles a prompt can be routed to: drawable, tagged, and not for benign prompts."""
     return [p for p in c.principles if p.weight > 0 and p.tags and BENIGN_TAG not in p.tags]
-
-
-def own_tags(c: Constitution, principle: Principle) -> tuple[str, ...]:
-    """The principle's tags that no other candidate shares, so a draw on them gives this
-    principle (medical and legal advice share "advice"); all its tags when none is its own."""
-    others = {t for p in candidates(c) if p.id != principle.id for t in p.tags}
-    own = tuple(t for t in principle.tags if t not in others)
-    return own or tuple(principle.tags)
 
 
 def routing_text(backend: Backend, prompt_text: str) -> str:
@@ -103,7 +95,7 @@ def decide(c: Constitution, scores: dict[str, float], threshold: float) -> Route
     best = max(scores, key=lambda pid: (scores[pid], pid))
     if scores[best] < threshold:
         return Route(BENIGN, benign, scores[best])
-    return Route(best, own_tags(c, c.principle(best)), scores[best])
+    return Route(best, (), scores[best])
 
 
 def route_prompts(backend: Backend, c: Constitution, texts: list[str],
