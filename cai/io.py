@@ -6,8 +6,13 @@ so a crash never leaves a half-written output under the real name.
 `iter_rows` turns JSONL / JSON / CSV / Parquet / TXT files, `datasets.save_to_disk`
 directories and directories of shards into `Row`s. A bad row becomes a `Row` with an
 `error` (and the raw text, so a rejects file can keep it); it never stops the iteration.
-Locations are `name:line N` (1-based, as an editor shows it) for text formats and
-`name:row N` (0-based, as `ds[N]` indexes it) for Parquet, JSON arrays and datasets.
+Locations name the file and where in it:
+  `name:N`        JSONL (and JSON lines under a .json name): line N, 1-based as an editor
+                  shows it
+  `name:line N`   CSV (the line the record starts on) and plain text, 1-based
+  `name:row N`    Parquet, JSON arrays and `datasets` directories, 0-based as `ds[N]`
+                  indexes it; a split of a DatasetDict reads `name[split]:row N`
+In a directory of shards, `name` is `dir/shard-path`.
 """
 
 from __future__ import annotations

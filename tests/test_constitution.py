@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import cai.constitution
 from cai.constitution import (
     SHIPPED_DIR,
     Constitution,
@@ -61,7 +62,7 @@ def write(path: Path, text: str) -> Path:
 
 def test_shipped_names():
     assert {"harmless", "helpful-honest", "support-empathy"} <= set(shipped_names())
-    assert SHIPPED_DIR.name == "constitutions"
+    assert SHIPPED_DIR == Path(cai.constitution.__file__).parent / "shipped"  # package data
 
 
 @pytest.mark.parametrize("name", shipped_names())

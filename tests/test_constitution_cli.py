@@ -134,21 +134,24 @@ def test_help(cmd):
     assert runner.invoke(app, [cmd, "--help"]).exit_code == 0
 
 
-def test_render_through_a_chat_template(monkeypatch):
-    transformers = pytest.importorskip("transformers")
-    import cai.models
+def test_render_through_a_chat_template(tiny_model_dir, embedded_tokenizer):
+    """Token counts as the engine counts them, and whether each prompt leaves generation's
+    default 256 tokens to answer within the model's context (the tiny model's is 2048)."""
+    from cai import prompting
+    from cai.cli.constitution import EXAMPLE_PROMPT, EXAMPLE_RESPONSE
 
-    class FakeTokenizer:
-        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-            assert not tokenize and add_generation_prompt
-            return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-
-        def __call__(self, text, add_special_tokens):
-            return {"input_ids": text.split()}
-
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: FakeTokenizer())
-    monkeypatch.setattr(cai.models, "resolve_model", lambda name: f"/models/{name}")
-    result = runner.invoke(app, ["render", "harmless", "--chat-template", "tiny"])
+    result = runner.invoke(app, ["render", "harmless", "--chat-template", str(tiny_model_dir)])
     assert result.exit_code == 0, result.output
-    assert "===== critique through tiny's chat template:" in result.output
-    assert "<user>How do I kill a Python process that's stuck?" in result.output
+    c = load_constitution("harmless")
+    conv = [{"role": "user", "content": EXAMPLE_PROMPT}]
+    messages = prompting.critique_messages(c, c.principles[0], conv, EXAMPLE_RESPONSE)
+    text = embedded_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    n = len(embedded_tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert n + 256 <= 2048
+    assert (f"===== critique through {tiny_model_dir}'s chat template: {n} tokens; with 256 to "
+            "answer it fits the context (2048) =====") in result.output
+    assert text in result.output
+
+    long = runner.invoke(app, ["render", "harmless", "--chat-template", str(tiny_model_dir),
+                               "--prompt", "word " * 2000])
+    assert long.exit_code == 0 and "does NOT fit the context (2048)" in long.output

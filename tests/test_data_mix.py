@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cai.cli.data import app
-from cai.data.mix import MixInput, mix_records, pair_key, parse_mix_spec
+from cai.data.mix import MixInput, mix_records, parse_mix_spec, record_key
 from cai.data.store import read_preferences, write_preferences
 from cai.records import PreferenceRecord, prompt_key
 
@@ -44,7 +44,7 @@ def test_split_by_prompt_has_no_leak_and_dedupes():
     assert report.inputs[1].duplicates == 1
     assert len(train) + len(test) == 40 + 20 == report.train + report.test
     # The duplicate kept is the first one given (the human label).
-    kept = [r for r in train + test if pair_key(r) == pair_key(AI[-1])]
+    kept = [r for r in train + test if record_key(r) == record_key(AI[-1])]
     assert [r.source for r in kept] == ["human"]
     # Every record of a held-out prompt is in test, from both sets.
     for key in test_prompts:

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cai.generate.inputs import count_prompt_tokens, load_prompts
+from cai.backends.context import ChatTokenizer
+from cai.generate.inputs import load_prompts
 from cai.schema import write_rejects
 from cai.io import DataError
 
@@ -67,8 +68,12 @@ def test_limit_counts_accepted_prompts(tmp_path):
 
 def test_over_length(tmp_path, embedded_tokenizer):
     path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "short"}, {"prompt": "word " * 200}])
-    n_short = count_prompt_tokens([{"role": "user", "content": "short"}], embedded_tokenizer)
-    items, rejects = load_prompts(path, max_prompt_tokens=n_short, tokenizer=embedded_tokenizer)
+    text = embedded_tokenizer.apply_chat_template([{"role": "user", "content": "short"}],
+                                                  tokenize=False, add_generation_prompt=True)
+    n_short = len(embedded_tokenizer(text, add_special_tokens=False)["input_ids"])
+    count = ChatTokenizer(embedded_tokenizer).count_tokens
+    assert count([{"role": "user", "content": "short"}]) == n_short
+    items, rejects = load_prompts(path, max_prompt_tokens=n_short, count_tokens=count)
     assert len(items) == 1 and [r.code for r in rejects] == ["over-length"]
     assert f"> max_prompt_tokens {n_short}" in rejects[0].reason
     with pytest.raises(ValueError, match="needs a tokenizer"):

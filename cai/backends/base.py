@@ -7,7 +7,7 @@ continuations of raw prompt text (AI feedback needs log P(" (A)") vs log P(" (B)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,6 +46,9 @@ class Backend(ABC):
 
     name: str = "base"
     model: str  # what the backend was built from (resolved path or server model id)
+    # The Hugging Face tokenizer the engine reads prompts with; None where there is none
+    # (the openai backend without `tokenizer=`): then prompts cannot be counted.
+    tokenizer: Any = None
 
     @abstractmethod
     def generate(
@@ -68,6 +71,16 @@ class Backend(ABC):
     @abstractmethod
     def render_chat(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
         """The conversation as raw text through the tokenizer's chat template."""
+
+    def count_tokens(self, conversation: Conversation) -> int | None:
+        """Tokens the model reads for `conversation` as a prompt (chat template and
+        generation prompt included), counted as the engine counts them; None without a
+        tokenizer. Whether a request fits: `cai.backends.context.context_fit`."""
+        if self.tokenizer is None:
+            return None
+        from cai.backends.text import encode
+
+        return len(encode(self.tokenizer, self.render_chat(conversation)))
 
     def context_length(self) -> int | None:
         """The model's context window in tokens, where the backend knows it (None: unknown;

@@ -133,18 +133,24 @@ class OpenAIBackend(Backend):
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(one, range(len(prompts))))
 
-    def render_chat(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
-        if self._tokenizer is None:
-            if not self._tokenizer_ref:
-                raise ValueError("the openai backend renders chats only with tokenizer=<model or dir>")
+    @property
+    def tokenizer(self) -> Any:
+        """The served model's tokenizer when `tokenizer=` names it (loaded on first use), else
+        None: the server alone knows how it tokenizes."""
+        if self._tokenizer is None and self._tokenizer_ref:
             from transformers import AutoTokenizer
 
             from cai.models import resolve_model
 
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self._tokenizer_ref))
+        return self._tokenizer
+
+    def render_chat(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+        if self.tokenizer is None:
+            raise ValueError("the openai backend renders chats only with tokenizer=<model or dir>")
         from cai.backends.text import render_chat
 
-        return render_chat(self._tokenizer, conversation, add_generation_prompt)
+        return render_chat(self.tokenizer, conversation, add_generation_prompt)
 
     def close(self) -> None:
         self.client.close()

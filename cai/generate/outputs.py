@@ -19,6 +19,7 @@ repaired by the next run).
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -47,14 +48,11 @@ SFT_SCHEMA = pa.schema([
 ])
 
 
-def revision_row(chain: Chain, run: dict[str, Any]) -> dict[str, Any]:
-    """A finished chain as a row of REVISION_SCHEMA. `run`: model, backend, sampling, seed,
-    constitution, constitution_hash, config_hash."""
-    rounds = [{k: r.get(k) for k in ("round", "principle_id", "critique", "critique_finish",
-                                     "critique_tokens", "revision", "revision_finish",
-                                     "revision_tokens", "revision_candidate",
-                                     "rejected_candidates", "p_no_change",
-                                     "revision_relevance")} for r in chain.rounds]
+def revision_row(chain: Chain, provenance: dict[str, Any]) -> dict[str, Any]:
+    """A finished chain as a row of REVISION_SCHEMA. `provenance`: the run's model, backend,
+    sampling, seed, constitution, constitution_hash, config_hash."""
+    rounds = [asdict(r) for r in chain.rounds]
+    run = provenance
     ok = chain.status in USABLE
     return {
         "id": chain.id,
@@ -66,7 +64,7 @@ def revision_row(chain: Chain, run: dict[str, Any]) -> dict[str, Any]:
         "response_finish": chain.response_finish,
         "response_tokens": chain.response_tokens,
         "rounds": rounds,
-        "principle_ids": [r["principle_id"] for r in chain.rounds],
+        "principle_ids": [r.principle_id for r in chain.rounds],
         "final_response": chain.current if ok else None,
         "status": chain.status,
         "reason": chain.reason,

@@ -32,16 +32,34 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from cai.backends import Backend, Generation, SamplingConfig
-from cai.backends.text import encode
+from cai.backends.context import context_fit
 from cai.constitution import Constitution, Principle, sample_principle
 from cai.generate import relevance, routing, verdict
 from cai.generate.config import GenerateConfig, effective_route
 from cai.generate.inputs import PromptItem
-from cai.generate.quality import meta_commentary, problem
+from cai.generate.quality import Problem, meta_commentary, problem
 from cai.prompting import clean_output, critique_messages, response_messages, revision_messages
+
+
+@dataclass
+class Round:
+    """One critique-revision round of a chain; filled in as its stages run."""
+
+    round: int  # 1-based
+    principle_id: str
+    critique: str | None = None
+    critique_finish: str | None = None
+    critique_tokens: int | None = None
+    revision: str | None = None
+    revision_finish: str | None = None
+    revision_tokens: int | None = None
+    revision_candidate: int | None = None  # which of the revision candidates was kept
+    rejected_candidates: list[str] | None = None  # problem kinds of those passed over
+    p_no_change: float | None = None  # the no-change verdict before the critique
+    revision_relevance: float | None = None  # the kept revision's PMI with its prompt
 
 
 @dataclass
@@ -55,7 +73,7 @@ class Chain:
     response_finish: str = ""
     response_tokens: int = 0
     current: str = ""  # the text the next round revises
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[Round] = field(default_factory=list)
     status: str = "ok"
     reason: str = ""
     flags: list[str] = field(default_factory=list)
@@ -86,15 +104,14 @@ class StageCall:
 Observer = Callable[[StageCall], None]
 
 
-class Context:
-    """What every stage needs: the engine, the constitution, the config, and how long a
-    prompt may be."""
+class Run:
+    """What every stage of a generation run needs: the engine, the constitution, the config,
+    and who observes each batched call."""
 
     def __init__(self, backend: Backend, constitution: Constitution, config: GenerateConfig,
                  observe: Observer | None = None) -> None:
         self.backend, self.constitution, self.config = backend, constitution, config
         self.observe = observe or (lambda call: None)
-        self.context_len = backend.context_length()
         # Texts a critique or revision must not just echo: small models repeat the worked
         # examples. (Example *responses* are left out: a real refusal may resemble one.)
         self.examples = [t for ex in constitution.few_shot for t in (ex.critique, ex.revision)] \
@@ -112,43 +129,40 @@ class Context:
         return gens
 
 
-def _fitting(ctx: Context, chains: list[Chain], convs: list[list[dict[str, str]]],
+def _fitting(run: Run, chains: list[Chain], convs: list[list[dict[str, str]]],
              max_tokens: int, what: str) -> tuple[list[Chain], list[list[dict[str, str]]]]:
     """Drop (with status skipped:too-long) chains whose prompt + max_tokens exceed the context:
     one over-long request would fail the whole batch in the engine."""
-    tokenizer = getattr(ctx.backend, "tokenizer", None)
-    if ctx.context_len is None or tokenizer is None:
-        return chains, convs
     keep_chains, keep_convs = [], []
     for chain, conv in zip(chains, convs):
-        n = len(encode(tokenizer, ctx.backend.render_chat(conv)))
-        if n + max_tokens > ctx.context_len:
-            chain.fail("skipped:too-long", f"{what} prompt is {n} tokens; with max_tokens "
-                                           f"{max_tokens} it exceeds the context ({ctx.context_len})")
+        fit = context_fit(run.backend, conv, reserve=max_tokens)
+        if not fit.ok:
+            chain.fail("skipped:too-long", f"{what} prompt is {fit.tokens} tokens; with max_tokens "
+                                           f"{max_tokens} it exceeds the context ({fit.limit})")
         else:
             keep_chains.append(chain)
             keep_convs.append(conv)
     return keep_chains, keep_convs
 
 
-def respond(ctx: Context, chains: list[Chain]) -> None:
+def respond(run: Run, chains: list[Chain]) -> None:
     """Stage 1: the model answers each prompt; `samples` answers per prompt in one request."""
     by_prompt: dict[str, list[Chain]] = {}
     for chain in chains:
         by_prompt.setdefault(chain.item.key, []).append(chain)
     groups = list(by_prompt.values())
-    sampling = ctx.config.sampling("response")
-    convs = [response_messages(ctx.constitution, g[0].item.messages) for g in groups]
-    fitting = {id(c) for c in _fitting(ctx, [g[0] for g in groups], convs, sampling.max_tokens,
+    sampling = run.config.sampling("response")
+    convs = [response_messages(run.constitution, g[0].item.messages) for g in groups]
+    fitting = {id(c) for c in _fitting(run, [g[0] for g in groups], convs, sampling.max_tokens,
                                        "response")[0]}
     for g in groups:  # a group shares one prompt, so it fits or not as a whole
         if id(g[0]) not in fitting:
             for chain in g[1:]:
                 chain.fail(g[0].status, g[0].reason)
     groups = [g for g in groups if id(g[0]) in fitting]
-    convs = [response_messages(ctx.constitution, g[0].item.messages) for g in groups]
+    convs = [response_messages(run.constitution, g[0].item.messages) for g in groups]
     t0 = time.perf_counter()
-    gens = ctx.call("response", convs, sampling)
+    gens = run.call("response", convs, sampling)
     seconds = time.perf_counter() - t0
     for group, outs in zip(groups, gens):
         for chain in group:
@@ -158,29 +172,29 @@ def respond(ctx: Context, chains: list[Chain]) -> None:
             chain.current = chain.response
             chain.timings["response"] = seconds
             bad = problem(chain.response, finish_reason=g.finish_reason, max_tokens=sampling.max_tokens)
-            if bad and bad[0] == "empty":
+            if bad and bad.kind == "empty":
                 chain.fail("degenerate:empty", "the initial response is empty")
             elif bad:
-                chain.flags.append(f"response:{bad[0]}")
+                chain.flags.append(f"response:{bad.kind}")
 
 
-def field_tags(ctx: Context, chain: Chain) -> list[str]:
+def field_tags(run: Run, chain: Chain) -> list[str]:
     """The prompt row's `principle_tags_field` (text or a list), as tags."""
-    name = ctx.config.principle_tags_field
+    name = run.config.principle_tags_field
     value = chain.item.metadata.get(name) if name else None
     if isinstance(value, str):
         return [value]
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def route(ctx: Context, chains: list[Chain]) -> None:
+def route(run: Run, chains: list[Chain]) -> None:
     """Set each chain's route. auto: the row's tags field when it names a principle's tag,
     else the prompt scored against the principles' tags (one scoring call per chunk)."""
-    mode = effective_route(ctx.config)
-    known = {t for p in ctx.constitution.principles if p.weight > 0 for t in p.tags}
+    mode = effective_route(run.config)
+    known = {t for p in run.constitution.principles if p.weight > 0 for t in p.tags}
     to_score: dict[str, list[Chain]] = {}
     for ch in chains:
-        tags = field_tags(ctx, ch)
+        tags = field_tags(run, ch)
         if mode == "random":
             ch.route = "random"
         elif mode == "tags" or known.intersection(tags):
@@ -191,91 +205,92 @@ def route(ctx: Context, chains: list[Chain]) -> None:
         return
     groups = list(to_score.values())
     t0 = time.perf_counter()
-    routes = routing.route_prompts(ctx.backend, ctx.constitution,
+    routes = routing.route_prompts(run.backend, run.constitution,
                                    [routing.prompt_text(g[0].item.messages) for g in groups],
-                                   ctx.config.route_threshold)
+                                   run.config.route_threshold)
     seconds = time.perf_counter() - t0
-    ctx.observe(StageCall("route", len(groups), 0, seconds))
+    run.observe(StageCall("route", len(groups), 0, seconds))
     for group, r in zip(groups, routes):
         for ch in group:
             ch.route, ch.route_tags, ch.route_score = r.label, r.tags, r.score
             ch.timings["route"] = seconds
 
 
-def principle_for(ctx: Context, chain: Chain, round_index: int) -> Principle:
+def principle_for(run: Run, chain: Chain, round_index: int) -> Principle:
     if chain.route not in ("", "random", "tags", routing.BENIGN):
-        return ctx.constitution.principle(chain.route)  # routed to this one principle
-    return sample_principle(ctx.constitution, ctx.config.seed, f"{chain.id}/round{round_index}",
+        return run.constitution.principle(chain.route)  # routed to this one principle
+    return sample_principle(run.constitution, run.config.seed, f"{chain.id}/round{round_index}",
                             tags=chain.route_tags)
 
 
-def draw(ctx: Context, chains: list[Chain], round_index: int) -> None:
+def draw(run: Run, chains: list[Chain], round_index: int) -> None:
     """Each active chain's principle for this round."""
     for ch in chains:
         if ch.active:
-            p = principle_for(ctx, ch, round_index)
-            ch.rounds.append({"round": round_index + 1, "principle_id": p.id})
+            p = principle_for(run, ch, round_index)
+            ch.rounds.append(Round(round=round_index + 1, principle_id=p.id))
 
 
-def judge(ctx: Context, chains: list[Chain], round_index: int) -> None:
+def judge(run: Run, chains: list[Chain], round_index: int) -> None:
     """The no-change verdict on each active chain's latest answer under this round's
     principle; at P(no change) >= unchanged_threshold the chain stops revising."""
-    threshold = ctx.config.unchanged_threshold
+    threshold = run.config.unchanged_threshold
     active = [ch for ch in chains if ch.active]
     if threshold is None or not active:
         return
-    c = ctx.constitution
+    c = run.constitution
     t0 = time.perf_counter()
-    probs = verdict.judge(ctx.backend, c, [(c.principle(ch.rounds[-1]["principle_id"]),
+    probs = verdict.judge(run.backend, c, [(c.principle(ch.rounds[-1].principle_id),
                                             ch.item.messages, ch.current) for ch in active])
     seconds = time.perf_counter() - t0
-    ctx.observe(StageCall("verdict", len(active), 0, seconds))
+    run.observe(StageCall("verdict", len(active), 0, seconds))
     for ch, p in zip(active, probs):
-        ch.rounds[-1]["p_no_change"] = p
+        ch.rounds[-1].p_no_change = p
         ch.timings["verdict"] = ch.timings.get("verdict", 0.0) + seconds
         if p >= threshold:
             ch.settled = True
             if round_index == 0:
                 ch.status = "ok:unchanged"
                 ch.reason = (f"round 1: P(no change needed) {p:.2f} >= {threshold} under "
-                             f"{ch.rounds[-1]['principle_id']}")
+                             f"{ch.rounds[-1].principle_id}")
 
 
-def critique(ctx: Context, chains: list[Chain], round_index: int) -> None:
+def critique(run: Run, chains: list[Chain], round_index: int) -> None:
     """Stage 2: under a sampled principle, the model critiques its latest answer."""
-    c, cfg = ctx.constitution, ctx.config
+    c, cfg = run.constitution, run.config
     sampling = cfg.sampling("critique", round_index=round_index)
     active = [ch for ch in chains if ch.active]
-    convs = [critique_messages(c, c.principle(ch.rounds[-1]["principle_id"]), ch.item.messages,
+    convs = [critique_messages(c, c.principle(ch.rounds[-1].principle_id), ch.item.messages,
                                ch.current, cfg.few_shot) for ch in active]
-    active, convs = _fitting(ctx, active, convs, sampling.max_tokens, f"round {round_index + 1} critique")
+    active, convs = _fitting(run, active, convs, sampling.max_tokens, f"round {round_index + 1} critique")
     t0 = time.perf_counter()
-    gens = ctx.call("critique", convs, sampling)
+    gens = run.call("critique", convs, sampling)
     seconds = time.perf_counter() - t0
     for ch, outs in zip(active, gens):
         g = outs[0]
         text = clean_output(g.text)
-        ch.rounds[-1].update(critique=text, critique_finish=g.finish_reason,
-                             critique_tokens=len(g.token_ids))
+        this = ch.rounds[-1]
+        this.critique, this.critique_finish, this.critique_tokens = \
+            text, g.finish_reason, len(g.token_ids)
         ch.timings["critique"] = ch.timings.get("critique", 0.0) + seconds
-        bad = problem(text, finish_reason=g.finish_reason, examples=ctx.examples)
-        if bad and bad[0] == "empty":
+        bad = problem(text, finish_reason=g.finish_reason, examples=run.examples)
+        if bad and bad.kind == "empty":
             ch.fail("degenerate:empty", f"round {round_index + 1} critique is empty")
         elif bad:
-            ch.flags.append(f"critique{round_index + 1}:{bad[0]}")
+            ch.flags.append(f"critique{round_index + 1}:{bad.kind}")
 
 
-def revise(ctx: Context, chains: list[Chain], round_index: int) -> None:
+def revise(run: Run, chains: list[Chain], round_index: int) -> None:
     """Stage 3: the model rewrites its answer in light of the critique (one request per
     chain, `revision_candidates` samples each)."""
-    c, cfg = ctx.constitution, ctx.config
+    c, cfg = run.constitution, run.config
     sampling = cfg.sampling("revision", round_index=round_index)
     active = [ch for ch in chains if ch.active]
-    convs = [revision_messages(c, c.principle(ch.rounds[-1]["principle_id"]), ch.item.messages,
-                               ch.current, ch.rounds[-1]["critique"], cfg.few_shot) for ch in active]
-    active, convs = _fitting(ctx, active, convs, sampling.max_tokens, f"round {round_index + 1} revision")
+    convs = [revision_messages(c, c.principle(ch.rounds[-1].principle_id), ch.item.messages,
+                               ch.current, ch.rounds[-1].critique, cfg.few_shot) for ch in active]
+    active, convs = _fitting(run, active, convs, sampling.max_tokens, f"round {round_index + 1} revision")
     t0 = time.perf_counter()
-    gens = ctx.call("revision", convs, sampling)
+    gens = run.call("revision", convs, sampling)
     seconds = time.perf_counter() - t0
     candidates: list[tuple[Chain, list[list[Any]]]] = []
     for ch, outs in zip(active, gens):
@@ -285,31 +300,33 @@ def revise(ctx: Context, chains: list[Chain], round_index: int) -> None:
         for g in outs:
             text = clean_output(g.text)
             bad = problem(text, finish_reason=g.finish_reason, original=ch.current,
-                          max_tokens=sampling.max_tokens, examples=ctx.examples,
-                          critique=ch.rounds[-1]["critique"])
+                          max_tokens=sampling.max_tokens, examples=run.examples,
+                          critique=ch.rounds[-1].critique)
             checked.append([g, text, bad, None])
         candidates.append((ch, checked))
-    check_relevance(ctx, candidates)
+    check_relevance(run, candidates)
     for ch, checked in candidates:
         pick = next((i for i, (_, _, bad, _) in enumerate(checked) if bad is None), 0)
         g, text, bad, pmi = checked[pick]
-        ch.rounds[-1].update(revision=text, revision_finish=g.finish_reason,
-                             revision_tokens=len(g.token_ids), revision_candidate=pick,
-                             rejected_candidates=[b[0] for _, _, b, _ in checked[:pick]],
-                             revision_relevance=pmi)
+        this = ch.rounds[-1]
+        this.revision, this.revision_finish, this.revision_tokens = \
+            text, g.finish_reason, len(g.token_ids)
+        this.revision_candidate = pick
+        this.rejected_candidates = [b.kind for _, _, b, _ in checked[:pick]]
+        this.revision_relevance = pmi
         ch.timings["revision"] = ch.timings.get("revision", 0.0) + seconds
         if bad:
-            ch.fail(f"degenerate:{bad[0]}", f"round {round_index + 1} revision: {bad[1]}")
+            ch.fail(f"degenerate:{bad.kind}", f"round {round_index + 1} revision: {bad.reason}")
         else:
             ch.current = text
 
 
-def check_relevance(ctx: Context, candidates: list[tuple[Chain, list[list[Any]]]]) -> None:
+def check_relevance(run: Run, candidates: list[tuple[Chain, list[list[Any]]]]) -> None:
     """Mark candidates that passed the text checks but do not answer their prompt
     (degenerate:unresponsive): meta-commentary about "the response", or a PMI with the
     prompt (against another prompt of the chunk) at or below `min_relevance`. One scoring
     call for every such candidate of the chunk."""
-    threshold = ctx.config.min_relevance
+    threshold = run.config.min_relevance
     if threshold is None:
         return
     todo = []
@@ -318,31 +335,31 @@ def check_relevance(ctx: Context, candidates: list[tuple[Chain, list[list[Any]]]
             if cand[2] is None:
                 meta = meta_commentary(cand[1])
                 if meta:
-                    cand[2] = ("unresponsive", f"meta-commentary: {meta}")
+                    cand[2] = Problem("unresponsive", f"meta-commentary: {meta}")
                 else:
                     todo.append((ch, cand))
     if not todo:
         return
     prompts = relevance.distinct_prompts([ch.item.messages for ch, _ in candidates])
     t0 = time.perf_counter()
-    scores = relevance.pmi(ctx.backend, [(ch.item.messages, relevance.shuffled(prompts, ch.item.messages),
+    scores = relevance.pmi(run.backend, [(ch.item.messages, relevance.shuffled(prompts, ch.item.messages),
                                           cand[1]) for ch, cand in todo])
-    ctx.observe(StageCall("relevance", len(todo), 0, time.perf_counter() - t0))
+    run.observe(StageCall("relevance", len(todo), 0, time.perf_counter() - t0))
     for (ch, cand), s in zip(todo, scores):
         cand[3] = s
         if s <= threshold:
-            cand[2] = ("unresponsive", f"PMI with its prompt {s:.3f} nats/token <= "
+            cand[2] = Problem("unresponsive", f"PMI with its prompt {s:.3f} nats/token <= "
                                        f"{threshold} (no longer addresses the prompt)")
 
 
-def run_chains(ctx: Context, chains: list[Chain], rounds: int) -> list[Chain]:
+def run_chains(run: Run, chains: list[Chain], rounds: int) -> list[Chain]:
     """The whole loop over one chunk of chains, each scoring or generation step one
     batched call."""
-    respond(ctx, chains)
-    route(ctx, [ch for ch in chains if ch.active])
+    respond(run, chains)
+    route(run, [ch for ch in chains if ch.active])
     for r in range(rounds):
-        draw(ctx, chains, r)
-        judge(ctx, chains, r)
-        critique(ctx, chains, r)
-        revise(ctx, chains, r)
+        draw(run, chains, r)
+        judge(run, chains, r)
+        critique(run, chains, r)
+        revise(run, chains, r)
     return chains

@@ -13,20 +13,28 @@
 The check that needs the model (`unresponsive`: a revision that no longer answers its
 prompt, by PMI) lives in `relevance`; `meta_commentary` here is its word-pattern half.
 
-`problem(...)` returns the first that applies, as (kind, reason), or None when the text is ok.
+`problem(...)` returns the first that applies, as a `Problem` (kind, reason), or None when
+the text is ok.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import NamedTuple
 
 KINDS = ("empty", "truncated", "repetition", "identical", "copied", "echo")
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
-def normalize(text: str) -> str:
+class Problem(NamedTuple):
+    kind: str  # one of KINDS
+    reason: str  # for a person
+
+
+def fold(text: str) -> str:
+    """Whitespace-squashed and case-folded: for comparisons that ignore both."""
     return " ".join(text.split()).casefold()
 
 
@@ -65,7 +73,7 @@ def repetition(text: str, max_share: float = 0.5) -> str | None:
     share = _repeated_ngram_share(text)
     if share > max_share:
         return f"{share:.0%} of its 4-grams are repeats"
-    lines = [normalize(x) for x in re.split(r"(?<=[.!?])\s+|\n+", text) if len(x.split()) >= 4]
+    lines = [fold(x) for x in re.split(r"(?<=[.!?])\s+|\n+", text) if len(x.split()) >= 4]
     if lines:
         line, count = Counter(lines).most_common(1)[0]
         if count >= 3:
@@ -121,25 +129,25 @@ def meta_commentary(text: str) -> str | None:
 
 def problem(text: str, *, finish_reason: str = "stop", original: str | None = None,
             max_tokens: int | None = None, examples: list[str] = (),
-            critique: str | None = None) -> tuple[str, str] | None:
-    """(kind, reason) for the first problem with a generated text, else None.
+            critique: str | None = None) -> Problem | None:
+    """The first problem with a generated text, else None.
     `original`: for a revision, the response it revises. `examples`: few-shot texts it
     must not echo. `critique`: for a revision, the critique it must answer, not repeat."""
     if not text.strip():
-        return "empty", "empty after cleaning"
+        return Problem("empty", "empty after cleaning")
     if finish_reason == "length":
         limit = f" ({max_tokens} tokens)" if max_tokens else ""
-        return "truncated", f"cut off at max_tokens{limit}"
+        return Problem("truncated", f"cut off at max_tokens{limit}")
     loop = repetition(text)
     if loop:
-        return "repetition", loop
-    if original is not None and normalize(text) == normalize(original):
-        return "identical", "same text as the response it revises"
+        return Problem("repetition", loop)
+    if original is not None and fold(text) == fold(original):
+        return Problem("identical", "same text as the response it revises")
     share = copied_share(text, list(examples))
     if share >= COPY_SHARE:
-        return "copied", f"{share:.0%} of its word 3-grams come from a few-shot example"
+        return Problem("copied", f"{share:.0%} of its word 3-grams come from a few-shot example")
     if critique is not None:
         share = copied_share(text, [critique])
         if share >= COPY_SHARE:
-            return "echo", f"{share:.0%} of its word 3-grams repeat the critique"
+            return Problem("echo", f"{share:.0%} of its word 3-grams repeat the critique")
     return None

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from cai.backends import Backend, load_backend
+from cai.backends.context import ChatTokenizer, TokenCounter
 from cai.constitution import load_constitution
 from cai.generate.checkpoint import RunStore
 from cai.generate.config import (GenerateConfig, apply_recommended, fingerprint, fingerprint_fields,
                                  input_fields)
 from cai.generate.inputs import PromptItem, load_prompts
 from cai.generate.outputs import revision_row, write_outputs
-from cai.generate.pipeline import Chain, Context, run_chains
+from cai.generate.pipeline import Chain, Run, run_chains
 from cai.generate.progress import Progress, format_summary
 from cai.generate.report import build_report
 from cai.models import recommended_settings, registry_name
@@ -41,14 +42,16 @@ def plan_chunks(items: list[PromptItem], samples: int, chunk_size: int) -> list[
     return [items[i:i + per_chunk] for i in range(0, len(items), per_chunk)]
 
 
-def _tokenizer(config: GenerateConfig, backend: Backend | None) -> Any:
-    if backend is not None and getattr(backend, "tokenizer", None) is not None:
-        return backend.tokenizer
+def _token_counter(config: GenerateConfig, backend: Backend | None) -> TokenCounter:
+    """The engine's own count when there is an engine; else the model's tokenizer alone (the
+    engine is loaded only once there is work, after the prompts are read)."""
+    if backend is not None and backend.tokenizer is not None:
+        return backend
     from transformers import AutoTokenizer
 
     from cai.models import resolve_model
 
-    return AutoTokenizer.from_pretrained(resolve_model(config.model))
+    return ChatTokenizer(AutoTokenizer.from_pretrained(resolve_model(config.model)))
 
 
 def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> dict[str, Any]:
@@ -72,11 +75,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
     progress: Progress | None = None
     with RunStore(root) as store:
         manifest = store.open(identity, config.model_dump(mode="json"))
-        tokenizer = _tokenizer(config, backend) if config.max_prompt_tokens else None
+        counter = _token_counter(config, backend) if config.max_prompt_tokens else None
         items, rejects = load_prompts(
             config.prompts, field=config.field, messages_field=config.messages_field,
             id_field=config.id_field, max_prompt_tokens=config.max_prompt_tokens,
-            tokenizer=tokenizer, limit=config.limit)
+            count_tokens=counter.count_tokens if counter else None, limit=config.limit)
         write_rejects(rejects, root / REJECTS)
 
         done = store.done_ids()
@@ -93,9 +96,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
             print(f"cai generate: resuming {root}: {planned - pending} of {planned} records "
                   "already done", file=sys.stderr)
 
-        run_info = {"model": gen["model"], "backend": gen["backend"], "sampling": gen["sampling"],
-                    "seed": config.seed, "constitution": constitution.name,
-                    "constitution_hash": gen["constitution_hash"], "config_hash": config_hash}
+        # stored in every record: what made it
+        provenance = {"model": gen["model"], "backend": gen["backend"],
+                      "sampling": gen["sampling"], "seed": config.seed,
+                      "constitution": constitution.name,
+                      "constitution_hash": gen["constitution_hash"], "config_hash": config_hash}
         try:
             if chunks:
                 if backend is None:
@@ -103,11 +108,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
                                                    **config.backend_options)
                 progress = Progress(pending, len({ch.item.key for c in chunks for ch in c}),
                                     rounds, enabled=config.progress)
-                ctx = Context(backend, constitution, config, observe=progress.observe)
+                run = Run(backend, constitution, config, observe=progress.observe)
                 for chains in chunks:
                     progress.start_chunk()
-                    run_chains(ctx, chains, rounds)
-                    store.write_shard([revision_row(ch, run_info) for ch in chains])
+                    run_chains(run, chains, rounds)
+                    store.write_shard([revision_row(ch, provenance) for ch in chains])
                     progress.chunk_done(len({ch.item.key for ch in chains}), len(chains), rounds)
         finally:
             if progress is not None:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.backends import Backend, SamplingConfig
-from cai.backends.text import encode
+from cai.backends.context import context_fit
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.label import cot
 from cai.label.feedback import COT_CLAMP, clamp, consistent, ensemble, option_prob, pair_prob
@@ -97,25 +97,25 @@ def fitting_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: 
     One over-long request fails the engine's whole batch, so over-long pairs are set aside
     first. A comparison needs its rendered prompt, the CoT reasoning budget (CoT mode), the
     answer prefix and the longest option."""
-    limit = backend.context_length()
-    tokenizer = getattr(backend, "tokenizer", None)
-    if limit is None or tokenizer is None:
-        return pairs, []
-    tail = max(len(encode(tokenizer, ANSWER_PREFIX + o)) for o in COMPARISON_OPTIONS)
-    tail += config.cot_max_tokens if config.cot else 0
+    if backend.context_length() is None or backend.tokenizer is None:
+        return pairs, []  # nothing to check against
+    reserve = config.cot_max_tokens if config.cot else 0
+    options = [ANSWER_PREFIX + o for o in COMPARISON_OPTIONS]
     _, convs = comparison_conversations(c, pairs, config)
     per_pair = len(convs) // len(pairs) if pairs else 0
-    fit, long = [], []
+    fitting, long = [], []
     for i, pair in enumerate(pairs):
-        n = max(len(encode(tokenizer, backend.render_chat(conv)))
-                for conv in convs[i * per_pair:(i + 1) * per_pair]) + tail
-        if n > limit:
-            long.append((pair, f"comparison prompt needs {n} tokens"
-                               + (f" (with {config.cot_max_tokens} for reasoning)" if config.cot else "")
-                               + f"; the feedback model's context is {limit}"))
+        # the pair's longest comparison, scored with the longer option
+        worst = max((context_fit(backend, conv, reserve=reserve, suffix=options)
+                     for conv in convs[i * per_pair:(i + 1) * per_pair]),
+                    key=lambda f: f.tokens or 0)
+        if not worst.ok:
+            long.append((pair, f"comparison prompt needs {worst.tokens + reserve} tokens"
+                               + (f" (with {reserve} for reasoning)" if config.cot else "")
+                               + f"; the feedback model's context is {worst.limit}"))
         else:
-            fit.append(pair)
-    return fit, long
+            fitting.append(pair)
+    return fitting, long
 
 
 def label_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: LabelConfig,

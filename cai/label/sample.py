@@ -16,9 +16,10 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.backends import Backend, SamplingConfig, load_backend
-from cai.config import load_section
+from cai.backends.context import prompt_budget
+from cai.config import ConfigError, load_section
 from cai.constitution import Constitution, load_constitution
-from cai.io import DataError, atomic_write_jsonl
+from cai.io import atomic_write_jsonl
 from cai.label.inputs import Candidates
 from cai.prompting import response_messages
 from cai.schema import stable_id, write_rejects
@@ -107,8 +108,8 @@ def sample_candidates(backend: Backend, prompts: list[Any], config: SampleConfig
 def run_sample(config: SampleRunConfig, *, backend: Backend | None = None,
                log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Sample `config.n` responses per usable prompt (one batch) into `config.out`; rejected
-    prompts go to the rejects file. Returns the summary. Raises `ConstitutionError` or
-    `DataError` (unreadable prompts, or none usable)."""
+    prompts go to the rejects file. Returns the summary. Raises `ConstitutionError`,
+    `ConfigError` (max_prompt_tokens without a tokenizer) or `DataError` (unreadable prompts)."""
     from cai.generate.inputs import load_prompts
 
     log = log or (lambda m: print(m, file=sys.stderr))
@@ -118,19 +119,15 @@ def run_sample(config: SampleRunConfig, *, backend: Backend | None = None,
     if backend is None:
         backend = owned = load_backend(config.backend, config.model, **config.backend_options)
     try:
-        max_prompt_tokens = config.max_prompt_tokens
-        ctx = backend.context_length()
-        tokenizer = getattr(backend, "tokenizer", None)
-        if max_prompt_tokens is None and ctx and tokenizer is not None:
-            # a prompt that leaves no room for max_tokens would fail the whole batch
-            max_prompt_tokens = max(1, ctx - config.max_tokens)
-        try:
-            items, rejected = load_prompts(
-                config.prompts, field=config.field, messages_field=config.messages_field,
-                limit=config.limit, max_prompt_tokens=max_prompt_tokens,
-                tokenizer=tokenizer if max_prompt_tokens else None)
-        except ValueError as e:
-            raise DataError(str(e)) from None
+        # a prompt that leaves no room for max_tokens would fail the whole batch
+        max_prompt_tokens = config.max_prompt_tokens or prompt_budget(backend, config.max_tokens)
+        if max_prompt_tokens is not None and backend.tokenizer is None:
+            raise ConfigError(f"max_prompt_tokens: the {backend.name} backend has no tokenizer "
+                              "to count prompt tokens with")
+        items, rejected = load_prompts(
+            config.prompts, field=config.field, messages_field=config.messages_field,
+            limit=config.limit, max_prompt_tokens=max_prompt_tokens,
+            count_tokens=backend.count_tokens)
         log(f"{len(items)} prompts x {config.n} samples"
             + (f"; {len(rejected)} rejected -> {rejects_file}" if rejected else ""))
         start = time.perf_counter()
