@@ -48,10 +48,17 @@ SFT_SCHEMA = pa.schema([
 ])
 
 
+def _score(x: float | None) -> float | None:
+    """A model score as stored: 3 decimals, so a resumed run (other batches, other float
+    round-off in the engine) stores the numbers an uninterrupted one does."""
+    return None if x is None else round(x, 3)
+
+
 def revision_row(chain: Chain, provenance: dict[str, Any]) -> dict[str, Any]:
     """A finished chain as a row of REVISION_SCHEMA. `provenance`: the run's model, backend,
     sampling, seed, constitution, constitution_hash, config_hash."""
-    rounds = [asdict(r) for r in chain.rounds]
+    rounds = [{**asdict(r), "p_no_change": _score(r.p_no_change),
+               "revision_relevance": _score(r.revision_relevance)} for r in chain.rounds]
     run = provenance
     ok = chain.status in USABLE
     return {
@@ -70,7 +77,7 @@ def revision_row(chain: Chain, provenance: dict[str, Any]) -> dict[str, Any]:
         "reason": chain.reason,
         "flags": chain.flags,
         "route": chain.route,
-        "route_score": chain.route_score,
+        "route_score": _score(chain.route_score),
         "model": run["model"],
         "backend": run["backend"],
         "sampling": json.dumps(run["sampling"], sort_keys=True),
