@@ -68,9 +68,11 @@ def main() -> None:
             # every other train prompt (time on a shared CPU); the eval files in full
             tune = rows("red_team_train.jsonl")[::2] + rows("helpful_train.jsonl")[::2]
             held = rows("red_team_eval.jsonl") + rows("helpful_eval.jsonl")
-            # (a raw-text variant, "Request: ...\nTopic of this request:", scored 34% right
-            # categories on red_team_eval in a transformers trial; the chat layout is measured)
-            variants = {"chat": routing.routing_text}
+            # the shipped raw-text layout, and the question as a chat turn for comparison
+            variants = {"raw": routing.routing_text,
+                        "chat": lambda b, t: b.render_chat([{"role": "user", "content":
+                            f"Name the topic of this request in a few words.\n\nRequest: {t}"}])
+                        + "Topic:"}
             best = None
             for name, fn in variants.items():
                 routing.routing_text = fn
