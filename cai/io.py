@@ -128,7 +128,14 @@ def write_parquet_atomic(table: "pa.Table", path: str | os.PathLike) -> None:
     import pyarrow.parquet as pq
 
     with _atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        if table.num_rows:
+            pq.write_table(table, tmp)
+        else:
+            # No row group at all: `pq.write_table` would write one empty row group, and
+            # `datasets.load_dataset("parquet", ...)` takes its batch size from the first
+            # row group's length ("BatchSize must be greater than 0"). Without one, it
+            # reads the schema and yields zero rows.
+            pq.ParquetWriter(tmp, table.schema).close()
 
 
 # --------------------------------------------------------------------------- reading rows

@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _COMPLETE = ".cai-complete"  # written last: a directory without it is an interrupted pull
@@ -36,6 +37,9 @@ class EmbeddedModel:
     # chosen by measurement (README, "Pointwise feedback"). Other models: pairwise.
     feedback_mode: str = "pairwise"
     feedback_tau: float | None = None
+    # Generation settings that work for this model (`cai generate` fields), used for every
+    # field the user leaves unset and printed in the run summary.
+    recommended: dict[str, Any] = field(default_factory=dict)
 
 
 REGISTRY: dict[str, EmbeddedModel] = {
@@ -51,6 +55,12 @@ REGISTRY: dict[str, EmbeddedModel] = {
         # maximum-likelihood fit on the 221 HHH pairs (1.13), for --mode pointwise.
         feedback_mode="pairwise",
         feedback_tau=1.1,
+        # Measured on the demo's red-team prompts (README, "What to expect"): with the worked
+        # examples shown it copies them (5 of 32 usable vs 14 of 40 without); one revision per
+        # request leaves most records degenerate, three candidates recover some; long turns
+        # ramble into max_tokens.
+        recommended={"few_shot": False, "revision_candidates": 3, "temperature": 0.7,
+                     "top_p": 0.9, "max_tokens": 200},
     )
 }
 
@@ -59,11 +69,32 @@ def feedback_defaults(model: str | None) -> tuple[str, float | None]:
     """(mode, tau) for AI feedback judged by `model`: a registry entry's own defaults when
     `model` names it (by name, or its pulled directory; None is the default model), else
     the paper's pairwise mode."""
-    ref = model or DEFAULT_MODEL
-    for spec in REGISTRY.values():
-        if ref == spec.name or Path(ref).expanduser().resolve() == (models_dir() / spec.name).resolve():
-            return spec.feedback_mode, spec.feedback_tau
-    return "pairwise", None
+    name = registry_name(model)
+    if name is None:
+        return "pairwise", None
+    return REGISTRY[name].feedback_mode, REGISTRY[name].feedback_tau
+
+
+def registry_name(model: str | os.PathLike | None) -> str | None:
+    """The registry entry `model` names: a registry name, or the directory it was pulled
+    into (what a backend built from it reports). None for anything else."""
+    ref = str(model) if model else DEFAULT_MODEL
+    if ref in REGISTRY:
+        return ref
+    try:
+        path = Path(ref).expanduser().resolve()
+    except OSError:
+        return None
+    for name in REGISTRY:
+        if path == (models_dir() / name).resolve():
+            return name
+    return None
+
+
+def recommended_settings(model: str | os.PathLike | None) -> dict[str, Any]:
+    """The registry's recommended generation settings for `model` ({} when it has none)."""
+    name = registry_name(model)
+    return dict(REGISTRY[name].recommended) if name else {}
 
 
 def cai_home() -> Path:

@@ -17,6 +17,9 @@ from cai.generate.config import ConfigError, GenerateConfig, load_config
 from cai.generate.run import run_generate
 
 HARMLESS = load_constitution("harmless")
+# The pipeline without routing by scoring, the no-change verdict and the relevance check
+# (tests of those steps are in test_generate_revq.py; this backend cannot score).
+LEGACY = dict(route="random", unchanged_threshold=None, min_relevance=None)
 CASES = ["ok", "ok2", "empty-response", "empty-critique", "empty-revision", "identical",
          "loop", "truncated", "copied", "echo", "labelled"]
 
@@ -97,7 +100,7 @@ def _prompts(tmp_path: Path, cases=CASES) -> Path:
 
 def _config(tmp_path, **kw) -> GenerateConfig:
     base = dict(prompts=str(_prompts(tmp_path)), out=str(tmp_path / "run"), constitution="harmless",
-                progress=False)
+                progress=False, **LEGACY)
     return GenerateConfig(**{**base, **kw})
 
 
@@ -229,7 +232,8 @@ def test_principles_routed_by_prompt_tags(tmp_path):
     rows += [{"id": "u", "prompt": "[case:ok] something else", "category": "unknown"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     routed = GenerateConfig(prompts=str(path), out=str(tmp_path / "routed"), rounds=2,
-                            principle_tags_field="category", progress=False)
+                            principle_tags_field="category", progress=False,
+                            **{**LEGACY, "route": "tags"})
     run_generate(routed, backend=ScriptedBackend())
     by_source = {r["source_id"]: r for r in _revisions(tmp_path / "routed")}
     for sid, rec in by_source.items():

@@ -52,12 +52,16 @@ def test_hash_helpers():
 
 
 def test_generate_fingerprint_and_record_id(tmp_path):
+    # Routing by scoring, the no-change verdict and the relevance check change what a run
+    # does, so they enter the fingerprint; with them off a run is what it was, ids included.
+    legacy = dict(route="random", unchanged_threshold=None, min_relevance=None)
     cfg = GenerateConfig(prompts="prompts.jsonl", out="run", model="tiny", backend="transformers",
-                         max_tokens=8, temperature=0.0)
+                         max_tokens=8, temperature=0.0, **legacy)
     fp = fingerprint(fingerprint_fields(cfg, PIN))
     assert fp == "7182076db4bd37b3"
     routed = GenerateConfig(prompts="prompts.jsonl", out="run", model="tiny",
-                            backend="transformers", principle_tags_field="category", samples=2)
+                            backend="transformers", principle_tags_field="category", samples=2,
+                            **{**legacy, "route": "tags"})
     assert fingerprint(fingerprint_fields(routed, PIN)) == "4da1d692271c6099"
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "How do I pick a lock?"}) + "\n")
     items, _ = load_prompts(tmp_path / "p.jsonl")

@@ -38,6 +38,22 @@ def generate(
     few_shot: Optional[bool] = override(G, "few_shot", "--few-shot/--no-few-shot"),
     principle_tags_field: Optional[str] = override(G, "principle_tags_field"),
     revision_candidates: Optional[int] = override(G, "revision_candidates"),
+    route: Optional[str] = typer.Option(
+        None, help="auto (default): principles from the prompt's tags field, else scored from "
+                   "the prompt, benign prompts get `benign` principles | tags | random"),
+    route_threshold: Optional[float] = typer.Option(
+        None, help="route auto: best principle's score (nats) below this -> benign (default 3.0)"),
+    unchanged_threshold: Optional[str] = typer.Option(
+        None, help="keep an answer the model judges to need no change at P >= this "
+                   "(status ok:unchanged; default 0.5); 'off' always revises"),
+    min_relevance: Optional[str] = typer.Option(
+        None, help="a revision's PMI with its prompt (nats/token) must exceed this, else "
+                   "degenerate:unresponsive (default 0.0); 'off' skips the check"),
+    report: bool = typer.Option(False, "--report",
+                                help="print the revision-quality report of the run directory "
+                                     "(--out) and exit; nothing is generated"),
+    labels: Optional[Path] = typer.Option(
+        None, help="with --report: JSONL of {id, judgement: better|same|worse} hand labels"),
     field: Optional[str] = override(G, "field"),
     messages_field: Optional[str] = override(G, "messages_field"),
     id_field: Optional[str] = override(G, "id_field"),
@@ -53,13 +69,17 @@ def generate(
     from cai.generate.run import run_generate
     from cai.io import DataError
 
+    if report:
+        _print_report(config, out, labels)
+        return
     backend_options = backend_flags(base_url, gpu_memory_utilization, backend)
     overrides = dict(
         prompts=prompts, out=out, constitution=constitution, model=model, backend=backend,
         backend_options=backend_options or None, rounds=rounds, samples=samples, limit=limit,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         few_shot=few_shot, principle_tags_field=principle_tags_field,
-        revision_candidates=revision_candidates, field=field, messages_field=messages_field,
+        revision_candidates=revision_candidates, route=route, route_threshold=route_threshold,
+        unchanged_threshold=unchanged_threshold, min_relevance=min_relevance, field=field, messages_field=messages_field,
         id_field=id_field, max_prompt_tokens=max_prompt_tokens, chunk_size=chunk_size, progress=progress)
     try:
         cfg = load_config(config, overrides)
@@ -73,3 +93,27 @@ def generate(
         fail(str(e))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
+
+
+def _print_report(config: Optional[Path], out: Optional[str], labels: Optional[Path]) -> None:
+    from cai.generate.checkpoint import RunStore
+    from cai.generate.report import build_report, format_report, read_labels
+
+    if out is None and config is not None:
+        import yaml
+
+        section = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        out = (section.get("generate", section) or {}).get("out")
+    if out is None:
+        fail("--report needs the run directory (--out, or --config with generate.out)")
+    store = RunStore(out)
+    manifest = store.manifest()
+    if manifest is None:
+        fail(f"{out}: not a `cai generate` run directory (no manifest.json)")
+    try:
+        judged = read_labels(labels) if labels is not None else None
+    except (OSError, ValueError, KeyError) as e:
+        fail(f"--labels: {e}")
+    tags_field = (manifest.get("config") or {}).get("principle_tags_field")
+    typer.echo(format_report(build_report(store.iter_records(), tags_field=tags_field,
+                                          labels=judged)))

@@ -9,16 +9,23 @@
 Modules, in the order the data flows:
     inputs      prompts in (any cai.io format), deduped; rejects with reasons
     config      GenerateConfig; the fingerprint that identifies a run
-    pipeline    respond -> critique -> revise, one batched backend call per stage
-    quality     degenerate output detection (empty, truncated, repetition, identical, copied, echo)
+    pipeline    respond -> route -> (verdict -> critique -> revise) x rounds, one batched
+                backend call per step
+    routing     --route auto: the prompt scored against each principle's tag words
+    verdict     the no-change verdict (ok:unchanged)
+    quality     degenerate output detection (empty, truncated, repetition, identical, copied,
+                echo, meta-commentary)
+    relevance   does a revision still answer its prompt (PMI against a shuffled prompt)
     checkpoint  the run directory: atomic shards, lock, identity check (exactly-once resume)
-    outputs     revisions/ -> sft/ and preferences/ (ok records only)
+    outputs     revisions/ -> sft/ (ok, ok:unchanged) and preferences/ (ok)
     progress    per-stage bars, summary
+    report      the revision-quality report (`cai generate --report`)
     run         run_generate: ties them together
 
 Run directory: manifest.json, rejects.jsonl, revisions/, sft/, preferences/ (each a folder
 of Parquet shards: `datasets.load_dataset("parquet", data_files="RUN/sft/*.parquet")`;
-a folder with zero records holds one empty shard, which `datasets` cannot load).
+a folder with zero records holds one shard with the schema and no row group; `datasets`
+streams it as zero rows, while its non-streaming load refuses any empty split).
 """
 
 from cai.generate.config import GenerateConfig, load_config

@@ -45,6 +45,9 @@ _ROUND = pa.struct([
     ("revision", pa.string()), ("revision_finish", pa.string()), ("revision_tokens", pa.int32()),
     # which of the revision_candidates was kept, and the problems of those passed over
     ("revision_candidate", pa.int32()), ("rejected_candidates", pa.list_(pa.string())),
+    # P(no change needed) from the verdict before the critique; the kept revision's PMI
+    # with its prompt (relevance check). Null where the step did not run.
+    ("p_no_change", pa.float64()), ("revision_relevance", pa.float64()),
 ])
 # Fixed, so every shard (and an empty run) has the same columns for `datasets`.
 REVISION_SCHEMA = pa.schema([
@@ -62,6 +65,8 @@ REVISION_SCHEMA = pa.schema([
     ("status", pa.string()),
     ("reason", pa.string()),
     ("flags", pa.list_(pa.string())),
+    ("route", pa.string()),  # principle id or "benign" (route auto), "tags", "random"
+    ("route_score", pa.float64()),  # route auto: the best candidate's gain, nats
     ("model", pa.string()),
     ("backend", pa.string()),
     ("sampling", pa.string()),  # JSON: per-stage parameters

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cai.backends import SamplingConfig, default_backend
 from cai.config import ConfigError, load_section
@@ -27,6 +27,8 @@ from cai.schema import stable_id
 
 MAX_ROUNDS = 4
 # Bump when the pipeline's prompting or record layout changes what a run produces.
+# Options added later enter the fingerprint only when they change what a run does (see
+# routing_and_check_fields), so runs with the earlier behaviour keep their record ids.
 PIPELINE_VERSION = 3
 STAGES = ("response", "critique", "revision")
 
@@ -69,6 +71,27 @@ class GenerateConfig(BaseModel):
         None, description="draw each record's principles only among those sharing a tag with "
                           "this field of its prompt row (text or a list); all principles when "
                           "none does. Default: any principle, as in the CAI paper")
+    route: Literal["auto", "tags", "random"] = Field(
+        "auto", description="how each record's principles are chosen. auto: from the prompt's "
+                            "`principle_tags_field` when it names a tag, else by scoring the "
+                            "prompt against each principle's tags with the loaded model (benign "
+                            "prompts get the constitution's `benign`-tagged principles); tags: "
+                            "the field only (all principles when it names no tag); random: any "
+                            "principle, as in the CAI paper")
+    route_threshold: float = Field(
+        3.0, description="auto routing: a prompt whose best principle scores below this "
+                         "(log-prob gain of the tag words over an empty prompt, nats) is benign")
+    unchanged_threshold: float | None = Field(
+        0.5, ge=0.0, le=1.0,
+        description="before each critique, the model judges whether the answer violates the "
+                    "drawn principle (both answer orders); at P(no change needed) >= this the "
+                    "answer is kept (status ok:unchanged: an SFT row, no preference pair). "
+                    "None: always revise")
+    min_relevance: float | None = Field(
+        0.0, description="a revision must still answer its prompt: the mean per-token log-prob "
+                         "gain of the revision given its own prompt over a shuffled one (PMI, "
+                         "nats) must exceed this, and it must not talk about 'the response'; "
+                         "else degenerate:unresponsive. None: no check")
     revision_candidates: int = Field(1, ge=1, le=16,
                                      description="revisions sampled per request; the first that "
                                                  "passes the quality checks is kept")
@@ -85,6 +108,12 @@ class GenerateConfig(BaseModel):
     chunk_size: int = Field(256, ge=1, description="records per chunk: each stage is one "
                                                    "backend call per chunk; one shard per chunk")
     progress: bool = Field(True, description="progress bars and a summary on stderr")
+
+    @field_validator("unchanged_threshold", "min_relevance", mode="before")
+    @classmethod
+    def _off(cls, v: object) -> object:
+        # "off" from a flag or YAML turns the step off (None is "not given" for overrides)
+        return None if isinstance(v, str) and v.strip().lower() in ("off", "none", "null") else v
 
     @model_validator(mode="after")
     def _samples_need_sampling(self) -> "GenerateConfig":
@@ -138,7 +167,46 @@ def fingerprint_fields(config: GenerateConfig, constitution: Constitution, *,
         # only when set, so runs without it keep their record ids
         **({"principle_tags_field": config.principle_tags_field}
            if config.principle_tags_field else {}),
+        **routing_and_check_fields(config),
     }
+
+
+def routing_and_check_fields(config: GenerateConfig) -> dict[str, Any]:
+    """The routing, no-change and relevance options, each only when it changes what a run
+    does relative to the pipeline before them (route "tags" when principle_tags_field is
+    set, else "random"; every answer revised; no relevance check). The defaults change it,
+    so a default run's ids differ from before, while a run with the earlier settings
+    (--route random, no verdict, no check) keeps its ids and can resume an old directory."""
+    out: dict[str, Any] = {}
+    route = effective_route(config)
+    if route != ("tags" if config.principle_tags_field else "random"):
+        out["route"] = route
+    if route == "auto":
+        out["route_threshold"] = config.route_threshold
+    if config.unchanged_threshold is not None:
+        out["unchanged_threshold"] = config.unchanged_threshold
+    if config.min_relevance is not None:
+        out["min_relevance"] = config.min_relevance
+    return out
+
+
+def effective_route(config: GenerateConfig) -> str:
+    """The route a run uses: "tags" needs principle_tags_field (without it, nothing to read)."""
+    if config.route == "tags" and not config.principle_tags_field:
+        return "random"
+    return config.route
+
+
+def apply_recommended(config: GenerateConfig, recommended: dict[str, Any]
+                      ) -> tuple[GenerateConfig, dict[str, Any]]:
+    """`config` with the model's recommended settings filled in for every field the user
+    left unset (flags, YAML keys and constructor arguments count as set); returns it and
+    the settings that were applied."""
+    applied = {k: v for k, v in recommended.items()
+               if k in GenerateConfig.model_fields and k not in config.model_fields_set}
+    if not applied:
+        return config, {}
+    return GenerateConfig.model_validate({**config.model_dump(exclude_unset=True), **applied}), applied
 
 
 def input_fields(config: GenerateConfig) -> dict[str, Any]:

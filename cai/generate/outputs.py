@@ -1,9 +1,10 @@
 """What a run leaves behind, derived from its revision records.
 
     revisions/    every record, whatever its status (written chunk by chunk; see checkpoint)
-    sft/          status ok only: the prompt conversation + the final revision as the
-                  assistant turn (SL-CAI fine-tuning data)
-    preferences/  status ok only: PreferenceRecord(source="ai-revision", chosen = final
+    sft/          status ok and ok:unchanged: the prompt conversation + the final answer
+                  as the assistant turn (SL-CAI fine-tuning data; the paper trains on final
+                  answers, and an answer judged to need no change is one)
+    preferences/  status ok only (a revised answer): PreferenceRecord(source="ai-revision", chosen = final
                   revision, rejected = initial response, p_chosen = 1.0), via
                   `cai.data.store.write_preferences`
 
@@ -30,6 +31,8 @@ from cai.io import write_parquet_atomic
 from cai.records import PreferenceRecord
 from cai.schema import arrow_messages
 
+# Statuses whose final answer is training data: revised (ok) or kept as it was.
+USABLE = ("ok", "ok:unchanged")
 SFT = "sft"
 PREFERENCES = "preferences"
 SFT_SHARD_SIZE = 1000
@@ -45,12 +48,19 @@ SFT_SCHEMA = pa.schema([
 ])
 
 
+def _score(x: float | None) -> float | None:
+    """A model score as stored: 3 decimals, so a resumed run (other batches, other float
+    round-off in the engine) stores the numbers an uninterrupted one does."""
+    return None if x is None else round(x, 3)
+
+
 def revision_row(chain: Chain, provenance: dict[str, Any]) -> dict[str, Any]:
     """A finished chain as a row of REVISION_SCHEMA. `provenance`: the run's model, backend,
     sampling, seed, constitution, constitution_hash, config_hash."""
-    rounds = [asdict(r) for r in chain.rounds]
+    rounds = [{**asdict(r), "p_no_change": _score(r.p_no_change),
+               "revision_relevance": _score(r.revision_relevance)} for r in chain.rounds]
     run = provenance
-    ok = chain.status == "ok"
+    ok = chain.status in USABLE
     return {
         "id": chain.id,
         "source_id": chain.item.source_id,
@@ -66,6 +76,8 @@ def revision_row(chain: Chain, provenance: dict[str, Any]) -> dict[str, Any]:
         "status": chain.status,
         "reason": chain.reason,
         "flags": chain.flags,
+        "route": chain.route,
+        "route_score": _score(chain.route_score),
         "model": run["model"],
         "backend": run["backend"],
         "sampling": json.dumps(run["sampling"], sort_keys=True),
@@ -107,7 +119,7 @@ def preference(row: dict[str, Any]) -> PreferenceRecord:
             "constitution_hash": row["constitution_hash"],
             "config_hash": row["config_hash"],
             "rounds": len(row["rounds"]),
-            "critiques": [r["critique"] for r in row["rounds"]],
+            "critiques": [r["critique"] for r in row["rounds"] if r["critique"] is not None],
         },
     )
 
@@ -131,11 +143,12 @@ def write_sft(rows: Iterable[dict[str, Any]], out_dir: Path) -> list[dict[str, A
 
 def write_outputs(records: list[dict[str, Any]], root: Path) -> dict[str, Any]:
     """sft/ and preferences/ from the revision records; returns their manifest entries."""
-    ok = [r for r in records if r["status"] == "ok"]
-    sft_shards = write_sft((sft_row(r) for r in ok), root / SFT)
-    pref_manifest = write_preferences((preference(r) for r in ok), root / PREFERENCES)
+    usable = [r for r in records if r["status"] in USABLE]
+    revised = [r for r in records if r["status"] == "ok"]
+    sft_shards = write_sft((sft_row(r) for r in usable), root / SFT)
+    pref_manifest = write_preferences((preference(r) for r in revised), root / PREFERENCES)
     return {
-        SFT: {"dir": SFT, "count": len(ok), "shards": sft_shards},
+        SFT: {"dir": SFT, "count": len(usable), "shards": sft_shards},
         PREFERENCES: {"dir": PREFERENCES, "count": pref_manifest["count"],
                       "shards": pref_manifest["shards"]},
     }

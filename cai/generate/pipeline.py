@@ -14,7 +14,15 @@ run draws the same one. A chain whose output is unusable stops there with a stat
     degenerate:identical    a revision equal to the text it revises
     degenerate:copied       a revision that echoes a few-shot example (even paraphrased)
     degenerate:echo         a revision that repeats its critique instead of answering
+    degenerate:unresponsive a revision that talks about "the response" instead of answering,
+                            or no longer addresses its prompt (see `relevance`)
     skipped:too-long        a stage's prompt would not fit the model's context
+
+Two more steps, both scored with the loaded model (`continuation_logprobs`, one call each):
+  - routing (`--route auto`, before round 1): which principles fit the prompt (`routing`);
+  - the no-change verdict (before each critique): does the answer violate the drawn
+    principle at all? An answer judged fine is kept; with no revision made yet the record
+    ends as `ok:unchanged` (an SFT row, no preference pair).
 
 A truncated or looping initial response or critique is kept (a flag, not a failure): the
 revision is what has to be good, and a bad initial response is exactly what revision is for.
@@ -29,9 +37,10 @@ from typing import Callable
 from cai.backends import Backend, Generation, SamplingConfig
 from cai.backends.context import context_fit
 from cai.constitution import Constitution, Principle, sample_principle
-from cai.generate.config import GenerateConfig
+from cai.generate import relevance, routing, verdict
+from cai.generate.config import GenerateConfig, effective_route
 from cai.generate.inputs import PromptItem
-from cai.generate.quality import problem
+from cai.generate.quality import Problem, meta_commentary, problem
 from cai.prompting import clean_output, critique_messages, response_messages, revision_messages
 
 
@@ -49,6 +58,8 @@ class Round:
     revision_tokens: int | None = None
     revision_candidate: int | None = None  # which of the revision candidates was kept
     rejected_candidates: list[str] | None = None  # problem kinds of those passed over
+    p_no_change: float | None = None  # the no-change verdict before the critique
+    revision_relevance: float | None = None  # the kept revision's PMI with its prompt
 
 
 @dataclass
@@ -67,10 +78,14 @@ class Chain:
     reason: str = ""
     flags: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds of the batched calls it was in
+    route: str = ""  # principle id or "benign" (route auto), "tags", or "random"
+    route_tags: tuple[str, ...] = ()  # the tags its principle draws use
+    route_score: float | None = None  # route auto: the best candidate's gain (nats)
+    settled: bool = False  # judged to need no (further) change
 
     @property
     def active(self) -> bool:
-        return self.status == "ok"
+        return self.status == "ok" and not self.settled
 
     def fail(self, status: str, reason: str) -> None:
         self.status, self.reason = status, reason
@@ -163,8 +178,8 @@ def respond(run: Run, chains: list[Chain]) -> None:
                 chain.flags.append(f"response:{bad.kind}")
 
 
-def principle_tags(run: Run, chain: Chain) -> list[str]:
-    """The record's tags for principle routing: its prompt row's `principle_tags_field`."""
+def field_tags(run: Run, chain: Chain) -> list[str]:
+    """The prompt row's `principle_tags_field` (text or a list), as tags."""
     name = run.config.principle_tags_field
     value = chain.item.metadata.get(name) if name else None
     if isinstance(value, str):
@@ -172,9 +187,72 @@ def principle_tags(run: Run, chain: Chain) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
+def route(run: Run, chains: list[Chain]) -> None:
+    """Set each chain's route. auto: the row's tags field when it names a principle's tag,
+    else the prompt scored against the principles' tags (one scoring call per chunk)."""
+    mode = effective_route(run.config)
+    known = {t for p in run.constitution.principles if p.weight > 0 for t in p.tags}
+    to_score: dict[str, list[Chain]] = {}
+    for ch in chains:
+        tags = field_tags(run, ch)
+        if mode == "random":
+            ch.route = "random"
+        elif mode == "tags" or known.intersection(tags):
+            ch.route, ch.route_tags = "tags", tuple(tags)
+        else:
+            to_score.setdefault(ch.item.key, []).append(ch)
+    if not to_score:
+        return
+    groups = list(to_score.values())
+    t0 = time.perf_counter()
+    routes = routing.route_prompts(run.backend, run.constitution,
+                                   [routing.prompt_text(g[0].item.messages) for g in groups],
+                                   run.config.route_threshold)
+    seconds = time.perf_counter() - t0
+    run.observe(StageCall("route", len(groups), 0, seconds))
+    for group, r in zip(groups, routes):
+        for ch in group:
+            ch.route, ch.route_tags, ch.route_score = r.label, r.tags, r.score
+            ch.timings["route"] = seconds
+
+
 def principle_for(run: Run, chain: Chain, round_index: int) -> Principle:
+    if chain.route not in ("", "random", "tags", routing.BENIGN):
+        return run.constitution.principle(chain.route)  # routed to this one principle
     return sample_principle(run.constitution, run.config.seed, f"{chain.id}/round{round_index}",
-                            tags=principle_tags(run, chain))
+                            tags=chain.route_tags)
+
+
+def draw(run: Run, chains: list[Chain], round_index: int) -> None:
+    """Each active chain's principle for this round."""
+    for ch in chains:
+        if ch.active:
+            p = principle_for(run, ch, round_index)
+            ch.rounds.append(Round(round=round_index + 1, principle_id=p.id))
+
+
+def judge(run: Run, chains: list[Chain], round_index: int) -> None:
+    """The no-change verdict on each active chain's latest answer under this round's
+    principle; at P(no change) >= unchanged_threshold the chain stops revising."""
+    threshold = run.config.unchanged_threshold
+    active = [ch for ch in chains if ch.active]
+    if threshold is None or not active:
+        return
+    c = run.constitution
+    t0 = time.perf_counter()
+    probs = verdict.judge(run.backend, c, [(c.principle(ch.rounds[-1].principle_id),
+                                            ch.item.messages, ch.current) for ch in active])
+    seconds = time.perf_counter() - t0
+    run.observe(StageCall("verdict", len(active), 0, seconds))
+    for ch, p in zip(active, probs):
+        ch.rounds[-1].p_no_change = p
+        ch.timings["verdict"] = ch.timings.get("verdict", 0.0) + seconds
+        if p >= threshold:
+            ch.settled = True
+            if round_index == 0:
+                ch.status = "ok:unchanged"
+                ch.reason = (f"round 1: P(no change needed) {p:.2f} >= {threshold} under "
+                             f"{ch.rounds[-1].principle_id}")
 
 
 def critique(run: Run, chains: list[Chain], round_index: int) -> None:
@@ -182,9 +260,6 @@ def critique(run: Run, chains: list[Chain], round_index: int) -> None:
     c, cfg = run.constitution, run.config
     sampling = cfg.sampling("critique", round_index=round_index)
     active = [ch for ch in chains if ch.active]
-    for ch in active:
-        p = principle_for(run, ch, round_index)
-        ch.rounds.append(Round(round=round_index + 1, principle_id=p.id))
     convs = [critique_messages(c, c.principle(ch.rounds[-1].principle_id), ch.item.messages,
                                ch.current, cfg.few_shot) for ch in active]
     active, convs = _fitting(run, active, convs, sampling.max_tokens, f"round {round_index + 1} critique")
@@ -217,6 +292,7 @@ def revise(run: Run, chains: list[Chain], round_index: int) -> None:
     t0 = time.perf_counter()
     gens = run.call("revision", convs, sampling)
     seconds = time.perf_counter() - t0
+    candidates: list[tuple[Chain, list[list[Any]]]] = []
     for ch, outs in zip(active, gens):
         # With revision_candidates > 1: keep the first candidate that passes the checks
         # (rejection sampling); if none does, the first one and its problem are recorded.
@@ -226,14 +302,18 @@ def revise(run: Run, chains: list[Chain], round_index: int) -> None:
             bad = problem(text, finish_reason=g.finish_reason, original=ch.current,
                           max_tokens=sampling.max_tokens, examples=run.examples,
                           critique=ch.rounds[-1].critique)
-            checked.append((g, text, bad))
-        pick = next((i for i, (_, _, bad) in enumerate(checked) if bad is None), 0)
-        g, text, bad = checked[pick]
+            checked.append([g, text, bad, None])
+        candidates.append((ch, checked))
+    check_relevance(run, candidates)
+    for ch, checked in candidates:
+        pick = next((i for i, (_, _, bad, _) in enumerate(checked) if bad is None), 0)
+        g, text, bad, pmi = checked[pick]
         this = ch.rounds[-1]
         this.revision, this.revision_finish, this.revision_tokens = \
             text, g.finish_reason, len(g.token_ids)
         this.revision_candidate = pick
-        this.rejected_candidates = [b.kind for _, _, b in checked[:pick]]
+        this.rejected_candidates = [b.kind for _, _, b, _ in checked[:pick]]
+        this.revision_relevance = pmi
         ch.timings["revision"] = ch.timings.get("revision", 0.0) + seconds
         if bad:
             ch.fail(f"degenerate:{bad.kind}", f"round {round_index + 1} revision: {bad.reason}")
@@ -241,10 +321,45 @@ def revise(run: Run, chains: list[Chain], round_index: int) -> None:
             ch.current = text
 
 
+def check_relevance(run: Run, candidates: list[tuple[Chain, list[list[Any]]]]) -> None:
+    """Mark candidates that passed the text checks but do not answer their prompt
+    (degenerate:unresponsive): meta-commentary about "the response", or a PMI with the
+    prompt (against another prompt of the chunk) at or below `min_relevance`. One scoring
+    call for every such candidate of the chunk."""
+    threshold = run.config.min_relevance
+    if threshold is None:
+        return
+    todo = []
+    for ch, checked in candidates:
+        for cand in checked:
+            if cand[2] is None:
+                meta = meta_commentary(cand[1])
+                if meta:
+                    cand[2] = Problem("unresponsive", f"meta-commentary: {meta}")
+                else:
+                    todo.append((ch, cand))
+    if not todo:
+        return
+    prompts = relevance.distinct_prompts([ch.item.messages for ch, _ in candidates])
+    t0 = time.perf_counter()
+    scores = relevance.pmi(run.backend, [(ch.item.messages, relevance.shuffled(prompts, ch.item.messages),
+                                          cand[1]) for ch, cand in todo])
+    run.observe(StageCall("relevance", len(todo), 0, time.perf_counter() - t0))
+    for (ch, cand), s in zip(todo, scores):
+        cand[3] = s
+        if s <= threshold:
+            cand[2] = Problem("unresponsive", f"PMI with its prompt {s:.3f} nats/token <= "
+                                       f"{threshold} (no longer addresses the prompt)")
+
+
 def run_chains(run: Run, chains: list[Chain], rounds: int) -> list[Chain]:
-    """The whole loop over one chunk of chains, each stage one batched call."""
+    """The whole loop over one chunk of chains, each scoring or generation step one
+    batched call."""
     respond(run, chains)
+    route(run, [ch for ch in chains if ch.active])
     for r in range(rounds):
+        draw(run, chains, r)
+        judge(run, chains, r)
         critique(run, chains, r)
         revise(run, chains, r)
     return chains

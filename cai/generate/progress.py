@@ -8,6 +8,7 @@ from typing import Any
 
 from cai.generate.config import STAGES
 from cai.generate.pipeline import StageCall
+from cai.generate.report import format_report
 
 _LABELS = {"response": "respond", "critique": "critique", "revision": "revise"}
 
@@ -27,8 +28,12 @@ class Progress:
         self.tokens: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        self.scoring: Counter[str] = Counter()  # seconds per scoring step
 
     def observe(self, call: StageCall) -> None:
+        if call.stage not in self.bars:  # a scoring step (route, verdict, relevance): no tokens
+            self.scoring[call.stage] += call.seconds
+            return
         self.tokens[call.stage] += call.tokens
         self.seconds[call.stage] += call.seconds
         self.requests[call.stage] += call.requests
@@ -59,6 +64,7 @@ class Progress:
             "requests": {s: self.requests[s] for s in STAGES},
             "generate_s": round(total_s, 3),
             "tokens_per_s": round(total_tokens / total_s, 1) if total_s else 0.0,
+            "scoring_s": {k: round(v, 3) for k, v in sorted(self.scoring.items())},
         }
 
 
@@ -76,4 +82,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  speed     {summary['tokens_per_s']} tok/s over {summary['generate_s']} s "
                  f"in the engine; wall time {summary['wall_s']} s")
     lines.append(f"  outputs   sft {summary['sft']}, preferences {summary['preferences']}")
+    rec = summary.get("recommended")
+    if rec:
+        lines.append(f"  settings  recommended for {rec['model']} (unset by you): "
+                     + ", ".join(f"{k} {v}" for k, v in rec["applied"].items()))
+    if summary.get("report"):
+        lines.append(format_report(summary["report"]))
     return "\n".join(lines)

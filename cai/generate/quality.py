@@ -10,6 +10,9 @@
                 the latest assistant turn ("The response does not ...") instead of writing
                 a new answer to the user (same two-way 3-gram measure as `copied`)
 
+The check that needs the model (`unresponsive`: a revision that no longer answers its
+prompt, by PMI) lives in `relevance`; `meta_commentary` here is its word-pattern half.
+
 `problem(...)` returns the first that applies, as a `Problem` (kind, reason), or None when
 the text is ok.
 """
@@ -104,6 +107,24 @@ def copied_share(text: str, examples: list[str]) -> float:
 
 
 COPY_SHARE = 0.25
+
+# A revision that talks *about* an answer ("The response does not ...", "the original code
+# was designed to ...", "my previous response") instead of being one. "the user" in the
+# third person is the same slip: an answer speaks to the user as "you".
+_META = re.compile(
+    r"""\b(?:the|this|that|my|your|its)\s+(?:(?:original|initial|previous|last|above|revised|
+        rewritten|new|updated|first|assistant'?s?)\s+)?(?:response|reply|critique|revision)s?\b(?!\s+(?:time|times|rate|team|plan)\b)
+      | \bthe\s+original\s+(?:code|text|answer|question|request|message|version)\b
+      | \bthe\s+(?:user|assistant)\b(?!\s+(?:interface|experience|manual|guide|name|account|agreement))
+      | \b(?:rewrite|revise)d?\s+(?:the|my|your)\s+(?:response|answer)\b""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def meta_commentary(text: str) -> str | None:
+    """The phrase that shows `text` comments on an answer rather than giving one, or None."""
+    m = _META.search(text)
+    return " ".join(m.group(0).split()) if m else None
 
 
 def problem(text: str, *, finish_reason: str = "stop", original: str | None = None,

@@ -18,11 +18,14 @@ from cai.backends import Backend, load_backend
 from cai.backends.context import ChatTokenizer, TokenCounter
 from cai.constitution import load_constitution
 from cai.generate.checkpoint import RunStore
-from cai.generate.config import GenerateConfig, fingerprint, fingerprint_fields, input_fields
+from cai.generate.config import (GenerateConfig, apply_recommended, fingerprint, fingerprint_fields,
+                                 input_fields)
 from cai.generate.inputs import PromptItem, load_prompts
 from cai.generate.outputs import revision_row, write_outputs
 from cai.generate.pipeline import Chain, Run, run_chains
 from cai.generate.progress import Progress, format_summary
+from cai.generate.report import build_report
+from cai.models import recommended_settings, registry_name
 from cai.interrupt import note_saved
 from cai.schema import stable_id, write_rejects
 
@@ -59,6 +62,8 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
     sharing one engine); otherwise one is loaded, only when there is work to do.
     """
     t_start = time.perf_counter()
+    model_ref = config.model or (backend.model if backend else None)
+    config, recommended = apply_recommended(config, recommended_settings(model_ref))
     constitution = load_constitution(config.constitution)
     rounds = config.rounds_for(constitution)
     gen = fingerprint_fields(config, constitution,
@@ -145,6 +150,9 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
             "wall_s": round(time.perf_counter() - t_start, 3),
             "sft": datasets["sft"]["count"],
             "preferences": datasets["preferences"]["count"],
+            "recommended": ({"model": registry_name(model_ref), "applied": recommended}
+                            if recommended else None),
+            "report": build_report(records, tags_field=config.principle_tags_field),
         }
         manifest.update(
             status="complete",
