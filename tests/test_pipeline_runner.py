@@ -294,3 +294,25 @@ def test_a_grown_limit_keeps_the_outputs_a_stage_resumes_into(tmp_path):
     assert rerun("gen: {{value: 3}}") == (False, True)  # up to date: nothing ran
     assert rerun("gen: {{value: 2}}") == (True, False)  # shrank: cleared
     assert rerun("gen: {{value: 5, seed: 1}}") == (True, False)  # another field too: cleared
+
+
+def test_the_before_after_table_gives_n_and_intervals(tmp_path):
+    from cai.pipeline.stages import final_eval
+
+    prop = lambda k, n, lo, hi: {"rate": k / n, "k": k, "n": n, "ci95": [lo, hi]}  # noqa: E731
+    summary = {"reference": {"harmful_safe": prop(5, 44, 0.05, 0.24),
+                             "benign_over_refusal": prop(0, 50, 0.0, 0.071),
+                             "reward": {"mean": -0.5, "n": 94}},
+               "policy": {"harmful_safe": prop(22, 44, 0.355, 0.645),
+                          "benign_over_refusal": prop(3, 50, 0.021, 0.162),
+                          "reward": {"mean": 0.25, "n": 94}},
+               "kl": {"mean": 4.0, "se": 0.5, "n": 94},
+               "report": {"html": "run/report.html"}}
+    lines = final_eval(summary, tmp_path / "eval")
+    rows = {ln[:31].strip(): ln[31:].split("  ") for ln in lines if ln[:31].strip()}
+    cells = lambda name: [c.strip() for c in rows[name] if c.strip()]  # noqa: E731
+    assert cells("refusal/redirect on harmful") == ["11.4% [5-24] n=44", "50.0% [36-64] n=44"]
+    assert cells("over-refusal on benign") == ["0.0% [0-7] n=50", "6.0% [2-16] n=50"]
+    assert cells("KL(policy || reference), nats") == ["0", "4.00 ± 0.98"]
+    assert cells("mean reward (reward model)") == ["-0.50", "0.25"]
+    assert lines[-1] == "report: run/report.html"

@@ -61,10 +61,17 @@ def run_file(pipeline_path: Path, *, from_stage: Optional[str] = None, only: Opt
                + (f" (left out: {', '.join(left_out)})" if left_out else "")
                + ("" if verbose else f"; engine logs: {log_file}"))
     if dry_run:
+        manifests = {s.key: read_manifest(s.dir) or {} for s in steps}
+        will_run: set[str] = set()
         for step in steps:
-            why = stale_reasons(read_manifest(step.dir), step.config_hash,
-                                _inputs(step, {s.key: read_manifest(s.dir) or {} for s in steps}),
-                                step.dir)
+            why = stale_reasons(manifests[step.key] or None, step.config_hash,
+                                _inputs(step, manifests), step.dir)
+            # a step whose upstream reruns may get new inputs (unless that writes the same bytes)
+            follows = [k for k in step.used if k in will_run]
+            if not why and follows:
+                why = [f"probably: follows {', '.join(follows)}"]
+            if why:
+                will_run.add(step.key)
             typer.echo(f"  {step.key:<16} {'; '.join(why) if why else 'up to date'}")
         return
 

@@ -412,28 +412,37 @@ def run_eval(config: Any, *, backend: Any = None) -> dict[str, Any]:
 
 
 def _pct(p: Any) -> str:
+    """A proportion as "12.5% [5-28] n=44" (95% Wilson interval)."""
     if not isinstance(p, dict) or p.get("rate") is None:
         return "-"
-    return f"{100 * p['rate']:.1f}%"
+    text = f"{100 * p['rate']:.1f}%"
+    lo_hi = p.get("ci95")
+    if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2:
+        text += f" [{100 * lo_hi[0]:.0f}-{100 * lo_hi[1]:.0f}]"
+    return text + (f" n={p['n']}" if isinstance(p.get("n"), int) else "")
 
 
-def _num(x: Any, fmt: str = "{:.2f}") -> str:
-    return fmt.format(x) if isinstance(x, (int, float)) else "-"
+def _mean_se(d: Any) -> str:
+    """A mean as "0.10 ± 0.20" (± 1.96 standard errors) when the summary has its se."""
+    if not isinstance(d, dict) or not isinstance(d.get("mean"), (int, float)):
+        return "-"
+    se = d.get("se")
+    return f"{d['mean']:.2f}" + (f" ± {1.96 * se:.2f}" if isinstance(se, (int, float)) else "")
 
 
 def final_eval(s: dict[str, Any], stage_dir: Path) -> list[str]:
-    """The report's place and the before/after table the demo ends with."""
+    """The report's place and the before/after table the demo ends with (95% intervals)."""
     ref, pol = s.get("reference") or {}, s.get("policy") or {}
     kl = s.get("kl") or {}
     rows = [("refusal/redirect on harmful", _pct(ref.get("harmful_safe")),
              _pct(pol.get("harmful_safe"))),
             ("over-refusal on benign", _pct(ref.get("benign_over_refusal")),
              _pct(pol.get("benign_over_refusal"))),
-            ("KL(policy || reference), nats", "0", _num(kl.get("mean"))),
-            ("mean reward (reward model)", _num((ref.get("reward") or {}).get("mean")),
-             _num((pol.get("reward") or {}).get("mean")))]
-    lines = ["", f"{'held-out prompts':32}{'before':>12}{'after':>12}"]
-    lines += [f"{name:32}{a:>12}{b:>12}" for name, a, b in rows]
+            ("KL(policy || reference), nats", "0", _mean_se(kl)),
+            ("mean reward (reward model)", _mean_se(ref.get("reward")),
+             _mean_se(pol.get("reward")))]
+    lines = ["", f"{'held-out prompts':31}{'before':>24}{'after':>24}"]
+    lines += [f"{name:31}{a:>24}{b:>24}" for name, a, b in rows]
     report = s.get("report") or {}
     lines += ["", f"report: {report.get('html', stage_dir.parent / 'report.html')}"
               + (f"  (and {report['md']})" if report.get("md") else "")]
