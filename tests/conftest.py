@@ -63,7 +63,7 @@ def vllm_backend(embedded_model_dir):
         pytest.skip("vllm not installed")
     from cai.backends.vllm_backend import VLLMBackend
 
-    backend = VLLMBackend(str(embedded_model_dir), max_model_len=4096, gpu_memory_utilization=0.3)
+    backend = VLLMBackend(str(embedded_model_dir), max_model_len=4096, gpu_memory_utilization=0.2)
     yield backend
     backend.close()
 

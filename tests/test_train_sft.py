@@ -136,7 +136,7 @@ def test_vllm_loads_the_sft_output(embedded_model_dir, tmp_path):
     from cai.backends import SamplingConfig
     from cai.backends.vllm_backend import VLLMBackend
 
-    backend = VLLMBackend(str(out), max_model_len=1024, gpu_memory_utilization=0.3)
+    backend = VLLMBackend(str(out), max_model_len=1024, gpu_memory_utilization=0.15)
     try:
         [gens] = backend.generate([[{"role": "user", "content": "What is the capital of France?"}]],
                                   SamplingConfig(max_tokens=16, temperature=0.0))
