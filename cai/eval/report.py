@@ -304,7 +304,7 @@ def before_after_rows(ev: dict[str, Any] | None, ppo_rows: list[dict[str, Any]] 
              _pct(pol.get("harmful_safe"))],
             ["benign prompts over-refused", _pct(ref.get("benign_over_refusal")),
              _pct(pol.get("benign_over_refusal"))],
-            ["KL(policy ‖ reference), nats per response", "0 (itself)", _f(kl, 2)],
+            ["KL(policy ‖ reference), nats per response", "0 (itself)" if ref else "–", _f(kl, 2)],
             ["mean reward (reward model)", reward(ref), reward(pol)],
             ["median response length (tokens)",
              _f((ref.get("length_tokens") or {}).get("median"), 0),
@@ -374,7 +374,7 @@ def write_report(run_dir: str | Path, *, ppo_metrics: str | Path | None = None,
         table(["metric", "before (reference)", "after (policy)"], before_after_rows(ev, ppo_rows),
               num={1, 2})
         h.append(f'<p class="note">policy: {_e(ev["config"].get("model"))}; reference: '
-                 f'{_e(ev["config"].get("reference"))}; {ev["prompts"]["harmful"]} harmful and '
+                 f'{_e(ev["config"].get("reference") or "none")}; {ev["prompts"]["harmful"]} harmful and '
                  f'{ev["prompts"]["benign"]} benign held-out prompts. Intervals: 95% Wilson.</p>')
         wins = _win_rows(ev)
         if wins:
