@@ -45,7 +45,7 @@ def generate(
         None, help="auto (default): principles from the prompt's tags field, else scored from "
                    "the prompt, benign prompts get `benign` principles | tags | random"),
     route_threshold: Optional[float] = typer.Option(
-        None, help="route auto: best principle's score (nats) below this -> benign (default 3.0)"),
+        None, help="route auto: best principle's score (nats) below this -> benign (default 2.0)"),
     unchanged_threshold: Optional[str] = typer.Option(
         None, help="keep an answer the model judges to need no change at P >= this "
                    "(status ok:unchanged; default 0.5); 'off' always revises"),
