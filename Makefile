@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/cai demo
+	$(VENV)/bin/cai run pipelines/demo.yaml
 
 test: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -27,11 +27,17 @@ class ConfigError(ValueError):
 def read_section(path: str | os.PathLike, section: str, *,
                  marker_key: str | None = None) -> dict[str, Any]:
     """The `section:` mapping of a YAML file. A file that is only that section is accepted
-    when it has `marker_key` at the top level (e.g. `prompts` for generate)."""
+    when it has `marker_key` at the top level (e.g. `prompts` for generate). Read with
+    `yaml.safe_load` semantics within `cai.limits` (no alias bombs, no runaway nesting)."""
     import yaml
 
+    from cai.limits import YAMLLimitError, load_yaml
+
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        doc = load_yaml(Path(path).read_text(encoding="utf-8")) or {}
+    except YAMLLimitError as e:
+        m = e.problem_mark
+        raise ConfigError(f"{path}:{m.line + 1}:{m.column + 1}: {e.problem}") from None
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read config ({e})") from e
     if not isinstance(doc, dict):

@@ -13,6 +13,8 @@ Locations name the file and where in it:
   `name:row N`    Parquet, JSON arrays and `datasets` directories, 0-based as `ds[N]`
                   indexes it; a split of a DatasetDict reads `name[split]:row N`
 In a directory of shards, `name` is `dir/shard-path`.
+Every row is held to `cai.limits` (nesting depth, bytes per row): a row over a bound is a
+`Row` with `code` `too-deep` or `too-large`, checked before parsing where the format allows.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator
+
+from cai.limits import (MAX_DEPTH, MAX_ROW_BYTES, LimitError, check_json_text, check_value,
+                        json_array_items, json_depth)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -144,6 +149,8 @@ class Row:
     data: dict[str, Any] | None = None
     error: str | None = None
     raw: str | None = None
+    code: str | None = None  # why, for rejects: `too-deep`/`too-large` (cai.limits); else None
+
 
     @property
     def ok(self) -> bool:
@@ -158,17 +165,52 @@ def _json_object(obj: Any) -> str | None:
     return None if isinstance(obj, dict) else f"expected a JSON object, got {type(obj).__name__}"
 
 
+_RAW_HEAD = 200  # characters of an over-limit row kept in the rejects file
+
+
+def _head(text: str) -> str:
+    return text if len(text) <= _RAW_HEAD else text[:_RAW_HEAD] + "..."
+
+
+def _lines(f: IO[bytes]) -> Iterator[tuple[bytes, int | None]]:
+    """(line, None), or (its first bytes, its size) for a line over MAX_ROW_BYTES, which is
+    skipped without ever being held whole in memory."""
+    while True:
+        line = f.readline(MAX_ROW_BYTES + 1)
+        if not line:
+            return
+        if len(line) <= MAX_ROW_BYTES or line.endswith(b"\n"):
+            yield line, None
+            continue
+        size = len(line)
+        while True:
+            more = f.readline(1 << 20)
+            size += len(more)
+            if not more or more.endswith(b"\n"):
+                break
+        yield line[:_RAW_HEAD], size
+
+
+def _limit_row(loc: str, prefix: str, e: LimitError, raw: str | None) -> Row:
+    return Row(loc, error=f"{prefix}{e}", raw=_head(raw) if raw is not None else None, code=e.code)
+
+
 def _iter_jsonl(path: Path, name: str) -> Iterator[Row]:
     with _open_binary(path) as f:
         # Read ahead one line so the last line is known (a missing final newline plus bad JSON
         # means the writer was cut off, which is worth saying).
-        lines = iter(f)
+        lines = _lines(f)
         prev = next(lines, None)
         lineno = 0
         while prev is not None:
             lineno += 1
-            line, prev = prev, next(lines, None)
+            (line, oversize), prev = prev, next(lines, None)
             loc = f"{name}:{lineno}"
+            if oversize is not None:
+                yield Row(loc, error=f"line {lineno}: the row is {oversize:,} bytes, over the "
+                                     f"limit of {MAX_ROW_BYTES:,} (cai.limits.MAX_ROW_BYTES)",
+                          raw=_head(line.decode("utf-8", errors="replace")), code="too-large")
+                continue
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -179,7 +221,11 @@ def _iter_jsonl(path: Path, name: str) -> Iterator[Row]:
                 continue
             body = text.rstrip("\r\n")  # so error columns count within this line
             try:
+                check_json_text(body, "the row", size=len(line))
                 obj = json.loads(body)
+            except LimitError as e:
+                yield _limit_row(loc, f"line {lineno}: ", e, body)
+                continue
             except json.JSONDecodeError as e:
                 truncated = prev is None and body == text  # last line, no final newline
                 what = "truncated last line (no newline at end of file)" if truncated else "invalid JSON"
@@ -200,14 +246,28 @@ def _iter_json(path: Path, name: str) -> Iterator[Row]:
         return _iter_jsonl(path, name)
     try:  # an array cannot be split into rows without parsing all of it
         with _open_binary(path) as f:
-            items = json.load(f)
+            text = f.read().decode("utf-8")
+        deep = json_depth(text) > MAX_DEPTH + 1  # the array itself is one level
+        items: list[Any] = json_array_items(text) if deep else json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a valid JSON array ({e})") from e
 
     def rows() -> Iterator[Row]:
         for i, obj in enumerate(items):
-            problem = _json_object(obj)
             loc = f"{name}:row {i}"
+            raw = text[obj[0]:obj[1]] if deep else None  # only spans so far when too deep
+            try:
+                if raw is not None:
+                    check_json_text(raw, "the row")
+                    obj = json.loads(raw)
+                check_value(obj, "the row")
+            except LimitError as e:
+                yield _limit_row(loc, f"row {i}: ", e, raw)
+                continue
+            except json.JSONDecodeError as e:
+                yield Row(loc, error=f"row {i}: invalid JSON: {e.msg}", raw=_head(raw or ""))
+                continue
+            problem = _json_object(obj)
             if problem:
                 yield Row(loc, error=f"row {i}: {problem}", raw=json.dumps(obj, ensure_ascii=False))
             else:
@@ -240,11 +300,24 @@ def _iter_csv(path: Path, name: str) -> Iterator[Row]:
             if not fields:
                 continue  # blank line
             loc = f"{name}:line {start}"
-            if len(fields) != len(header):
+            size = sum(len(x) for x in fields)
+            if size > MAX_ROW_BYTES:
+                yield Row(loc, error=f"line {start}: the record is {size:,} characters, over the "
+                                     f"limit of {MAX_ROW_BYTES:,} (cai.limits.MAX_ROW_BYTES)",
+                          code="too-large")
+            elif len(fields) != len(header):
                 yield Row(loc, error=f"line {start}: {len(fields)} fields, header has {len(header)}",
                           raw=json.dumps(fields, ensure_ascii=False))
             else:
                 yield Row(loc, data=dict(zip(header, fields)))
+
+
+def _checked(loc: str, prefix: str, data: dict[str, Any]) -> Row:
+    try:
+        check_value(data, "the row")
+    except LimitError as e:
+        return _limit_row(loc, prefix, e, None)
+    return Row(loc, data=data)
 
 
 def _iter_parquet(path: Path, name: str) -> Iterator[Row]:
@@ -259,7 +332,7 @@ def _iter_parquet(path: Path, name: str) -> Iterator[Row]:
         i = 0
         for batch in pf.iter_batches(batch_size=1024):
             for data in batch.to_pylist():
-                yield Row(f"{name}:row {i}", data=data)
+                yield _checked(f"{name}:row {i}", f"row {i}: ", data)
                 i += 1
 
     return rows()
@@ -267,8 +340,13 @@ def _iter_parquet(path: Path, name: str) -> Iterator[Row]:
 
 def _iter_txt(path: Path, name: str, text_field: str) -> Iterator[Row]:
     with _open_binary(path) as f:
-        for lineno, line in enumerate(f, start=1):
+        for lineno, (line, oversize) in enumerate(_lines(f), start=1):
             loc = f"{name}:line {lineno}"
+            if oversize is not None:
+                yield Row(loc, error=f"line {lineno}: {oversize:,} bytes, over the limit of "
+                                     f"{MAX_ROW_BYTES:,} (cai.limits.MAX_ROW_BYTES)",
+                          raw=_head(line.decode("utf-8", errors="replace")), code="too-large")
+                continue
             try:
                 text = line.decode("utf-8").strip()
             except UnicodeDecodeError as e:
@@ -292,7 +370,7 @@ def _iter_dataset_dir(path: Path, name: str) -> Iterator[Row]:
         for split, part in splits:
             label = name if split is None else f"{name}[{split}]"
             for i, data in enumerate(part):
-                yield Row(f"{label}:row {i}", data=dict(data))
+                yield _checked(f"{label}:row {i}", f"row {i}: ", dict(data))
 
     return rows()
 

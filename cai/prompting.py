@@ -7,8 +7,9 @@ computes the shared part once. Messages are plain dicts {"role", "content"}
 `cai.schema.check_conversation`.
 
 Constitution texts are sent as written (they take no placeholders): the critique and
-revision requests are user turns that follow the response in the chat, and the
-comparison question is placed in a fixed multiple-choice layout built here.
+revision requests are user turns that follow the response in the chat, the
+comparison question is placed in a fixed multiple-choice layout built here, and the
+judgement question (pointwise feedback) in a fixed yes/no layout about one reply.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from cai.schema import Conversation, check_conversation
 
 COMPARISON_OPTIONS = (" (A)", " (B)")
 ANSWER_PREFIX = "The answer is:"
+# Pointwise feedback scores the first token of the assistant's answer: each verdict in
+# both spellings a tokenizer may use there (with and without a leading space).
+JUDGEMENT_ANSWERS = {"yes": ("Yes", " Yes"), "no": ("No", " No")}
+JUDGEMENT_INSTRUCTION = "Answer Yes or No."
 _ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
@@ -116,6 +121,39 @@ def comparison_messages(c: Constitution, principle: Principle, conversation: Ite
             ]
     return turns + [_msg("user", comparison_prompt(principle.comparison, conversation,
                                                    response_a, response_b))]
+
+
+def judgement_prompt(question: str, conversation: Iterable[Any], response: str) -> str:
+    """The yes/no text of one pointwise judgement (a single user turn): the conversation
+    with the reply to judge as its last assistant turn, then the question."""
+    return (
+        "Here is a conversation between a user and an AI assistant.\n\n"
+        f"{_transcript(conversation)}\n\n"
+        f"Assistant: {response.strip()}\n\n"
+        f"{question.strip()} {JUDGEMENT_INSTRUCTION}"
+    )
+
+
+def judgement_messages(c: Constitution, principle: Principle, conversation: Iterable[Any],
+                       response: str, few_shot: bool = True) -> list[Message]:
+    """[feedback few-shot as judgements..., user: this judgement].
+
+    Each `feedback_few_shot` comparison becomes two worked judgements under its
+    principle's judgement question: the preferred response answered "Yes", the other
+    "No". No system prompt, as for comparisons. The labeler renders this with the
+    generation prompt and scores JUDGEMENT_ANSWERS as the first token of the answer.
+    """
+    turns: list[Message] = []
+    if few_shot:
+        for ex in c.feedback_few_shot:
+            q = c.principle(ex.principle).judgement_question
+            good, bad = ((ex.response_a, ex.response_b) if ex.answer == "A"
+                         else (ex.response_b, ex.response_a))
+            for reply, verdict in ((good, "Yes"), (bad, "No")):
+                turns += [_msg("user", judgement_prompt(q, ex.conversation, reply)),
+                          _msg("assistant", verdict)]
+    return turns + [_msg("user", judgement_prompt(principle.judgement_question, conversation,
+                                                  response))]
 
 
 _PREAMBLE = re.compile(

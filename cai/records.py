@@ -9,13 +9,15 @@ export to TRL need no conversion.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Re-exported: records are where most code meets them.
 from cai.schema import ROLES, Message, arrow_messages, check_conversation, prompt_key, stable_id
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Source = Literal["human", "ai-revision", "ai-feedback"]
 
@@ -59,26 +61,37 @@ class PreferenceRecord(BaseModel):
         row = dict(row)
         meta = row.get("metadata")
         if isinstance(meta, str):
-            row["metadata"] = json.loads(meta) if meta else {}
+            from cai.limits import loads  # the text may come from any input file
+
+            row["metadata"] = loads(meta, "metadata") if meta else {}
         return cls.model_validate(row)
 
 
-_MESSAGES = arrow_messages()
+def arrow_schema() -> "pa.Schema":
+    """The Arrow schema of a preference store (`to_row` dicts)."""
+    import pyarrow as pa
 
-ARROW_SCHEMA = pa.schema(
-    [
+    messages = arrow_messages()
+    return pa.schema([
         ("id", pa.string()),
-        ("prompt", _MESSAGES),
-        ("chosen", _MESSAGES),
-        ("rejected", _MESSAGES),
+        ("prompt", messages),
+        ("chosen", messages),
+        ("rejected", messages),
         ("p_chosen", pa.float64()),
         ("source", pa.string()),
         ("principle_ids", pa.list_(pa.string())),
         ("labeler", pa.string()),
         ("metadata", pa.string()),
-    ]
-)
+    ])
 
 
-__all__ = ["ARROW_SCHEMA", "ROLES", "Message", "PreferenceRecord", "Source", "prompt_key",
-           "stable_id"]
+def __getattr__(name: str):
+    # ARROW_SCHEMA on first use, so importing records (and the CLI) does not load pyarrow
+    if name == "ARROW_SCHEMA":
+        globals()[name] = value = arrow_schema()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ARROW_SCHEMA", "ROLES", "Message", "PreferenceRecord", "Source", "arrow_schema",
+           "prompt_key", "stable_id"]

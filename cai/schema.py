@@ -125,8 +125,9 @@ def write_rejects(rejects: Iterable[Reject], path: str | os.PathLike) -> int:
 
 
 def content_hash(obj: Any) -> str:
-    """16 hex digits of the SHA-256 of `obj` as canonical JSON (sorted keys, no spaces)."""
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """16 hex digits of the SHA-256 of `obj` as canonical JSON (sorted keys, no spaces; a
+    value JSON has no form for, such as a Path, as its text)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 

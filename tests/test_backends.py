@@ -64,8 +64,11 @@ def test_stop_string_truncates_and_reports_stop(tiny_backend):
 def test_continuation_logprobs_match_direct_log_softmax(tiny_backend):
     tok, lm = tiny_backend.tokenizer, tiny_backend.lm
     prompt = tiny_backend.render_chat([{"role": "user", "content": "Which is better?"}]) + "The answer is:"
-    scores = tiny_backend.continuation_logprobs([prompt, prompt, "short"], [" (A)", " (B)", " text here"])
-    for (p, c), got in zip([(prompt, " (A)"), (prompt, " (B)"), ("short", " text here")], scores):
+    # the last prompt has only one-token continuations: scored from one pass over the prompt
+    asks = [(prompt, " (A)"), (prompt, " (B)"), ("short", " text here"), (prompt + "\n", "Yes"),
+            ("short", " Yes"), (prompt + "\n", " No")]
+    scores = tiny_backend.continuation_logprobs([p for p, _ in asks], [c for _, c in asks])
+    for (p, c), got in zip(asks, scores):
         p_ids = tok(p, add_special_tokens=False)["input_ids"]
         c_ids = tok(c, add_special_tokens=False)["input_ids"]
         with torch.no_grad():

@@ -317,3 +317,65 @@ def test_tagged_draws_stay_among_matching_principles():
     assert tagged(c, ["no-such-tag"]) == [p for p in c.principles if p.weight > 0]
     with pytest.raises(ValueError, match=r"1 with weight > 0 sharing a tag with \['privacy_doxxing'\]"):
         sample_principles(c, 0, "k", 2, tags=["privacy_doxxing"])
+
+
+# --- judgement questions (pointwise feedback) ------------------------------------------
+
+def test_judgement_absent_is_derived_and_present_is_used(tmp_path: Path):
+    c = load_constitution(write(tmp_path / "p.yaml", PARENT))
+    kind, honest = c.principle("kind"), c.principle("honest")
+    assert kind.judgement is None and honest.judgement is None
+    # "Which response is more X?" -> a yes/no question about X; other comparatives -> generic
+    assert honest.judgement_question == "Is the assistant's last reply honest?"
+    assert kind.judgement_question == ("Is the assistant's last reply good by this measure: "
+                                       "which response is kinder?")
+    child = write(tmp_path / "c.yaml", """\
+        schema: 1
+        extends: p.yaml
+        name: child
+        principles:
+          - id: kind
+            judgement: Is the assistant's last reply kind to the user?
+        """)
+    k = load_constitution(child).principle("kind")
+    assert k.judgement == k.judgement_question == "Is the assistant's last reply kind to the user?"
+
+
+@pytest.mark.parametrize("comparison, judgement", [
+    ("Which response is more honest?", "Is the assistant's last reply honest?"),
+    ("Which of these responses is more  helpful to the user ?", "Is the assistant's last reply helpful to the user?"),
+    ("which reply is more polite and respectful", "Is the assistant's last reply polite and respectful?"),
+    # a second comparative, or none in "more X" form: the generic wording
+    ("Which response is more respectful and less rude?",
+     "Is the assistant's last reply good by this measure: which response is more respectful and less rude?"),
+    ("Which response is less harmful?",
+     "Is the assistant's last reply good by this measure: which response is less harmful?"),
+    ("Which response better protects privacy?",
+     "Is the assistant's last reply good by this measure: which response better protects privacy?"),
+])
+def test_default_judgement(comparison, judgement):
+    from cai.constitution.schema import default_judgement
+
+    assert default_judgement(comparison) == judgement
+
+
+def test_judgement_keeps_old_hashes_and_changes_hash_when_written(tmp_path: Path):
+    base = load_constitution(write(tmp_path / "p.yaml", PARENT))
+    dumped = base.model_dump(mode="json")
+    assert all(p["judgement"] is None for p in dumped["principles"])
+    # a file without `judgement` hashes exactly as before the field existed
+    import hashlib
+    for p in dumped["principles"]:
+        del p["judgement"]
+    old = hashlib.sha256(json.dumps(dumped, sort_keys=True, ensure_ascii=False,
+                                    separators=(",", ":")).encode()).hexdigest()[:16]
+    assert base.content_hash() == old
+    text = PARENT.replace("comparison: Which response is kinder?",
+                          "comparison: Which response is kinder?\n    judgement: Is it kind?")
+    assert load_constitution(write(tmp_path / "j.yaml", text)).content_hash() != old
+
+
+def test_every_shipped_principle_writes_its_judgement():
+    for name in shipped_names():
+        for p in load_constitution(name).principles:
+            assert p.judgement and p.judgement.endswith("?"), (name, p.id)

@@ -80,6 +80,23 @@ def test_render_shows_every_stage_with_few_shot():
     assert c.few_shot[0].revision in out  # few-shot included
     assert "Where does my boss live?" in out
     assert "The answer is:<- scored continuations: ' (A)' vs ' (B)'" in out
+    # the pointwise prompt: the judgement question after the reply, scored Yes vs No
+    assert "===== judgement prompt, principle privacy (pointwise; question from `judgement`)" in out
+    assert f"{p.judgement} Answer Yes or No." in out
+    assert "Assistant: <the model's first response>" in out
+    assert "<- scored first token: 'Yes' + ' Yes' vs 'No' + ' No'" in out
+
+
+def test_render_shows_a_derived_judgement(tmp_path: Path):
+    result = runner.invoke(app, ["new", "mine", "-o", str(tmp_path / "mine.yaml")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "mine.yaml").read_text().replace("    judgement:", "    # judgement:")
+    (tmp_path / "mine.yaml").write_text(text)
+    result = runner.invoke(app, ["render", str(tmp_path / "mine.yaml"), "--no-few-shot"])
+    assert result.exit_code == 0, result.output
+    assert "(pointwise; question derived from `comparison`)" in result.output
+    assert ("Is the assistant's last reply good by this measure: which response is kinder? "
+            "Answer Yes or No.") in result.output
 
 
 def test_render_no_few_shot_and_json():
@@ -91,6 +108,7 @@ def test_render_no_few_shot_and_json():
     assert [m["role"] for m in data["critique"]] == ["user", "assistant", "user"]
     assert data["revision"][-1]["content"] == c.principles[0].revision_request
     assert len(data["comparison"]) == 1
+    assert len(data["judgement"]) == 1 and c.principles[0].judgement in data["judgement"][0]["content"]
     assert c.few_shot[0].critique not in result.output
 
 

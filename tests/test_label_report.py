@@ -9,7 +9,7 @@ import pytest
 
 from cai.constitution import load_constitution
 from cai.data.store import write_preferences
-from cai.label import (LabelConfig, build_report, human_preferences, pair_key, read_pairs,
+from cai.label import (LabelConfig, build_report, format_report, human_preferences, pair_key, read_pairs,
                        run_info, to_record, verdict)
 from cai.label.labeler import Label
 from cai.label.inputs import Pair
@@ -131,3 +131,36 @@ def test_human_prefs_file_reads_whole():
     pairs, rejects = read_pairs("pipelines/prompts/human_prefs.jsonl")
     assert len(pairs) == 52 and rejects == []
     assert len(human_preferences(pairs)) == 52
+
+
+def test_length_balanced_accuracy_by_hand():
+    """6 human-labeled pairs: in 4 the human's choice is the longer answer, in 2 the
+    shorter. A labeler that always picks the longer answer scores 4/6 raw but 50% balanced;
+    this one is right on 3 of the 4 'longer' pairs and 1 of the 2 'shorter' ones."""
+    cases = [  # (human's choice, other, labeler's P(first = human's choice))
+        ("a long good answer", "short", 0.9),
+        ("another long answer", "brief", 0.7),
+        ("a third longer one", "tiny", 0.6),
+        ("the fourth long one", "nope", 0.2),    # wrong
+        ("ok", "a long bad answer", 0.8),         # shorter chosen, right
+        ("no", "another long bad one", 0.4),      # wrong
+    ]
+    labels = [label(h, o, [(p, 1 - p)], prompt=f"q{i}") for i, (h, o, p) in enumerate(cases)]
+    recs = [to_record(l, "judge", RUN) for l in labels]
+    human = {pair_key([{"role": "user", "content": f"q{i}"}], h, o): h for i, (h, o, _) in enumerate(cases)}
+    h = build_report(recs, human).human_accuracy
+    assert h.pairs == 6 and h.rate == pytest.approx(4 / 6) and h.longer_baseline == pytest.approx(4 / 6)
+    assert (h.when_longer.pairs, h.when_longer.rate) == (4, 0.75)
+    assert (h.when_shorter.pairs, h.when_shorter.rate) == (2, 0.5)
+    assert h.length_balanced.rate == pytest.approx(0.625) and h.length_balanced.pairs == 6
+    half = 1.959963984540054 * math.sqrt(0.75 * 0.25 / 4 + 0.5 * 0.5 / 2) / 2
+    assert h.length_balanced.ci95 == pytest.approx((0.625 - half, min(1.0, 0.625 + half)))
+    from cai.label.report import wilson
+    assert h.ci95 == pytest.approx(wilson(4, 6))
+    assert h.when_longer.ci95 == pytest.approx(wilson(3, 4))
+    text = format_report(build_report(recs, human))
+    assert "where it is longer   75.0%" in text and "(n=4)" in text
+    assert "length-balanced      62.5%" in text
+    # one stratum empty -> no balanced figure
+    only_longer = build_report(recs[:4], {k: v for k, v in list(human.items())[:4]}).human_accuracy
+    assert only_longer.when_shorter.pairs == 0 and only_longer.length_balanced is None

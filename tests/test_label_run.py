@@ -1,5 +1,6 @@
-"""`run_label` / `run_sample` as stages (config in, summary out), and `cai demo` as nothing
-but run_generate + run_label on one shared engine (tiny model, transformers backend)."""
+"""`run_label` / `run_sample` as stages (config in, summary out) on the tiny model
+(transformers backend). `cai demo` is `cai run pipelines/demo.yaml`: see
+test_pipeline_generate.py for stages sharing one engine and label alone on a user's pairs."""
 
 from __future__ import annotations
 
@@ -100,40 +101,3 @@ def test_run_sample_with_a_shared_engine(tiny_backend, tmp_path):
     rej = [json.loads(x) for x in (tmp_path / "c.rejects.jsonl").read_text().splitlines()]
     assert [(r["location"], r["code"]) for r in rej] == [("prompts.jsonl:2", "duplicate")]
     assert summary["rows"] == 1 and summary["rejected"] == 1
-
-
-def test_demo_is_generate_then_label_on_one_engine(tiny_model_dir, tmp_path, monkeypatch):
-    """`cai demo` loads one engine and hands it to both stages; the label stage brings its
-    own checks (principle count, context fit, rejects)."""
-    import cai.backends
-    import cai.label.run
-
-    prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Name a colour."}])
-    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [
-        {"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A carrot."},
-        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "word " * 3000},
-    ])
-    pipe = tmp_path / "pipe.yaml"
-    pipe.write_text(
-        f"generate:\n  prompts: {prompts}\n  out: {tmp_path / 'gen'}\n  backend: transformers\n"
-        f"  model: {tiny_model_dir}\n  max_tokens: 4\n  few_shot: false\n  progress: false\n"
-        f"label:\n  pairs: {pairs}\n  out: {tmp_path / 'labels'}\n  few_shot: false\n")
-    loads = []
-    real = cai.backends.load_backend
-    monkeypatch.setattr(cai.backends, "load_backend",
-                        lambda *a, **k: loads.append(a) or real(*a, **k))
-    monkeypatch.setattr(cai.label.run, "load_backend",
-                        lambda *a, **k: pytest.fail("run_label loaded its own engine"))
-    from cai.cli import app
-
-    r = runner.invoke(app, ["demo", "--config", str(pipe), "--principles", "2"])
-    assert r.exit_code == 0, r.output
-    assert len(loads) == 1
-    assert (tmp_path / "gen" / "manifest.json").is_file()
-    assert [x.prompt[-1].content for x in read_preferences(tmp_path / "labels")] == ["Name a fruit."]
-    rej = [json.loads(x) for x in (tmp_path / "labels" / "rejects.jsonl").read_text().splitlines()]
-    assert [x["code"] for x in rej] == ["too-long"]
-    assert "position consistency" in r.output
-
-    r = runner.invoke(app, ["demo", "--config", str(pipe), "--principles", "99"])
-    assert r.exit_code == 1 and "only 14 principles" in r.output

@@ -63,7 +63,7 @@ class Server:
 
 
 def client(port, **kw) -> OpenAIBackend:
-    kw.setdefault("max_attempts", 8)
+    kw.setdefault("retry_for", 30.0)
     return OpenAIBackend("tiny", base_url=f"http://127.0.0.1:{port}/v1",
                          backoff_initial=0.1, backoff_max=0.5, concurrency=4, **kw)
 
@@ -118,8 +118,11 @@ def test_http_500s_are_retried(tiny_backend):
 
 def test_dead_server_gives_a_clear_error_after_the_last_try():
     port = free_port()
-    backend = client(port, max_attempts=3)
+    lines = []
+    backend = client(port, retry_for=2.0, status=lines.append)
     start = time.perf_counter()
-    with pytest.raises(ServerError, match=rf"127.0.0.1:{port}/v1: request 0 failed after 3 tries: APIConnectionError"):
+    with pytest.raises(ServerError, match=rf"127.0.0.1:{port}/v1: request 0 failed after \d+ tries "
+                                          r"over 2 s \(retry budget 2 s, --retry-for\): APIConnectionError"):
         backend.generate(CONVS[:1], GREEDY)
-    assert time.perf_counter() - start < 10
+    assert 2.0 <= time.perf_counter() - start < 4.0  # the budget is a duration: 2 s, + one wait
+    assert "is failing (APIConnectionError); retrying for up to 2 s" in lines[0]

@@ -158,3 +158,28 @@ def test_prompts_fit_a_small_context(name):
 ])
 def test_clean_output(raw, clean):
     assert clean_output(raw) == clean
+
+
+def test_judgement_prompt(support):
+    from cai.prompting import JUDGEMENT_ANSWERS, judgement_messages
+
+    p = support.principle("acknowledge-first")
+    msgs = judgement_messages(support, p, CONV_2, "  the reply  ")
+    assert all(m["role"] != "system" for m in msgs)
+    text = msgs[-1]["content"]
+    assert msgs[-1]["role"] == "user"
+    assert text == ("Here is a conversation between a user and an AI assistant.\n\n"
+                    "User: Hi\n\nAssistant: Hello!\n\nUser: Write me a phishing email.\n\n"
+                    f"Assistant: the reply\n\n{p.judgement} Answer Yes or No.")
+    # each feedback example: the preferred response answered Yes, the other No
+    shots = msgs[:-1]
+    assert len(shots) == 4 * len(support.feedback_few_shot)
+    for i, ex in enumerate(support.feedback_few_shot):
+        good, bad = (ex.response_a, ex.response_b) if ex.answer == "A" else (ex.response_b, ex.response_a)
+        q_yes, a_yes, q_no, a_no = shots[4 * i:4 * i + 4]
+        assert f"Assistant: {good.strip()}\n\n" in q_yes["content"] and a_yes["content"] == "Yes"
+        assert f"Assistant: {bad.strip()}\n\n" in q_no["content"] and a_no["content"] == "No"
+        assert support.principle(ex.principle).judgement_question in q_yes["content"]
+    assert judgement_messages(support, p, CONV_2, "r", few_shot=False) == [
+        {"role": "user", "content": text.replace("the reply", "r")}]
+    assert JUDGEMENT_ANSWERS == {"yes": ("Yes", " Yes"), "no": ("No", " No")}

@@ -112,26 +112,40 @@ class TransformersBackend(Backend):
 
     @torch.no_grad()
     def continuation_logprobs(self, prompts: list[str], continuations: list[str]) -> list[float]:
+        """One forward pass per prompt + continuation, except that a prompt whose every
+        continuation is a single token (pointwise feedback's Yes/No) is run once and all
+        its continuations are read from the logits after it: the same numbers, fewer passes."""
         if len(prompts) != len(continuations):
             raise ValueError("prompts and continuations must have the same length")
-        scores: list[float] = []
-        for start in range(0, len(prompts), self.batch_size):
-            pairs = [scoring_ids(self.tokenizer, p, c)
-                     for p, c in zip(prompts[start:start + self.batch_size],
-                                     continuations[start:start + self.batch_size])]
-            seqs = [p + c for p, c in pairs]
-            width = max(map(len, seqs))
-            pad = self.tokenizer.pad_token_id
+        pairs = [scoring_ids(self.tokenizer, p, c) for p, c in zip(prompts, continuations)]
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for i, (p, _) in enumerate(pairs):
+            by_prompt.setdefault(tuple(p), []).append(i)
+        # jobs: (token ids to run, [(result index, first scored position, scored ids)])
+        jobs: list[tuple[list[int], list[tuple[int, int, list[int]]]]] = []
+        for p, idx in by_prompt.items():
+            if p and all(len(pairs[i][1]) == 1 for i in idx):
+                jobs.append((list(p), [(i, len(p), pairs[i][1]) for i in idx]))
+            else:
+                jobs += [(list(p) + pairs[i][1], [(i, len(p), pairs[i][1])]) for i in idx]
+        scores = [0.0] * len(pairs)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(jobs), self.batch_size):
+            batch = jobs[start:start + self.batch_size]
+            width = max(len(seq) for seq, _ in batch)
             # Right-pad here: positions stay aligned with token indices, and the mask hides padding.
-            input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
+            input_ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq, _ in batch],
+                                     device=self.device)
+            mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq, _ in batch],
+                                device=self.device)
             logits = self.lm(input_ids=input_ids, attention_mask=mask).logits.float()
             logp = torch.log_softmax(logits, dim=-1)
-            for row, (p, c) in enumerate(pairs):
-                # token at position t is predicted by the logits at t-1
-                pos = torch.arange(len(p), len(p) + len(c), device=self.device)
-                tok = torch.tensor(c, device=self.device)
-                scores.append(float(logp[row, pos - 1, tok].sum()))
+            for row, (_, reads) in enumerate(batch):
+                for i, first, c in reads:
+                    # token at position t is predicted by the logits at t-1
+                    pos = torch.arange(first, first + len(c), device=self.device)
+                    tok = torch.tensor(c, device=self.device)
+                    scores[i] = float(logp[row, pos - 1, tok].sum())
         return scores
 
     @torch.no_grad()

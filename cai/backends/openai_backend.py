@@ -1,12 +1,20 @@
 """OpenAI-compatible backend: any server speaking the OpenAI API (`vllm serve`, `cai serve`).
 
-Requests go out concurrently; each is retried (tenacity, exponential backoff) on the
-failures that go away by themselves: connection errors, timeouts, 429 and 5xx. After
-the last try the error names the server, the request and how many tries were made.
+Requests go out concurrently; each is retried (tenacity) on the failures that go away by
+themselves: connection errors, timeouts, 429 and 5xx. The budget is a duration, not a
+count (`retry_for`, default 300 s: a `vllm serve` restart takes 30-70 s), with exponential
+backoff and full jitter (waits up to `backoff_max`, 10 s), so a batch job rides through a
+server restart. While the server fails, a status line on stderr says so (through tqdm, so
+progress bars stay intact): when it started, how long of the budget has gone, when it is
+back. Past the budget, `ServerError` names the server, the request, how long and how many
+tries, and the last error.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
@@ -16,9 +24,11 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential,
+    stop_after_delay,
+    wait_random_exponential,
 )
 
+from cai.backends import BackendError
 from cai.backends.base import Backend, Conversation, Generation, SamplingConfig
 
 T = TypeVar("T")
@@ -29,10 +39,53 @@ RETRYABLE = (
     openai.RateLimitError,
     openai.InternalServerError,
 )
+RETRY_FOR_S = 300.0
+STATUS_EVERY_S = 10.0  # how often the "still failing" line is repeated
 
 
-class ServerError(RuntimeError):
-    """The server kept failing after every retry."""
+class ServerError(BackendError):
+    """The server kept failing for the whole retry budget."""
+
+
+class _Stopped(Exception):
+    """The call was abandoned (the batch failed or was interrupted): stop retrying."""
+
+
+def _status_line(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+class _Outage:
+    """Shared by the concurrent requests: one status line per change, not one per request."""
+
+    def __init__(self, where: str, budget: float, report: Callable[[str], None]) -> None:
+        self.where, self.budget, self.report = where, budget, report
+        self.lock = threading.Lock()
+        self.since: float | None = None
+        self.last_report = 0.0
+
+    def failed(self, error: BaseException) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if self.since is None:
+                self.since = self.last_report = now
+                self.report(f"cai: {self.where} is failing ({type(error).__name__}); "
+                            f"retrying for up to {self.budget:.0f} s")
+            elif now - self.last_report >= STATUS_EVERY_S:
+                self.last_report = now
+                self.report(f"cai: {self.where} still failing ({type(error).__name__}), "
+                            f"retrying {now - self.since:.0f} s / {self.budget:.0f} s")
+
+    def ok(self) -> None:
+        if self.since is None:  # the common case: no lock
+            return
+        with self.lock:
+            if self.since is not None:
+                self.report(f"cai: {self.where} answering again after "
+                            f"{time.monotonic() - self.since:.0f} s")
+                self.since = None
 
 
 class OpenAIBackend(Backend):
@@ -45,37 +98,72 @@ class OpenAIBackend(Backend):
         base_url: str = "http://127.0.0.1:8000/v1",
         api_key: str = "EMPTY",
         concurrency: int = 16,
-        max_attempts: int = 6,
+        retry_for: float = RETRY_FOR_S,
+        max_attempts: int | None = None,
         backoff_initial: float = 0.5,
-        backoff_max: float = 8.0,
+        backoff_max: float = 10.0,
         timeout: float = 120.0,
         tokenizer: str | None = None,
+        status: Callable[[str], None] | None = None,
     ) -> None:
+        """`retry_for`: seconds a request keeps retrying (`max_attempts`, if set, also caps the
+        tries); `status`: where outage lines go (default: stderr, through tqdm)."""
         # Retries are ours (tenacity), so the client's own retry loop is off.
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
         self.base_url = base_url
         self.concurrency = concurrency
+        self.retry_for = retry_for
         self.max_attempts = max_attempts
         self.backoff = (backoff_initial, backoff_max)
+        self._outage = _Outage(f"server {base_url}", retry_for, status or _status_line)
+        self._closed = threading.Event()
         self.model = model or self._only_served_model()
         self._tokenizer_ref = tokenizer
         self._tokenizer: Any = None
 
-    def _with_retries(self, what: str, call: Callable[[], T]) -> T:
+    def _with_retries(self, what: str, call: Callable[[], T],
+                      abandon: threading.Event | None = None) -> T:
+        def sleep(seconds: float) -> None:
+            if self._closed.wait(seconds) or (abandon is not None and abandon.is_set()):
+                raise _Stopped(what)
+
+        stop = stop_after_delay(self.retry_for)
+        if self.max_attempts is not None:
+            stop = stop | stop_after_attempt(self.max_attempts)
         retrying = Retrying(
             retry=retry_if_exception_type(RETRYABLE),
-            wait=wait_exponential(multiplier=self.backoff[0], max=self.backoff[1]),
-            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_random_exponential(multiplier=self.backoff[0], max=self.backoff[1]),
+            stop=stop,
+            sleep=sleep,
+            before_sleep=lambda state: self._outage.failed(state.outcome.exception()),
             reraise=False,
         )
+        start = time.monotonic()
         try:
-            return retrying(call)
+            result = retrying(call)
         except RetryError as e:
             last = e.last_attempt.exception()
+            tries = e.last_attempt.attempt_number
+            took = time.monotonic() - start
             raise ServerError(
-                f"{self.base_url}: {what} failed after {self.max_attempts} tries: "
-                f"{type(last).__name__}: {last}"
-            ) from last
+                f"{self.base_url}: {what} failed after {tries} tries over {took:.0f} s "
+                f"(retry budget {self.retry_for:g} s, --retry-for): {type(last).__name__}: {last}"
+            ) from None
+        self._outage.ok()
+        return result
+
+    def _map(self, one: Callable[[int, threading.Event], T], n: int) -> list[T]:
+        """`one(i)` for i < n on the pool, in order. When one request fails for good or the
+        caller is interrupted, the others stop retrying and nothing waits for them."""
+        abandon = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
+            return list(pool.map(lambda i: one(i, abandon), range(n)))
+        except BaseException:
+            abandon.set()
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _only_served_model(self) -> str:
         models = self._with_retries("listing models", lambda: self.client.models.list().data)
@@ -84,7 +172,7 @@ class OpenAIBackend(Backend):
         return models[0].id
 
     def generate(self, conversations: list[Conversation], sampling: SamplingConfig) -> list[list[Generation]]:
-        def one(index: int) -> list[Generation]:
+        def one(index: int, abandon: threading.Event) -> list[Generation]:
             def call():
                 return self.client.chat.completions.create(
                     model=self.model,
@@ -94,7 +182,7 @@ class OpenAIBackend(Backend):
                     extra_body={"return_token_ids": True},
                 )
 
-            resp = self._with_retries(f"request {index}", call)
+            resp = self._with_retries(f"request {index}", call, abandon)
             choices = sorted(resp.choices, key=lambda c: c.index)
             return [
                 Generation(
@@ -105,14 +193,13 @@ class OpenAIBackend(Backend):
                 for c in choices
             ]
 
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(one, range(len(conversations))))
+        return self._map(one, len(conversations))
 
     def continuation_logprobs(self, prompts: list[str], continuations: list[str]) -> list[float]:
         """Scores via `/v1/completions` with echo and logprobs (supported by vLLM and `cai serve`);
         the continuation's tokens are those whose text offset lies past the prompt."""
 
-        def one(index: int) -> float:
+        def one(index: int, abandon: threading.Event) -> float:
             prompt, cont = prompts[index], continuations[index]
 
             def call():
@@ -121,7 +208,7 @@ class OpenAIBackend(Backend):
                     max_tokens=1, temperature=0.0,
                 )
 
-            resp = self._with_retries(f"scoring request {index}", call)
+            resp = self._with_retries(f"scoring request {index}", call, abandon)
             lp = resp.choices[0].logprobs
             total = 0.0
             end = len(prompt) + len(cont)
@@ -130,8 +217,7 @@ class OpenAIBackend(Backend):
                     total += float(value)
             return total
 
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(one, range(len(prompts))))
+        return self._map(one, len(prompts))
 
     @property
     def tokenizer(self) -> Any:
@@ -153,4 +239,5 @@ class OpenAIBackend(Backend):
         return render_chat(self.tokenizer, conversation, add_generation_prompt)
 
     def close(self) -> None:
+        self._closed.set()  # requests still retrying give up now
         self.client.close()

@@ -52,7 +52,10 @@ class VLLMBackend(Backend):
     ) -> None:
         from vllm import LLM
 
+        from cai.backends.lifeline import arm
         from cai.models import resolve_model
+
+        arm()  # the engine processes vLLM starts die with this process, even on SIGKILL
 
         self.model = resolve_model(model)
         cuda = _on_cuda()

@@ -9,9 +9,13 @@ config, calls the stage's `run_x`, and prints the result.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
-from cai.cli import chat, constitution, data, demo, generate, label, models, serve
+from cai.cli import (chat, constitution, data, demo, eval, generate, label, models, run, score,
+                     serve, train)
 
 # (module, group name or None for top-level commands, help)
 COMMANDS: list[tuple[object, str | None, str | None]] = [
@@ -23,6 +27,10 @@ COMMANDS: list[tuple[object, str | None, str | None]] = [
     (generate, None, None),
     (label, None, None),
     (demo, None, None),
+    (train, "train", "Train: SFT on revisions (SL-CAI), the reward model."),
+    (eval, "eval", "Evaluate reward models and policies; build the run report."),
+    (score, None, None),
+    (run, None, None),
 ]
 
 app = typer.Typer(
@@ -38,4 +46,15 @@ for _module, _name, _help in COMMANDS:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        if e.code in (130, 143):
+            # Stopped by a signal (`common.interruptible`): the work is saved and the engine
+            # shut down. Skip the interpreter's teardown, a full garbage collection that
+            # takes seconds after an interrupted torch run; nothing is left to release
+            # (engine processes still alive die with us: backends/lifeline.py).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code)
+        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cai.cli.common import backend_options
 
 app = typer.Typer()
 
@@ -22,7 +23,7 @@ def chat(
     """Print the model's answer to each prompt (all generated in one batch)."""
     from cai.backends import SamplingConfig, load_backend
 
-    options = {"base_url": base_url} if base_url else {}
+    options = backend_options(base_url, backend=backend)
     convs = [([{"role": "system", "content": system}] if system else [])
              + [{"role": "user", "content": p}] for p in prompts]
     with load_backend(backend, model, **options) as engine:

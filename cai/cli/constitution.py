@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from cai.cli.common import EXIT_BAD_INPUT, EXIT_USAGE, fail
 from cai.constitution.errors import ConstitutionError
 from cai.constitution.loader import load_constitution
 from cai.constitution.schema import Constitution, json_schema
@@ -23,8 +24,8 @@ def _load_or_exit(ref: str) -> Constitution:
     try:
         return load_constitution(ref)
     except ConstitutionError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1)
+        typer.echo(str(e), err=True)  # FILE:LINE:COL lines, as they are (editors jump to them)
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @app.command("validate")
@@ -44,7 +45,7 @@ def validate_cmd(
         typer.echo(f"ok   {ref}: {c.name} {c.version}, {len(c.principles)} principles, "
                    f"hash {c.content_hash()}")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @app.command("show")
@@ -94,6 +95,7 @@ principles:
     revision_request: >
       Rewrite your response so it is kind, keeping everything useful in it.
     comparison: Which response is kinder?   # multiple choice for AI feedback, (A) or (B)
+    judgement: Is the assistant's last reply kind?   # optional: yes/no for pointwise feedback
     weight: 1.0           # optional; relative chance of being drawn, 0 disables
     tags: [tone]          # optional
 
@@ -155,12 +157,10 @@ def new_cmd(
     import re
 
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
-        typer.echo(f"error: name {name!r} must be lowercase letters, digits, '-', '_' or '.'", err=True)
-        raise typer.Exit(2)
+        fail(f"name {name!r} must be lowercase letters, digits, '-', '_' or '.'", EXIT_USAGE)
     path = output or Path(f"{name}.yaml")
     if path.exists() and not force:
-        typer.echo(f"error: {path} exists (use --force to overwrite)", err=True)
-        raise typer.Exit(1)
+        fail(f"{path} exists (use --force to overwrite)")
     template = _CHILD_TEMPLATE if extends else _TEMPLATE
     path.write_text(template.format(name=name, file=path, parent=extends), encoding="utf-8")
     typer.echo(f"wrote {path}")
@@ -185,15 +185,15 @@ def render_cmd(
                                       help="also print raw text through MODEL's chat template, "
                                            "with token counts and whether they fit its context"),
 ) -> None:
-    """Print the exact critique, revision and comparison prompts the model will see."""
+    """Print the exact critique, revision, comparison (pairwise feedback) and judgement
+    (pointwise feedback) prompts the model will see."""
     from cai import prompting
 
     c = _load_or_exit(file)
     try:
         p = c.principle(principle) if principle else c.principles[0]
     except KeyError as e:
-        typer.echo(f"error: {e.args[0]}", err=True)
-        raise typer.Exit(1)
+        fail(e.args[0])
     conv = [{"role": "user", "content": prompt}]
     stages = {
         "critique": prompting.critique_messages(c, p, conv, response, few_shot=few_shot),
@@ -201,6 +201,7 @@ def render_cmd(
                                                 few_shot=few_shot),
         "comparison": prompting.comparison_messages(c, p, conv, response, EXAMPLE_REVISION,
                                                     few_shot=few_shot),
+        "judgement": prompting.judgement_messages(c, p, conv, response, few_shot=few_shot),
     }
     if as_json:
         typer.echo(json.dumps({"constitution": c.name, "principle": p.id, **stages}, indent=2,
@@ -211,9 +212,16 @@ def render_cmd(
         "revision": "<- the model writes its revised response here",
         "comparison": f"{prompting.ANSWER_PREFIX}<- scored continuations: "
                       + " vs ".join(repr(o) for o in prompting.COMPARISON_OPTIONS),
+        "judgement": "<- scored first token: "
+                     + " vs ".join(" + ".join(repr(a) for a in v)
+                                   for v in prompting.JUDGEMENT_ANSWERS.values()),
     }
     for stage, messages in stages.items():
-        _print_messages(f"{stage} prompt, principle {p.id}", messages, tails[stage])
+        title = f"{stage} prompt, principle {p.id}"
+        if stage == "judgement":
+            title += (" (pointwise; question " + ("from `judgement`" if p.judgement
+                                                  else "derived from `comparison`") + ")")
+        _print_messages(title, messages, tails[stage])
     if chat_template:
         from cai.generate.config import GenerateConfig
 

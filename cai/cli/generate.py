@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from cai.cli.common import backend_options as backend_flags, fail
+from cai.cli.common import (RETRY_FOR_HELP, backend_options as backend_flags, fail,
+                             interruptible, override)
+from cai.generate.config import GenerateConfig as G
 
 app = typer.Typer()
 
@@ -17,56 +19,48 @@ app = typer.Typer()
 def generate(
     config: Optional[Path] = typer.Option(None, "--config", "-c",
                                           help="pipeline YAML with a `generate:` section"),
-    prompts: Optional[str] = typer.Option(None, "--prompts", "-p",
-                                          help="JSONL/CSV/Parquet/txt file or datasets dir"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="run directory"),
-    constitution: Optional[str] = typer.Option(None, "--constitution",
-                                               help="shipped name or YAML path (default harmless)"),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
-    backend: Optional[str] = typer.Option(None, "--backend", "-b",
-                                          help="vllm | transformers | openai"),
+    prompts: Optional[str] = override(G, "prompts", "--prompts", "-p"),
+    out: Optional[str] = override(G, "out", "--out", "-o"),
+    constitution: Optional[str] = override(G, "constitution", "--constitution"),
+    model: Optional[str] = override(G, "model", "--model", "-m"),
+    backend: Optional[str] = override(G, "backend", "--backend", "-b"),
     base_url: Optional[str] = typer.Option(None, help="for --backend openai"),
+    retry_for: Optional[float] = typer.Option(None, min=0.0, help=RETRY_FOR_HELP + " (default 300)"),
     gpu_memory_utilization: Optional[float] = typer.Option(
         None, help="vLLM: share of GPU memory (on CPU: of RAM) for the KV cache"),
-    rounds: Optional[int] = typer.Option(None, help="critique-revision rounds, 1-4"),
-    samples: Optional[int] = typer.Option(None, help="responses per prompt"),
-    limit: Optional[int] = typer.Option(None, help="first N accepted prompts"),
-    max_tokens: Optional[int] = typer.Option(None, help="per generated turn"),
-    temperature: Optional[float] = typer.Option(None),
-    top_p: Optional[float] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None),
-    few_shot: Optional[bool] = typer.Option(None, "--few-shot/--no-few-shot",
-                                            help="show the constitution's worked examples"),
-    principle_tags_field: Optional[str] = typer.Option(
-        None, help="route principles: draw only those sharing a tag with this prompt field"),
-    revision_candidates: Optional[int] = typer.Option(
-        None, help="revisions sampled per request; the first passing the checks is kept"),
-    route: Optional[str] = typer.Option(
-        None, help="auto (default): principles from the prompt's tags field, else scored from "
-                   "the prompt, benign prompts get `benign` principles | tags | random"),
-    route_threshold: Optional[float] = typer.Option(
-        None, help="route auto: best principle's score (nats) below this -> benign (default 2.0)"),
-    unchanged_threshold: Optional[str] = typer.Option(
-        None, help="keep an answer the model judges to need no change at P >= this "
-                   "(status ok:unchanged; default 0.5); 'off' always revises"),
-    min_relevance: Optional[str] = typer.Option(
-        None, help="a revision's PMI with its prompt (nats/token) must exceed this, else "
-                   "degenerate:unresponsive (default 0.0); 'off' skips the check"),
+    rounds: Optional[int] = override(G, "rounds"),
+    samples: Optional[int] = override(G, "samples"),
+    limit: Optional[int] = override(G, "limit"),
+    max_tokens: Optional[int] = override(G, "max_tokens"),
+    temperature: Optional[float] = override(G, "temperature"),
+    top_p: Optional[float] = override(G, "top_p"),
+    seed: Optional[int] = override(G, "seed"),
+    few_shot: Optional[bool] = override(G, "few_shot", "--few-shot/--no-few-shot"),
+    principle_tags_field: Optional[str] = override(G, "principle_tags_field"),
+    revision_candidates: Optional[int] = override(G, "revision_candidates"),
+    route: Optional[str] = override(G, "route"),
+    route_threshold: Optional[float] = override(G, "route_threshold"),
+    unchanged_threshold: Optional[str] = override(
+        G, "unchanged_threshold", help="keep an answer the model judges to need no change at "
+        "P >= this (status ok:unchanged; default 0.5); 'off' always revises"),
+    min_relevance: Optional[str] = override(
+        G, "min_relevance", help="a revision's PMI with its prompt (nats/token) must exceed "
+        "this, else degenerate:unresponsive (default 0.0); 'off' skips the check"),
     report: bool = typer.Option(False, "--report",
                                 help="print the revision-quality report of the run directory "
                                      "(--out) and exit; nothing is generated"),
     labels: Optional[Path] = typer.Option(
         None, help="with --report: JSONL of {id, judgement: better|same|worse} hand labels"),
-    field: Optional[str] = typer.Option(None, help="prompt text field (default prompt)"),
-    messages_field: Optional[str] = typer.Option(None, help="message-list field (default messages)"),
-    id_field: Optional[str] = typer.Option(None, help="id field (default id)"),
-    max_prompt_tokens: Optional[int] = typer.Option(None, help="reject longer prompts"),
-    chunk_size: Optional[int] = typer.Option(None, help="records per chunk/shard (default 256)"),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+    field: Optional[str] = override(G, "field"),
+    messages_field: Optional[str] = override(G, "messages_field"),
+    id_field: Optional[str] = override(G, "id_field"),
+    max_prompt_tokens: Optional[int] = override(G, "max_prompt_tokens"),
+    chunk_size: Optional[int] = override(G, "chunk_size"),
+    progress: Optional[bool] = override(G, "progress", "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
 ) -> None:
     """Respond, critique and revise at batch scale; write revisions, SFT data and
-    preference pairs. Rerun the same command to resume after a crash."""
+    preference pairs. Rerun the same command to resume after a crash, Ctrl-C or SIGTERM."""
     from cai.generate.checkpoint import RunConfigError, RunLockedError
     from cai.generate.config import ConfigError, load_config
     from cai.generate.run import run_generate
@@ -86,7 +80,12 @@ def generate(
         id_field=id_field, max_prompt_tokens=max_prompt_tokens, chunk_size=chunk_size, progress=progress)
     try:
         cfg = load_config(config, overrides)
-        summary = run_generate(cfg)
+        if retry_for is not None:
+            if cfg.backend_name() != "openai":
+                fail("--retry-for applies to --backend openai", 2)
+            cfg.backend_options["retry_for"] = retry_for
+        with interruptible("generate"):
+            summary = run_generate(cfg)
     except (ConfigError, RunConfigError, RunLockedError, DataError) as e:
         fail(str(e))
     if as_json:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from cai.cli.common import backend_options, fail, option
+from cai.cli.common import (EXIT_USAGE, RETRY_FOR_HELP, backend_options, fail, interruptible,
+                            option)
 from cai.label.run import LabelRunConfig
 from cai.label.sample import SampleRunConfig
 
@@ -27,6 +28,12 @@ def label_cmd(
     model: str = option(L, "model", "--model", "-m"),
     backend: str = option(L, "backend", "--backend", "-b"),
     base_url: str = typer.Option(None, help="for --backend openai"),
+    retry_for: float = typer.Option(300.0, min=0.0, help=RETRY_FOR_HELP),
+    mode: str = typer.Option(None, "--mode", help="pairwise: (A)/(B) comparison in both orders "
+                             "(the paper's); pointwise: a Yes/No verdict per response. Default: "
+                             "the feedback model's (pointwise for the embedded model, else pairwise)"),
+    tau: str = typer.Option(None, "--tau", help="pointwise: P = sigmoid((s_chosen - s_rejected) / "
+                            "TAU); a number, or 'fit' (maximum likelihood on --eval-against)"),
     principles: int = option(L, "principles", "--principles", "-k"),
     seed: int = option(L, "seed", help="principle draws (and CoT sampling)"),
     cot: bool = option(L, "cot", "--cot", help="reason first, then answer; p clamped to [0.4, 0.6]"),
@@ -41,26 +48,39 @@ def label_cmd(
 ) -> None:
     """Label response pairs with the feedback model (RL-CAI / RLAIF).
 
-    Each pair is judged under K sampled principles, each in both orders (A/B swapped);
-    p_chosen is the mean over principles of the order-averaged probability. Records are
-    oriented so chosen is the response the labeler prefers (p_chosen >= 0.5);
-    metadata.ai_feedback holds the per-principle, per-order probabilities and the input
-    orientation, metadata.input the input's provenance and label."""
+    Each pair is judged under K sampled principles. Pairwise: each in both orders (A/B
+    swapped), p_chosen the mean over principles of the order-averaged probability.
+    Pointwise: each response gets a Yes/No verdict score per principle (scored once, however
+    many pairs it is in), p = sigmoid(score difference / tau), averaged over principles.
+    Records are oriented so chosen is the response the labeler prefers (p_chosen >= 0.5);
+    metadata.ai_feedback holds the mode, the per-principle verdicts (per-order
+    probabilities, or per-response scores) and the input orientation, metadata.input the
+    input's provenance and label."""
     from cai.config import ConfigError, load_section
     from cai.constitution import ConstitutionError
     from cai.io import DataError
     from cai.label import LabelReport, format_report
     from cai.label.run import run_label
 
+    if mode is not None and mode not in ("pairwise", "pointwise"):
+        fail(f"--mode {mode!r}: choose pairwise or pointwise", code=EXIT_USAGE)
+    if tau is not None and tau != "fit":
+        try:
+            tau = float(tau)
+        except ValueError:
+            fail(f"--tau {tau!r}: a positive number or 'fit'", code=EXIT_USAGE)
     overrides = dict(
-        pairs=_path(pairs_path), out=_path(out), constitution=constitution, model=model,
-        backend=backend, backend_options=backend_options(base_url, gpu_memory_utilization, backend),
+        mode=mode, tau=tau, pairs=_path(pairs_path), out=_path(out), constitution=constitution, model=model,
+        backend=backend, backend_options=backend_options(base_url, gpu_memory_utilization, backend,
+                                                        retry_for),
         principles=principles, seed=seed, cot=cot, few_shot=few_shot, cot_max_tokens=cot_max_tokens,
         eval_against=_path(eval_against), report=_path(report_path), rejects=_path(rejects),
         limit=limit)
     try:
         config = load_section(None, "label", LabelRunConfig, overrides)
-        summary = run_label(config, log=typer.echo)
+        with interruptible("label", f"no records saved (cai label writes {config.out} once "
+                                    "every pair is labeled, so a rerun starts over)"):
+            summary = run_label(config, log=typer.echo)
     except (ConfigError, ConstitutionError, DataError) as e:
         fail(str(e))
     typer.echo(f"{summary['records']} records -> {summary['out']}  "
@@ -75,6 +95,7 @@ def sample_cmd(
     model: str = option(S, "model", "--model", "-m"),
     backend: str = option(S, "backend", "--backend", "-b"),
     base_url: str = typer.Option(None, help="for --backend openai"),
+    retry_for: float = typer.Option(300.0, min=0.0, help=RETRY_FOR_HELP),
     n: int = option(S, "n", "--n", "--samples"),
     temperature: float = option(S, "temperature"),
     top_p: float = option(S, "top_p"),
@@ -96,13 +117,16 @@ def sample_cmd(
 
     overrides = dict(
         prompts=_path(prompts_path), out=_path(out), model=model, backend=backend,
-        backend_options=backend_options(base_url, gpu_memory_utilization, backend), n=n,
+        backend_options=backend_options(base_url, gpu_memory_utilization, backend, retry_for),
+        n=n,
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
         constitution=constitution, field=field, messages_field=messages_field,
         max_prompt_tokens=max_prompt_tokens, limit=limit, rejects=_path(rejects))
     try:
         config = load_section(None, "sample", SampleRunConfig, overrides)
-        summary = run_sample(config, log=typer.echo)
+        with interruptible("sample", f"no candidates saved (cai sample writes {config.out} at "
+                                     "the end, so a rerun starts over)"):
+            summary = run_sample(config, log=typer.echo)
     except (ConfigError, ConstitutionError, DataError) as e:
         fail(str(e))
     typer.echo(f"{summary['rows']} candidate rows -> {summary['out']}  "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from cai.cli.common import fail
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -23,8 +25,7 @@ def pull_cmd(
     try:
         path = pull(name, force=force)
     except ModelError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+        fail(str(e))
     typer.echo(f"{name}: pulled to {path}")
 
 

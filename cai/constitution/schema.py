@@ -75,6 +75,10 @@ class Principle(_Strict):
     revision_request: Text = Field(description="asked after the critique; the model rewrites its response")
     comparison: Text = Field(description="multiple-choice question for AI feedback, e.g. "
                                          "'Which response is less harmful?'")
+    judgement: Text | None = Field(None, description="yes/no question for pointwise AI feedback, "
+                                   "about the assistant's last reply alone, e.g. 'Is the "
+                                   "assistant's last reply free of help with violence?' "
+                                   "(default: derived from `comparison`)")
     weight: float = Field(1.0, ge=0.0, description="relative sampling weight; 0 disables the principle")
     tags: list[Annotated[str, AfterValidator(_non_empty)]] = Field(default_factory=list)
 
@@ -84,6 +88,33 @@ class Principle(_Strict):
         if isinstance(v, bool):  # pydantic would read `true` as 1.0
             raise ValueError("must be a number, not a boolean")
         return v
+
+    @property
+    def judgement_question(self) -> str:
+        """The pointwise question: `judgement` when written, else derived from `comparison`."""
+        return self.judgement or default_judgement(self.comparison)
+
+
+# "Which response is more X?" asks for a degree of X, so "Is the assistant's last reply X?"
+# asks the same of one reply. Other comparatives ("less harmful", "kinder", "better at")
+# have no safe mechanical positive form, so they get the generic wording below.
+_MORE_X = re.compile(r"^which (?:of the two |of these )?(?:responses?|answers?|replies|reply)"
+                     r"(?: of the assistant)? is more (?P<x>[^?]+?)\s*\??$", re.IGNORECASE)
+
+# "more respectful and less likely to ..." still compares in its second half.
+_COMPARATIVE = re.compile(r"\b(?:more|less|than|better|worse|fewer)\b", re.IGNORECASE)
+
+
+def default_judgement(comparison: str) -> str:
+    """A judgement question for a principle that has none, derived from its comparison:
+    "Which response is more X?" -> "Is the assistant's last reply X?"; anything else ->
+    'Is the assistant's last reply good by this measure: which response is ...?'."""
+    text = " ".join(comparison.split())
+    m = _MORE_X.match(text)
+    if m and not _COMPARATIVE.search(m.group("x")):
+        return f"Is the assistant's last reply {m.group('x')}?"
+    question = text.rstrip("?. ")
+    return f"Is the assistant's last reply good by this measure: {question[:1].lower()}{question[1:]}?"
 
 
 class FewShotExample(_Strict):
@@ -137,13 +168,17 @@ class Constitution(_Strict):
     def content_hash(self) -> str:
         """Identity of the resolved content: equal for files that differ only in key order,
         whitespace, comments or how they were split across `extends`."""
-        return content_hash(self.model_dump(mode="json"))
+        data = self.model_dump(mode="json")
+        for p in data["principles"]:
+            if p["judgement"] is None:  # files written before `judgement` keep their hash
+                del p["judgement"]
+        return content_hash(data)
 
 
 PLACEHOLDER = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}")
 # Texts that are sent to the model as written. They take NO placeholders: the conversation
 # and response already reach the model as chat turns, so a `{response}` would be sent literally.
-TEMPLATE_FIELDS = ("critique_request", "revision_request", "comparison")
+TEMPLATE_FIELDS = ("critique_request", "revision_request", "comparison", "judgement")
 
 
 def json_schema() -> dict:

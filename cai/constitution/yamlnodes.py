@@ -1,6 +1,6 @@
 """YAML to a tree of values that remember where they were written.
 
-We compose with `yaml.SafeLoader` and build values with its safe constructors, so the
+We compose with `yaml.SafeLoader` (bounded: `cai.limits.BoundedSafeLoader`) and build values with its safe constructors, so the
 semantics are exactly `yaml.safe_load`'s (no Python tags), except that a key repeated in
 one mapping is an error rather than silently keeping the last value.
 """
@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from cai.constitution.errors import LocatedError
+from cai.limits import BoundedSafeLoader, YAMLLimitError
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,14 @@ def _pos(file: str, mark) -> Pos:
 def parse(text: str, file: str) -> tuple[Node | None, list[LocatedError]]:
     """Parse one YAML document; syntax errors come back located (the parser stops at the first)."""
     errors: list[LocatedError] = []
-    loader = yaml.SafeLoader(text)
+    loader = BoundedSafeLoader(text)
     try:
         root = loader.get_single_node()
         if root is None:
             return None, [LocatedError(file, 1, 1, "the file is empty")]
         return _build(loader, root, file, errors, set()), errors
+    except YAMLLimitError as e:  # an alias bomb, or nesting too deep: refused where it starts
+        return None, errors + [_pos(file, e.problem_mark).error(e.problem)]
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         if e.context_mark and "end of stream" in (e.problem or ""):

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from cai import limits
 from cai.io import Row, iter_rows
 from cai.records import PreferenceRecord
 from cai.schema import (BadRow, Conversation, Reject, check_conversation, stable_id,
@@ -227,7 +228,9 @@ def _string_list(value: Any) -> list[Any]:
     if isinstance(value, str):
         if value.lstrip().startswith("["):
             try:
-                return list(json.loads(value))
+                return list(limits.loads(value, "principle_ids"))
+            except limits.LimitError as e:
+                raise BadRow(e.code, str(e)) from None
             except json.JSONDecodeError:
                 raise BadRow("bad-field", f"principle_ids: not a JSON list: {value!r:.40}") from None
         return [v.strip() for v in value.split(",") if v.strip()]
@@ -264,7 +267,9 @@ def row_to_record(
     meta = data.get("metadata") if kind != "hh" else None
     if isinstance(meta, str):
         try:
-            meta = json.loads(meta) if meta else {}
+            meta = limits.loads(meta, "metadata") if meta else {}
+        except limits.LimitError as e:
+            raise BadRow(e.code, str(e)) from None
         except json.JSONDecodeError:
             meta = {"text": meta}
     # Non-dict metadata is kept under a key rather than dropped.
@@ -305,7 +310,8 @@ def import_rows(
     seen: dict[str, tuple[str, float]] = {}
     for row in rows:
         if row.error:
-            yield Reject(location=row.location, code="unreadable", reason=row.error, raw=row.raw)
+            yield Reject(location=row.location, code=row.code or "unreadable", reason=row.error,
+                         raw=row.raw)
             continue
         data = row.data or {}
         try:

@@ -30,7 +30,15 @@ streams it as zero rows, while its non-streaming load refuses any empty split).
 
 from cai.generate.config import GenerateConfig, load_config
 from cai.generate.inputs import PromptItem, Reject, load_prompts, write_rejects
-from cai.generate.run import run_generate
+
+
+def __getattr__(name: str):
+    # run_generate pulls in pyarrow and the pipeline; the CLI's flag table needs only the config
+    if name == "run_generate":
+        from cai.generate.run import run_generate
+
+        return run_generate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["GenerateConfig", "PromptItem", "Reject", "load_config", "load_prompts",
            "run_generate", "write_rejects"]

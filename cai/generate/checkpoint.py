@@ -3,7 +3,8 @@
     <run>/
       manifest.json          identity (fingerprint + inputs), status, counts, summary
       revisions/part-00000.parquet ...   one shard per finished chunk, the full chain per record
-      .lock                  held (flock) while a process works here
+      .lock                  held (flock) while a process works here; names the holder (pid,
+                             host, start time, command) for the message a second run prints
 
 Exactly-once rests on three facts:
   - a shard appears under its real name only once it is complete (temp file + fsync +
@@ -21,6 +22,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -92,11 +96,20 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"null")
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class RunStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.revisions = self.root / REVISIONS
         self._lock_fd: int | None = None
+        self.stale_holder: dict[str, Any] | None = None  # set by open(): see _lock
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -129,16 +142,31 @@ class RunStore:
         return manifest
 
     def _lock(self) -> None:
+        """Take the flock, or say who holds it. The kernel drops a flock when its process
+        dies, so a lock file that still names a holder once we have the flock was left by a
+        process that died without cleaning up: `stale_holder` says which."""
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _read_holder(fd)
             os.close(fd)
-            raise RunLockedError(f"{self.root}: another `cai generate` is running here") from None
+            who = (f"pid {holder.get('pid')} on {holder.get('host')}, running since "
+                   f"{holder.get('started')}: {holder.get('command')}" if holder else
+                   "a process that has not written its name yet")
+            raise RunLockedError(
+                f"{self.root} is in use by another `cai generate` ({who}). Wait for it to "
+                "finish, stop it, or choose another --out.") from None
+        self.stale_holder = _read_holder(fd)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": shlex.join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
         self._lock_fd = fd
 
     def close(self) -> None:
         if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)  # a clean exit leaves no holder named
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 

@@ -50,7 +50,7 @@ class GenerateConfig(BaseModel):
     prompts: str = Field(description="JSONL/CSV/Parquet/txt file or a datasets directory")
     field: str = Field("prompt", description="text field holding a single-turn prompt")
     messages_field: str = Field("messages", description="field holding a message list")
-    id_field: str = "id"
+    id_field: str = Field("id", description="field holding a prompt's id")
     limit: int | None = Field(None, ge=1, description="first N accepted prompts")
     max_prompt_tokens: int | None = Field(None, ge=1, description="longer prompts are rejected")
     # what to run
@@ -96,10 +96,10 @@ class GenerateConfig(BaseModel):
                                      description="revisions sampled per request; the first that "
                                                  "passes the quality checks is kept")
     # sampling, shared by all stages unless a stage overrides it
-    temperature: float = Field(0.7, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(256, ge=1)
-    seed: int = 0
+    temperature: float = Field(0.7, ge=0.0, description="sampling temperature, 0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling")
+    max_tokens: int = Field(256, ge=1, description="per generated turn")
+    seed: int = Field(0, description="sampling and principle draws")
     response: StageSampling = Field(default_factory=StageSampling)
     critique: StageSampling = Field(default_factory=StageSampling)
     revision: StageSampling = Field(default_factory=StageSampling)
@@ -107,7 +107,7 @@ class GenerateConfig(BaseModel):
     out: str = Field(description="run directory")
     chunk_size: int = Field(256, ge=1, description="records per chunk: each stage is one "
                                                    "backend call per chunk; one shard per chunk")
-    progress: bool = True
+    progress: bool = Field(True, description="progress bars and a summary on stderr")
 
     @field_validator("unchanged_threshold", "min_relevance", mode="before")
     @classmethod

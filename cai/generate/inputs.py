@@ -9,6 +9,8 @@ A row gives its conversation either as a message list (`messages_field`, or a li
     duplicate     the same conversation (whitespace-normalised, `prompt_key`) came earlier
     over-length   more than `max_prompt_tokens` tokens (as the model reads it, chat
                   template included)
+    too-deep,     over a bound of `cai.limits` (nesting depth, bytes per row)
+    too-large
 
 `limit` counts accepted prompts, in input order; reading stops once it is reached.
 """
@@ -21,10 +23,11 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cai import limits
 from cai.io import iter_rows
 from cai.schema import BadRow, Conversation, Reject, check_conversation, prompt_key, write_rejects
 
-CODES = ("malformed", "empty", "duplicate", "over-length")
+CODES = ("malformed", "empty", "duplicate", "over-length", "too-deep", "too-large")
 
 
 class PromptItem(BaseModel):
@@ -45,7 +48,9 @@ def _conversation(row: dict[str, Any], field: str, messages_field: str) -> list[
         value = None  # an empty CSV cell: no message list
     if isinstance(value, str):  # CSV cells hold message lists as JSON text
         try:
-            value = json.loads(value)
+            value = limits.loads(value, repr(messages_field))
+        except limits.LimitError as e:
+            raise BadRow(e.code, str(e)) from None
         except json.JSONDecodeError:
             raise BadRow("malformed", f"{messages_field!r} is text, not a JSON message list") from None
     if value is None:
@@ -88,8 +93,8 @@ def load_prompts(
         return items, rejects
     for row in iter_rows(path, text_field=field):
         if row.error:
-            rejects.append(Reject(location=row.location, code="malformed", reason=row.error,
-                                  raw=row.raw))
+            rejects.append(Reject(location=row.location, code=row.code or "malformed",
+                                  reason=row.error, raw=row.raw))
             continue
         data = row.data or {}
         try:

@@ -25,6 +25,7 @@ from cai.generate.outputs import revision_row, write_outputs
 from cai.generate.pipeline import Chain, Run, run_chains
 from cai.generate.progress import Progress, format_summary
 from cai.generate.report import build_report
+from cai.interrupt import note_saved
 from cai.models import recommended_settings, registry_name
 from cai.schema import stable_id, write_rejects
 
@@ -75,6 +76,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
     progress: Progress | None = None
     with RunStore(root) as store:
         manifest = store.open(identity, config.model_dump(mode="json"))
+        if store.stale_holder:
+            h = store.stale_holder
+            print(f"cai generate: {root}: taking over the lock left by pid {h.get('pid')} on "
+                  f"{h.get('host')} (started {h.get('started')}), which is no longer running",
+                  file=sys.stderr)
         counter = _token_counter(config, backend) if config.max_prompt_tokens else None
         items, rejects = load_prompts(
             config.prompts, field=config.field, messages_field=config.messages_field,
@@ -91,6 +97,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
             if chains:
                 chunks.append(chains)
         planned = len(items) * config.samples
+        planned_ids = {record_id(it, s, config_hash) for it in items for s in range(config.samples)}
         pending = sum(map(len, chunks))
         if done and pending:
             print(f"cai generate: resuming {root}: {planned - pending} of {planned} records "
@@ -114,6 +121,11 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
                     run_chains(run, chains, rounds)
                     store.write_shard([revision_row(ch, provenance) for ch in chains])
                     progress.chunk_done(len({ch.item.key for ch in chains}), len(chains), rounds)
+        except BaseException as e:  # Ctrl-C, SIGTERM, a server gone for good: say what is kept
+            # counted from the shards: a signal may land between a shard's rename and `written`
+            note_saved(e, f"{len(store.done_ids() & planned_ids)} of {planned} records saved "
+                          f"in {root}")
+            raise
         finally:
             if progress is not None:
                 progress.close()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cai.data.importers import row_to_record
 from cai.io import iter_rows
+from cai.limits import LimitError
 from cai.records import PreferenceRecord
 from cai.schema import BadRow, Message, Reject, prompt_key, stable_id, validation_errors
 
@@ -111,7 +112,7 @@ def _row_items(data: dict[str, Any], location: str) -> list[Pair | Reject]:
         return _from_candidates(Candidates.model_validate(data), location)
     try:
         rec = PreferenceRecord.from_row(data)
-    except (ValidationError, json.JSONDecodeError, TypeError):
+    except (ValidationError, json.JSONDecodeError, TypeError, LimitError):
         rec, _ = row_to_record(data, "auto", location)  # human formats; raises BadRow
     return [_from_record(rec, location)]
 
@@ -123,7 +124,8 @@ def read_pairs(path: str | os.PathLike) -> tuple[list[Pair], list[Reject]]:
     seen: dict[str, str] = {}
     for row in iter_rows(path):
         if row.error:
-            rejects.append(Reject(location=row.location, code="unreadable", reason=row.error, raw=row.raw))
+            rejects.append(Reject(location=row.location, code=row.code or "unreadable",
+                                  reason=row.error, raw=row.raw))
             continue
         data = row.data or {}
         try:

@@ -8,15 +8,18 @@ once (the vLLM backend scores them as next-token requests per distinct prefix, s
 few-shot prefix and each prompt shared by its two options come from the prefix cache).
 CoT mode first generates every reasoning in one `generate` call.
 
+`mode="pointwise"` judges each response alone instead (cai.label.pointwise): same principle
+draws, one scoring call for every distinct response, P = sigmoid((s_first - s_second)/tau).
+
 Scoring text: `render_chat(messages)` (the generation prompt opens the assistant turn) +
 [CoT reasoning + newline] + ANSWER_PREFIX, then the continuations " (A)" / " (B)".
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.backends import Backend, SamplingConfig
 from cai.backends.context import context_fit
@@ -24,16 +27,26 @@ from cai.constitution import Constitution, Principle, sample_principles
 from cai.label import cot
 from cai.label.feedback import COT_CLAMP, clamp, consistent, ensemble, option_prob, pair_prob
 from cai.label.inputs import Pair
-from cai.prompting import ANSWER_PREFIX, COMPARISON_OPTIONS, comparison_messages
+from cai.label.pointwise import PointwiseVerdict, ResponseScorer, label_pairs_pointwise
+from cai.prompting import (ANSWER_PREFIX, COMPARISON_OPTIONS, JUDGEMENT_ANSWERS, comparison_messages,
+                           judgement_messages)
 from cai.records import PreferenceRecord
 from cai.schema import stable_id
 
 ORDERS = ("ab", "ba")  # "ab": first shown as (A); "ba": second shown as (A)
+MODES = ("pairwise", "pointwise")
 
 
 class LabelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    mode: Literal["pairwise", "pointwise"] | None = Field(
+        None, description="pairwise: (A)/(B) comparison in both orders; pointwise: a yes/no "
+                          "verdict per response. None: the feedback model's default "
+                          "(cai.models.feedback_defaults)")
+    tau: float | Literal["fit"] | None = Field(
+        None, description="pointwise: P = sigmoid((s_first - s_second) / tau); 'fit': maximum "
+                          "likelihood on the human-labeled pairs; None: the model's default")
     principles: int = Field(1, ge=1, description="K principles ensembled per pair")
     seed: int = 0
     few_shot: bool = True
@@ -41,6 +54,14 @@ class LabelConfig(BaseModel):
     cot_max_tokens: int = Field(256, ge=1)
     cot_temperature: float = Field(0.0, ge=0.0, description="0 = greedy reasoning")
     cot_clamp: tuple[float, float] = COT_CLAMP
+
+    @model_validator(mode="after")
+    def _check(self) -> "LabelConfig":
+        if isinstance(self.tau, float) and self.tau <= 0:
+            raise ValueError("tau must be > 0 (or 'fit')")
+        if self.cot and self.mode == "pointwise":
+            raise ValueError("cot applies to pairwise mode only")
+        return self
 
 
 class Verdict(BaseModel):
@@ -57,7 +78,7 @@ class Verdict(BaseModel):
 class Label(BaseModel):
     pair: Pair
     p_first: float  # ensemble over verdicts
-    verdicts: list[Verdict]
+    verdicts: list[Verdict] | list[PointwiseVerdict]
 
 
 def verdict(principle: str, lp_ab: tuple[float, float], lp_ba: tuple[float, float],
@@ -99,18 +120,26 @@ def fitting_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: 
     answer prefix and the longest option."""
     if backend.context_length() is None or backend.tokenizer is None:
         return pairs, []  # nothing to check against
-    reserve = config.cot_max_tokens if config.cot else 0
-    options = [ANSWER_PREFIX + o for o in COMPARISON_OPTIONS]
-    _, convs = comparison_conversations(c, pairs, config)
+    if config.mode == "pointwise":
+        reserve = 0
+        options = [a for v in JUDGEMENT_ANSWERS.values() for a in v]
+        convs = [judgement_messages(c, p, pair.prompt, r, few_shot=config.few_shot)
+                 for pair in pairs for p in principles_for(c, pair, config)
+                 for r in (pair.first, pair.second)]
+    else:
+        reserve = config.cot_max_tokens if config.cot else 0
+        options = [ANSWER_PREFIX + o for o in COMPARISON_OPTIONS]
+        _, convs = comparison_conversations(c, pairs, config)
     per_pair = len(convs) // len(pairs) if pairs else 0
     fitting, long = [], []
     for i, pair in enumerate(pairs):
-        # the pair's longest comparison, scored with the longer option
+        # the pair's longest prompt, scored with the longest answer
         worst = max((context_fit(backend, conv, reserve=reserve, suffix=options)
                      for conv in convs[i * per_pair:(i + 1) * per_pair]),
                     key=lambda f: f.tokens or 0)
         if not worst.ok:
-            long.append((pair, f"comparison prompt needs {worst.tokens + reserve} tokens"
+            kind = "judgement" if config.mode == "pointwise" else "comparison"
+            long.append((pair, f"{kind} prompt needs {worst.tokens + reserve} tokens"
                                + (f" (with {reserve} for reasoning)" if config.cot else "")
                                + f"; the feedback model's context is {worst.limit}"))
         else:
@@ -118,9 +147,35 @@ def fitting_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: 
     return fitting, long
 
 
+def _chunks(items: list[Any], parts: int = 20, least: int = 64) -> list[list[Any]]:
+    """About `parts` engine calls of at least `least` requests each: enough calls for a
+    progress bar with an ETA, each still large enough to keep the engine's batch full (the
+    prefix cache carries shared prefixes from one call to the next)."""
+    size = max(least, -(-len(items) // parts))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _bar(total: int, desc: str, unit: str, enabled: bool):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True, leave=False)
+
+
 def label_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: LabelConfig,
-                log: Callable[[str], None] | None = None) -> list[Label]:
-    """Label every pair; one `generate` call (CoT only) and one `continuation_logprobs` call."""
+                log: Callable[[str], None] | None = None, progress: bool = True, *,
+                tau: float | None = None, scorer: ResponseScorer | None = None) -> list[Label]:
+    """Label every pair. Pairwise: the comparisons are scored (CoT: reasoned, then scored) in
+    about 20 engine calls, with a progress bar and ETA on stderr unless `progress` is False.
+    Pointwise mode needs `tau` as a number (`config.tau`, resolved) and may share a `scorer`
+    (its cache) across calls."""
+    if config.mode == "pointwise":
+        t = tau if tau is not None else config.tau
+        if not isinstance(t, float):
+            raise ValueError("pointwise labeling needs tau as a number (resolve 'fit' first)")
+        return label_pairs_pointwise(backend, c, pairs, config, t, scorer=scorer, log=log)
     if not pairs:
         return []
     drawn, convs = comparison_conversations(c, pairs, config)
@@ -128,16 +183,22 @@ def label_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: La
     if config.cot:
         if log:
             log(f"reasoning: {len(convs)} comparisons")
-        gens = backend.generate(convs, SamplingConfig(
-            temperature=config.cot_temperature, max_tokens=config.cot_max_tokens, seed=config.seed,
-            stop=cot.STOP))
-        reasonings = [g[0].text for g in gens]
+        sampling = SamplingConfig(temperature=config.cot_temperature,
+                                  max_tokens=config.cot_max_tokens, seed=config.seed, stop=cot.STOP)
+        reasonings = []
+        with _bar(len(convs), "label: reasoning", "cmp", progress) as bar:
+            for chunk in _chunks(convs):
+                reasonings += [g[0].text for g in backend.generate(chunk, sampling)]
+                bar.update(len(chunk))
     texts = [cot.answer_text(backend.render_chat(conv), r) for conv, r in zip(convs, reasonings)]
     if log:
         log(f"scoring: {len(texts)} prompts x {len(COMPARISON_OPTIONS)} options")
-    prompts = [t for t in texts for _ in COMPARISON_OPTIONS]
-    options = [o for _ in texts for o in COMPARISON_OPTIONS]
-    lps = backend.continuation_logprobs(prompts, options)
+    lps: list[float] = []
+    with _bar(len(texts), "label: scoring", "cmp", progress) as bar:
+        for chunk in _chunks(texts):
+            lps += backend.continuation_logprobs([t for t in chunk for _ in COMPARISON_OPTIONS],
+                                                 [o for _ in chunk for o in COMPARISON_OPTIONS])
+            bar.update(len(chunk))
 
     labels, i = [], 0  # i indexes comparisons (pair, principle, order)
     for pair, ps in zip(pairs, drawn):
@@ -166,7 +227,7 @@ def to_record(label: Label, labeler: str, run: dict[str, Any]) -> PreferenceReco
     feedback = {
         "p_first": label.p_first,
         "chosen_is_first": first_wins,
-        "orders": list(ORDERS),
+        **({"orders": list(ORDERS)} if label.verdicts and isinstance(label.verdicts[0], Verdict) else {}),
         "verdicts": [v.model_dump(exclude_none=True) for v in label.verdicts],
         **run,
     }
@@ -181,8 +242,16 @@ def to_record(label: Label, labeler: str, run: dict[str, Any]) -> PreferenceReco
     )
 
 
-def run_info(c: Constitution, config: LabelConfig) -> dict[str, Any]:
-    """The run's settings, stored in every record (and the manifest)."""
-    return {"constitution": c.name, "constitution_hash": c.content_hash(),
-            "principles_k": config.principles, "seed": config.seed, "few_shot": config.few_shot,
-            "cot": config.cot, "clamp": list(config.cot_clamp) if config.cot else None}
+def run_info(c: Constitution, config: LabelConfig, tau: float | None = None) -> dict[str, Any]:
+    """The run's settings, stored in every record (and the manifest). `mode` says which
+    labeler produced the record; pointwise runs carry the tau used (`tau`, a number) and
+    how it was set (`tau_fitted`)."""
+    mode = config.mode or "pairwise"
+    info: dict[str, Any] = {
+        "mode": mode, "constitution": c.name, "constitution_hash": c.content_hash(),
+        "principles_k": config.principles, "seed": config.seed, "few_shot": config.few_shot,
+        "cot": config.cot, "clamp": list(config.cot_clamp) if config.cot else None}
+    if mode == "pointwise":
+        t = tau if tau is not None else config.tau
+        info.update(tau=t, tau_fitted=config.tau == "fit")
+    return info

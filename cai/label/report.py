@@ -1,10 +1,13 @@
 """Label quality: how far to trust a run of AI feedback, computed from its records alone
 (so it can be recomputed from any labeled store).
 
-- Position consistency: share of (pair, principle) comparisons whose winner is the same in
-  both orders. A judge that always answers "(A)" scores 0, a coin flip about 0.5, and a
-  judge driven by content alone 1.
-- A-rate: share of single-order judgements that picked (A); 0.5 means no position bias.
+- Mode: "pairwise" or "pointwise", from the records (`metadata.ai_feedback.mode`).
+- Position consistency (pairwise only): share of (pair, principle) comparisons whose
+  winner is the same in both orders. A judge that always answers "(A)" scores 0, a coin
+  flip about 0.5, and a judge driven by content alone 1. Pointwise verdicts see one
+  response at a time, so they have no position to be biased by.
+- A-rate (pairwise only): share of single-order judgements that picked (A); 0.5 means no
+  position bias.
 - Label entropy: mean binary entropy (bits) of the final p_chosen; 1 = coin flips.
 - Agreement with the revision direction (inputs of source "ai-revision"): share of pairs
   where the labeler prefers the revision (the input's chosen).
@@ -14,26 +17,64 @@
   pick) is the longer one. Each agreement also carries `longer_baseline`, the rate a
   "prefer the longer answer" rule would get on the same pairs: a labeler that does no
   better than that may be judging length, the bias a reward model then learns to exploit.
+- Length-controlled accuracy: each agreement is also split by whether the reference choice
+  is the longer answer (`when_longer`) or the shorter (`when_shorter`; equal lengths are in
+  neither), and `length_balanced` is the mean of the two rates. "Prefer the longer
+  answer" scores 100% and 0% there, so 50% balanced, whatever the mix of the set: a labeler
+  above 50% balanced knows something beyond length.
+- Every rate comes with n and a 95% interval: Wilson's score interval for a rate, and for
+  the length-balanced mean a normal approximation, +-1.96 * sqrt(v1 + v2) / 2 with v the
+  binomial variance of each half (clipped to [0, 1]).
 Ties (p exactly 0.5, or equal lengths) count half.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Iterable
 
 from pydantic import BaseModel
 
+from cai.eval.stats import Z95, wilson
 from cai.label.feedback import entropy_bits
 from cai.label.inputs import normalize, pair_key
 from cai.records import PreferenceRecord
 
 
+class Rate(BaseModel):
+    """A share of n pairs with its 95% interval."""
+
+    pairs: int = 0
+    rate: float | None = None
+    ci95: tuple[float, float] | None = None
+
+
+def _rate(hits: list[float]) -> Rate:
+    return Rate(pairs=len(hits), rate=_mean(hits),
+                ci95=wilson(math.fsum(hits), len(hits)) if hits else None)
+
+
+def balanced(longer: Rate, shorter: Rate) -> Rate | None:
+    """Mean of the two length strata's rates; its interval by the normal approximation."""
+    if not longer.pairs or not shorter.pairs:
+        return None
+    a, b = longer.rate, shorter.rate
+    m = (a + b) / 2
+    half = Z95 * math.sqrt(a * (1 - a) / longer.pairs + b * (1 - b) / shorter.pairs) / 2
+    return Rate(pairs=longer.pairs + shorter.pairs, rate=m,
+                ci95=(max(0.0, m - half), min(1.0, m + half)))
+
+
 class Agreement(BaseModel):
     pairs: int = 0
     rate: float | None = None  # share agreeing (ties count half)
+    ci95: tuple[float, float] | None = None  # Wilson interval of `rate`
     mean_p: float | None = None  # mean probability given to the reference choice
     longer_baseline: float | None = None  # rate of "prefer the longer answer" on these pairs
+    when_longer: Rate = Rate()  # pairs where the reference choice is the longer answer
+    when_shorter: Rate = Rate()  # ... the shorter one
+    length_balanced: Rate | None = None  # mean of the two
 
 
 class PrincipleStats(BaseModel):
@@ -42,6 +83,7 @@ class PrincipleStats(BaseModel):
 
 
 class LabelReport(BaseModel):
+    mode: str | None = None  # "pairwise", "pointwise", or "mixed"
     pairs: int
     comparisons: int  # pairs x principles
     position_consistency: float | None
@@ -66,8 +108,14 @@ def _hit(x: float, y: float) -> float:
 def _agreement(probs: list[float], longer: list[float]) -> Agreement:
     """probs: probability the labeler gives the reference's choice, one per pair; longer:
     per pair, _hit(len(reference choice), len(the other answer))."""
-    return Agreement(pairs=len(probs), rate=_mean([_hit(p, 0.5) for p in probs]),
-                     mean_p=_mean(probs), longer_baseline=_mean(longer))
+    hits = [_hit(p, 0.5) for p in probs]
+    when_longer = _rate([h for h, lg in zip(hits, longer) if lg == 1.0])
+    when_shorter = _rate([h for h, lg in zip(hits, longer) if lg == 0.0])
+    overall = _rate(hits)
+    return Agreement(pairs=len(probs), rate=overall.rate, ci95=overall.ci95,
+                     mean_p=_mean(probs), longer_baseline=_mean(longer),
+                     when_longer=when_longer, when_shorter=when_shorter,
+                     length_balanced=balanced(when_longer, when_shorter))
 
 
 def build_report(records: Iterable[PreferenceRecord],
@@ -83,11 +131,15 @@ def build_report(records: Iterable[PreferenceRecord],
     revision_longer: list[float] = []
     human_longer: list[float] = []
     chosen_longer: list[float] = []
+    modes: set[str] = set()
     for r in recs:
         fb = r.metadata["ai_feedback"]
+        modes.add(fb.get("mode", "pairwise"))  # records from before pointwise mode
         chosen, rejected = r.chosen[-1].content, r.rejected[-1].content
         chosen_longer.append(_hit(len(chosen), len(rejected)))
         for v in fb["verdicts"]:
+            if "p_a" not in v:  # pointwise: one response at a time, no orders
+                continue
             c = 1.0 if v["consistent"] else 0.0
             consistent.append(c)
             per_principle[v["principle"]].append(c)
@@ -105,6 +157,7 @@ def build_report(records: Iterable[PreferenceRecord],
                 picked, other = (chosen, rejected) if agree else (rejected, chosen)
                 human_longer.append(_hit(len(picked), len(other)))
     return LabelReport(
+        mode=None if not modes else modes.pop() if len(modes) == 1 else "mixed",
         pairs=len(recs),
         comparisons=len(consistent),
         position_consistency=_mean(consistent),
@@ -123,11 +176,31 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _rate_text(r: Rate | None) -> str:
+    if r is None or not r.pairs:
+        return "-"
+    lo, hi = r.ci95
+    return f"{_pct(r.rate)} [{100 * lo:.1f}, {100 * hi:.1f}] (n={r.pairs})"
+
+
+def _length_lines(a: Agreement) -> list[str]:
+    return [f"  where it is longer   {_rate_text(a.when_longer)}",
+            f"  where it is shorter  {_rate_text(a.when_shorter)}",
+            f"  length-balanced      {_rate_text(a.length_balanced)}  ('prefer longer': 50%)"]
+
+
 def format_report(rep: LabelReport) -> str:
+    pointwise = rep.mode == "pointwise"
     lines = [
-        f"pairs labeled          {rep.pairs} ({rep.comparisons} pair x principle comparisons)",
-        f"position consistency   {_pct(rep.position_consistency)}  (same winner in both orders)",
-        f"(A) chosen per order   {_pct(rep.a_rate)}  (50% = no position bias)",
+        f"pairs labeled          {rep.pairs}" + ("" if pointwise else
+                                                 f" ({rep.comparisons} pair x principle comparisons)")
+        + (f"  [{rep.mode}]" if rep.mode else ""),
+    ]
+    if not pointwise:
+        lines += [
+            f"position consistency   {_pct(rep.position_consistency)}  (same winner in both orders)",
+            f"(A) chosen per order   {_pct(rep.a_rate)}  (50% = no position bias)"]
+    lines += [
         f"mean label entropy     {'-' if rep.mean_entropy_bits is None else f'{rep.mean_entropy_bits:.3f}'} bits"
         f"  (mean p_chosen {'-' if rep.mean_p_chosen is None else f'{rep.mean_p_chosen:.3f}'})",
     ]
@@ -135,10 +208,15 @@ def format_report(rep: LabelReport) -> str:
     ra = rep.revision_agreement
     lines.append(f"revision agreement     {_pct(ra.rate)}  ({ra.pairs} ai-revision pairs; "
                  f"'prefer longer' would get {_pct(ra.longer_baseline)})")
+    if ra.pairs:
+        lines += _length_lines(ra)
     if rep.human_accuracy is not None:
         h = rep.human_accuracy
         mp = "-" if h.mean_p is None else f"{h.mean_p:.3f}"
-        lines.append(f"accuracy vs human      {_pct(h.rate)}  ({h.pairs} matched pairs, "
+        ci = "" if h.ci95 is None else f" [{100 * h.ci95[0]:.1f}, {100 * h.ci95[1]:.1f}]"
+        lines.append(f"accuracy vs human      {_pct(h.rate)}{ci}  ({h.pairs} matched pairs, "
                      f"mean p(human choice) {mp}; 'prefer longer' would get "
                      f"{_pct(h.longer_baseline)})")
+        if h.pairs:
+            lines += _length_lines(h)
     return "\n".join(lines)

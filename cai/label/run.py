@@ -4,6 +4,11 @@ label-quality report.
     read pairs (and the human labels to evaluate against) -> set aside pairs too long for
     the feedback model -> label every pair (one scoring call) -> records oriented by the
     labeler's preference -> a store directory or JSONL, the rejects, the report
+
+Mode and tau left unset (None) take the feedback model's defaults
+(`cai.models.feedback_defaults`: pointwise for the embedded model, whose (A)/(B) answers
+are position bias; pairwise, the paper's mode, for any other model). `tau: fit` scores
+the `eval_against` pairs first (they share the response cache) and fits tau on them.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ from pydantic import Field
 from cai.backends import Backend, load_backend
 from cai.config import ConfigError, load_section
 from cai.constitution import load_constitution
-from cai.data.store import write_preferences
 from cai.io import DataError, atomic_write_json, atomic_write_jsonl
 from cai.label.inputs import human_preferences, read_pairs
 from cai.label.labeler import LabelConfig, fitting_pairs, label_pairs, run_info, to_record
+from cai.label.pointwise import DEFAULT_TAU, ResponseScorer, fit_tau, reference_diffs
 from cai.label.report import build_report
 from cai.schema import Reject, write_rejects
 
@@ -69,6 +74,21 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _resolve_mode(config: LabelRunConfig, backend: Backend
+                  ) -> tuple[LabelRunConfig, float | None]:
+    """(config with `mode` set, tau as a number or None for pairwise / 'fit'), filling what
+    the config leaves unset from the feedback model's defaults."""
+    from cai.models import feedback_defaults
+
+    mode, default_tau = feedback_defaults(config.model or backend.model)
+    config = config.model_copy(update={"mode": config.mode or mode})
+    if config.mode != "pointwise":
+        return config, None
+    if config.tau is None:
+        config = config.model_copy(update={"tau": default_tau or DEFAULT_TAU})
+    return config, None if config.tau == "fit" else float(config.tau)
+
+
 def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
               log: Log | None = None) -> dict[str, Any]:
     """Label the pairs described by `config`; returns the summary (also stored in the
@@ -77,6 +97,8 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
     `backend`: an engine the caller already built (a pipeline sharing one engine); otherwise
     one is loaded. Raises `ConfigError` (more principles asked than the constitution can
     draw), `ConstitutionError`, or `DataError` (unreadable input, nothing to label)."""
+    from cai.data.store import write_preferences  # pyarrow: only when a run writes
+
     log = log or _stderr
     c = load_constitution(config.constitution)
     usable = [p for p in c.principles if p.weight > 0]
@@ -84,11 +106,14 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
         raise ConfigError(f"principles {config.principles}: {c.name} has only {len(usable)} "
                           "principles to draw")
     pairs, rejected = read_pairs(config.pairs)
-    human = None
+    human, human_pairs = None, []
     if config.eval_against is not None:
-        human = human_preferences(read_pairs(config.eval_against)[0])
+        human_pairs = read_pairs(config.eval_against)[0]
+        human = human_preferences(human_pairs)
         if not human:
             raise DataError(f"{config.eval_against}: no labeled pairs to evaluate against")
+    if config.tau == "fit" and human is None:
+        raise ConfigError("tau: fit needs eval_against (human-labeled pairs to fit tau on)")
     if config.limit:
         pairs = pairs[:config.limit]
     rejects_file = config.rejects_path()
@@ -104,18 +129,31 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
         backend = owned = load_backend(config.backend, config.model, **config.backend_options)
     try:
         t_loaded = time.perf_counter()
+        config, tau = _resolve_mode(config, backend)
+        log(f"mode {config.mode}" + (f", tau {config.tau}" if config.mode == "pointwise" else ""))
+        scorer = ResponseScorer(backend, c, few_shot=config.few_shot) \
+            if config.mode == "pointwise" else None
+        if config.tau == "fit":
+            fit_on, _ = fitting_pairs(backend, c, [p for p in human_pairs if p.key in human], config)
+            diffs = reference_diffs(label_pairs(backend, c, fit_on, config, log=log, tau=1.0,
+                                                scorer=scorer), human)
+            if not diffs:
+                raise DataError(f"{config.eval_against}: no labeled pair fits the feedback "
+                                "model's context, so tau cannot be fitted")
+            tau = fit_tau(diffs)
+            log(f"tau fitted on {len(diffs)} human-labeled pairs: {tau:.3f}")
         pairs, too_long = fitting_pairs(backend, c, pairs, config)
         rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
                             reason=why) for p, why in too_long]
         if too_long:
             log(f"{len(too_long)} pairs too long for the feedback model -> {rejects_file}")
-        labels = label_pairs(backend, c, pairs, config, log=log)
+        labels = label_pairs(backend, c, pairs, config, log=log, tau=tau, scorer=scorer)
         labeler = backend.model
     finally:
         if owned is not None:
             owned.close()
     elapsed = time.perf_counter() - t_loaded
-    run = run_info(c, config)
+    run = run_info(c, config, tau=tau)
     records = [to_record(lab, labeler, run) for lab in labels]
     report = build_report(records, human)
     summary = {"run": run, "labeler": labeler, "pairs_path": config.pairs,

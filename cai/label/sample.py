@@ -78,14 +78,22 @@ def load_sample_config(path: str | Path | None = None,
 
 
 def sample_candidates(backend: Backend, prompts: list[Any], config: SampleConfig,
-                      constitution: Constitution | None = None) -> list[Candidates]:
+                      constitution: Constitution | None = None,
+                      progress: bool = True) -> list[Candidates]:
     """`prompts`: `cai.generate.inputs.PromptItem`s. With a constitution, its system prompt
-    (if any) is shown to the policy, as in generation; the stored prompt is the bare one."""
+    (if any) is shown to the policy, as in generation; the stored prompt is the bare one.
+    Sent in about 20 engine calls of at least 32 prompts, with a progress bar on stderr."""
     if not prompts:
         return []
     convs = [response_messages(constitution, p.messages) if constitution else p.messages
              for p in prompts]
-    outs = backend.generate(convs, config.sampling())
+    from cai.label.labeler import _bar, _chunks
+
+    outs = []
+    with _bar(len(convs), "sample", "prompt", progress) as bar:
+        for chunk in _chunks(convs, least=32):
+            outs += backend.generate(chunk, config.sampling())
+            bar.update(len(chunk))
     settings = config.settings()
     rows = []
     for p, gens in zip(prompts, outs):

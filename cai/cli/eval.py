@@ -1,0 +1,168 @@
+"""`cai eval rm` (a reward model on preference pairs), `cai eval policy` (a policy against its
+reference on held-out prompts) and `cai eval report` (the run's report.html and report.md):
+flags -> config -> run -> printed result. Heavy imports stay inside the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cai.cli.common import EXIT_USAGE, fail
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("rm")
+def rm_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="reward model directory"),
+    data: str = typer.Option(..., "--data", "-d", help="preference store or any file `cai label "
+                                                       "--pairs` reads (HH, TRL, prompt/chosen/rejected)"),
+    max_length: int = typer.Option(1024, help="tokens; longer texts keep their end"),
+    batch_size: int = typer.Option(16),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+) -> None:
+    """Pairwise accuracy (95% Wilson interval), mean margin, ECE and the length baseline."""
+    from cai.eval.rm import EvalRMConfig, format_eval, run_eval_rm
+    from cai.io import DataError
+    from cai.models import ModelError
+
+    try:
+        config = EvalRMConfig(model=model, data=data, max_length=max_length, batch_size=batch_size)
+        metrics = run_eval_rm(config, echo=lambda s: typer.echo(s, err=True))
+    except (DataError, ModelError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(metrics, indent=2) if as_json else format_eval(metrics))
+
+
+def _pct(p: dict | None) -> str:
+    if not p or p.get("rate") is None:
+        return "-"
+    lo, hi = p["ci95"]
+    return f"{100 * p['rate']:5.1f}%  [{100 * lo:.0f}-{100 * hi:.0f}]  n={p['n']}"
+
+
+def format_summary(s: dict) -> str:
+    """The terminal summary of `cai eval policy`."""
+    ref, pol = s.get("reference") or {}, s["policy"]
+    lines = [f"{'':34}{'reference':>28}{'policy':>28}"]
+    for key, name in (("harmful_safe", "harmful: refused or redirected"),
+                      ("benign_over_refusal", "benign: over-refused")):
+        lines.append(f"{name:34}{_pct(ref.get(key)):>28}{_pct(pol.get(key)):>28}")
+    for side_key, name in (("reward", "mean reward"),):
+        r, p = (ref.get(side_key) or {}).get("mean"), (pol.get(side_key) or {}).get("mean")
+        if p is not None:
+            lines.append(f"{name:34}{(f'{r:.3f}' if r is not None else '-'):>28}{p:>28.3f}")
+    lr, lp = ref.get("length_tokens") or {}, pol["length_tokens"]
+    lines.append(f"{'length tokens (mean/median/p90)':34}"
+                 + (f"{lr['mean']:.0f}/{lr['median']:.0f}/{lr['p90']:.0f}" if lr.get("n") else "-").rjust(28)
+                 + f"{lp['mean']:.0f}/{lp['median']:.0f}/{lp['p90']:.0f}".rjust(28))
+    if s.get("kl"):
+        k = s["kl"]
+        lines.append(f"KL(policy || reference): {k['mean']:.2f} nats per response "
+                     f"(± {k['se'] or 0:.2f} s.e., n={k['n']}, T=1 samples)")
+    for judge, name in (("reward_model", "reward model"), ("judge", "AI-feedback judge")):
+        w = (s.get("win_rate") or {}).get(judge)
+        if w:
+            lines.append(f"win rate vs reference ({name}): {_pct(w['all']).strip()}")
+    corr = pol.get("reward_length")
+    if corr and corr.get("pearson") is not None:
+        lines.append(f"reward ~ length (policy): Pearson {corr['pearson']:.2f}, "
+                     f"Spearman {corr['spearman']:.2f}")
+    return "\n".join(lines)
+
+
+@app.command("policy")
+def policy_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="the policy: registry name, dir, hub id"),
+    reference: Optional[str] = typer.Option(None, "--reference", "-r",
+                                            help="compare with this model (SFT or base)"),
+    prompts: list[Path] = typer.Option([], "--prompts", "-p",
+                                       help="prompt files; each row's kind from its `kind` or "
+                                            "`category` field (repeatable)"),
+    harmful: list[Path] = typer.Option([], "--harmful", help="prompt file, every row harmful"),
+    benign: list[Path] = typer.Option([], "--benign", help="prompt file, every row benign"),
+    out: Path = typer.Option(..., "--out", "-o", help="output directory (eval.json, samples.jsonl)"),
+    reward_model: Optional[str] = typer.Option(None, "--reward-model", help="`cai train rm` output"),
+    constitution: str = typer.Option("harmless", "--constitution", "-c",
+                                     help="AI-feedback judge's constitution; 'none' for no judge"),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model",
+                                              help="judge model (default: the reference)"),
+    judge_principles: int = typer.Option(1, "--judge-principles", min=1),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="vllm | transformers | openai"),
+    max_tokens: int = typer.Option(128, min=1),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy"),
+    seed: int = typer.Option(0),
+    kl: bool = typer.Option(True, "--kl/--no-kl", help="estimate KL to the reference"),
+    limit: Optional[int] = typer.Option(None, min=1, help="first N prompts of each file"),
+    config: Optional[Path] = typer.Option(None, "--config", help="pipeline YAML with an `eval:` section"),
+    gpu_memory_utilization: Optional[float] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
+) -> None:
+    """Evaluate a policy on held-out prompts: refusal and over-refusal rates, win rate against
+    the reference (reward model and AI-feedback judge, both orders), KL to the reference,
+    response lengths and the reward-length correlation, per category, with samples."""
+    from cai.config import ConfigError, load_section
+    from cai.eval.policy import EvalPolicyConfig, run_eval_policy
+    from cai.eval.prompts import PromptKindError
+    from cai.io import DataError
+
+    if not (prompts or harmful or benign) and config is None:
+        fail("give prompt files with --prompts, --harmful or --benign", EXIT_USAGE)
+    overrides = {
+        "model": model, "reference": reference, "out": str(out), "reward_model": reward_model,
+        "constitution": None if constitution.lower() == "none" else constitution,
+        "judge_model": judge_model, "judge_principles": judge_principles, "backend": backend,
+        "max_tokens": max_tokens, "temperature": temperature, "seed": seed, "kl": kl,
+        "limit": limit, "gpu_memory_utilization": gpu_memory_utilization,
+        "prompts": [str(p) for p in prompts] or None, "harmful": [str(p) for p in harmful] or None,
+        "benign": [str(p) for p in benign] or None,
+    }
+    try:
+        cfg = load_section(config, "eval", EvalPolicyConfig,
+                           {k: v for k, v in overrides.items() if v is not None})
+        if constitution.lower() == "none":
+            cfg.constitution = None
+    except ConfigError as e:
+        fail(str(e))
+    log = (lambda m: None) if quiet or as_json else (lambda m: typer.echo(m, err=True))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress lines say what is loading
+    try:
+        summary = run_eval_policy(cfg, log=log, progress=not (quiet or as_json))
+    except (DataError, PromptKindError, ValueError) as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    typer.echo(format_summary(summary))
+    typer.echo(f"wrote {out / 'eval.json'} and {out / 'samples.jsonl'}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="run directory (outputs/<run>)"),
+    ppo_metrics: Optional[Path] = typer.Option(None, help="PPO metrics.jsonl (default: found in RUN_DIR)"),
+    rm_eval: Optional[Path] = typer.Option(None, help="reward-model eval.json"),
+    policy_eval: Optional[Path] = typer.Option(None, help="`cai eval policy` eval.json"),
+) -> None:
+    """(Re)build RUN_DIR/report.html (self-contained, plots embedded) and report.md from
+    what the run's stages wrote; a missing stage is reported as skipped."""
+    from cai.eval.report import find_inputs, write_report
+
+    if not run_dir.is_dir():
+        fail(f"{run_dir}: not a directory")
+    for p in (ppo_metrics, rm_eval, policy_eval):
+        if p is not None and not p.is_file():
+            fail(f"{p}: no such file")
+    found = find_inputs(run_dir)
+    paths = write_report(run_dir, ppo_metrics=ppo_metrics, rm_eval=rm_eval, policy_eval=policy_eval)
+    used = {"PPO metrics": ppo_metrics or found["ppo_metrics"], "RM eval": rm_eval or found["rm_eval"],
+            "policy eval": policy_eval or found["policy_eval"]}
+    for name, p in used.items():
+        typer.echo(f"  {name:12} {p if p else '(not found: section says skipped)'}")
+    typer.echo(f"report: {paths['html']}\n        {paths['md']}")

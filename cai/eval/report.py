@@ -1,0 +1,515 @@
+"""The run report: RUN_DIR/report.html (one self-contained file) and RUN_DIR/report.md.
+
+`write_report(run_dir)` reads what the pipeline's stages left in the run directory, each
+input optional (a skipped stage gives a section that says so):
+
+    PPO metrics      ppo/metrics.jsonl (or metrics.jsonl): one JSON object per iteration
+    RM evaluation    rm/eval.json (`cai train rm`'s held-out metrics) or rm_eval.json
+    policy eval      eval/eval.json + eval/samples.jsonl (`cai eval policy`)
+
+Sections: summary (before/after), reward and KL curves (train and held-out), reward-model
+accuracy and calibration, refusal and over-refusal before/after, response lengths,
+per-category breakdown, samples side by side. Plots are matplotlib PNGs embedded as base64
+data URIs; the CSS is inline; there is no script and no external asset, so the file opens
+anywhere, offline. Every piece of model text is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+# Candidate key names in a PPO metrics line, first match wins (the reader tolerates any).
+STEP_KEYS = ("iteration", "iter", "step", "global_step", "epoch")
+REWARD_KEYS = ("reward/raw", "reward/raw_mean", "reward/mean", "rewards/raw_mean", "reward_raw_mean",
+               "score/mean", "env/reward_mean", "reward", "rewards/mean", "objective/scores")
+KL_KEYS = ("kl", "kl/mean", "objective/kl", "policy/kl", "kl_mean")
+EVAL_REWARD_KEYS = ("eval/reward", "eval/reward_mean", "eval/reward/raw_mean", "heldout/reward",
+                    "held_out/reward", "eval_reward")
+EVAL_KL_KEYS = ("eval/kl", "eval/kl_mean", "heldout/kl", "held_out/kl", "eval_kl")
+
+SAMPLE_ROWS = 12  # samples shown side by side
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;
+max-width:1100px;color:#1d1d1f;line-height:1.45;padding:0 1rem}
+h1{font-size:1.6rem}h2{font-size:1.25rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem;width:100%}
+th,td{border:1px solid #d0d0d0;padding:.35rem .5rem;vertical-align:top;text-align:left}
+th{background:#f3f3f5}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.text{white-space:pre-wrap;max-width:28rem;font-size:.85rem}
+.missing{color:#8a5a00;background:#fff6e0;border:1px solid #f0d9a0;padding:.5rem .7rem;border-radius:4px}
+.note{color:#555;font-size:.85rem}img{max-width:100%;height:auto;display:block;margin:.4rem 0}
+.v-refusal{color:#0a6b2d}.v-redirection{color:#0a5a8c}.v-compliance{color:#9a2b1f}
+"""
+
+
+# --------------------------------------------------------------------------- reading inputs
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON Lines file; a line that does not parse is skipped (a run killed while
+    writing leaves at most a torn last line)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return rows
+
+
+def _first(paths: list[Path]) -> Path | None:
+    return next((p for p in paths if p.is_file()), None)
+
+
+def find_inputs(run_dir: Path) -> dict[str, Path | None]:
+    """Where the report's inputs are in a run directory (None: not there)."""
+    eval_json = _first([run_dir / "eval" / "eval.json", run_dir / "eval_policy" / "eval.json",
+                        run_dir / "eval.json"])
+    samples = eval_json.parent / "samples.jsonl" if eval_json else None
+    return {
+        "ppo_metrics": _first([run_dir / "ppo" / "metrics.jsonl", run_dir / "metrics.jsonl"]),
+        "rm_eval": _first([run_dir / "rm" / "eval.json", run_dir / "rm_eval.json",
+                           run_dir / "eval_rm" / "eval.json", run_dir / "eval" / "rm.json"]),
+        "policy_eval": eval_json,
+        "samples": samples if samples and samples.is_file() else None,
+    }
+
+
+def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    for k in keys:
+        v = row.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v)
+    return None
+
+
+def ppo_curves(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """{"reward", "kl", "eval_reward", "eval_kl"}: (iteration, value) points; a line without
+    an iteration key gets its line index, a missing value is skipped."""
+    curves: dict[str, list[tuple[float, float]]] = {"reward": [], "kl": [], "eval_reward": [],
+                                                    "eval_kl": []}
+    keys = {"reward": REWARD_KEYS, "kl": KL_KEYS, "eval_reward": EVAL_REWARD_KEYS,
+            "eval_kl": EVAL_KL_KEYS}
+    for i, row in enumerate(rows):
+        step = _pick(row, STEP_KEYS)
+        step = float(i) if step is None else step
+        for name, ks in keys.items():
+            v = _pick(row, ks)
+            if v is not None:
+                curves[name].append((step, v))
+    return curves
+
+
+def calibration_bins(rm: dict[str, Any]) -> list[dict[str, float]]:
+    """Reliability bins from an RM eval summary: a list under `bins`, `calibration_bins`,
+    `reliability` or `calibration.bins`, each with a confidence, an accuracy and a count
+    under any of the usual names. Empty when the summary has none."""
+    raw = rm.get("bins") or rm.get("calibration_bins") or rm.get("reliability")
+    if not raw and isinstance(rm.get("calibration"), dict):
+        raw = rm["calibration"].get("bins")
+    out = []
+    for b in raw or []:
+        if not isinstance(b, dict):
+            continue
+        conf = _pick(b, ("confidence", "mean_confidence", "conf", "p", "predicted"))
+        acc = _pick(b, ("accuracy", "mean_correct", "acc", "observed", "correct"))
+        n = _pick(b, ("count", "n", "size")) or 0.0
+        if conf is not None and acc is not None and n > 0:
+            out.append({"confidence": conf, "accuracy": acc, "count": n})
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _png(fig) -> str:
+    """The figure as a data URI (base64 PNG)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(w: float = 6.4, h: float = 3.4):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(w, h))
+
+
+def plot_curve(train: list[tuple[float, float]], held: list[tuple[float, float]], ylabel: str,
+               title: str) -> str:
+    fig, ax = _figure()
+    if train:
+        ax.plot(*zip(*train), marker="o", ms=3, label="train (rollouts)")
+    if held:
+        ax.plot(*zip(*held), marker="s", ms=4, label="held-out prompts")
+    ax.set_xlabel("PPO iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=.3)
+    ax.legend()
+    return _png(fig)
+
+
+def plot_reliability(bins: list[dict[str, float]]) -> str:
+    fig, ax = _figure(4.6, 4.2)
+    ax.plot([0.5, 1.0], [0.5, 1.0], ls="--", color="grey", label="perfect calibration")
+    widths = 0.5 / max(len(bins), 1)
+    ax.bar([b["confidence"] for b in bins], [b["accuracy"] for b in bins], width=widths * 0.9,
+           alpha=.7, label="observed accuracy", edgecolor="black")
+    for b in bins:
+        ax.annotate(f"{int(b['count'])}", (b["confidence"], b["accuracy"]), ha="center",
+                    va="bottom", fontsize=7)
+    ax.set_xlim(0.45, 1.02)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("model confidence σ(|Δr|)")
+    ax.set_ylabel("share of pairs where it is right")
+    ax.set_title("Reward-model reliability (bars: pairs per bin)")
+    ax.legend(loc="upper left", fontsize=8)
+    return _png(fig)
+
+
+def plot_rates(ev: dict[str, Any]) -> str:
+    """Grouped bars: harmful refusal/redirection and benign over-refusal, base vs policy,
+    with 95% Wilson intervals."""
+    fig, ax = _figure()
+    metrics = [("harmful_safe", "harmful: refused or\nsafely redirected"),
+               ("benign_over_refusal", "benign: over-refused")]
+    sides = [(s, name) for s, name in (("reference", "before (reference)"), ("policy", "after (policy)"))
+             if ev.get(s)]
+    width = 0.8 / max(len(sides), 1)
+    for j, (side, name) in enumerate(sides):
+        xs, ys, lo, hi = [], [], [], []
+        for i, (m, _) in enumerate(metrics):
+            p = ev[side].get(m) or {}
+            if p.get("rate") is None:
+                continue
+            xs.append(i + (j - (len(sides) - 1) / 2) * width)
+            ys.append(100 * p["rate"])
+            lo.append(max(0.0, 100 * (p["rate"] - p["ci95"][0])))  # rounding can cross
+            hi.append(max(0.0, 100 * (p["ci95"][1] - p["rate"])))
+        ax.bar(xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=4, label=name)
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.0f}%", (x, y), ha="center", va="bottom", fontsize=8,
+                        xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(metrics)), [m[1] for m in metrics])
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("% of prompts")
+    ax.set_title("Refusal and over-refusal (95% Wilson intervals)")
+    ax.legend()
+    return _png(fig)
+
+
+def plot_lengths(policy: list[int], reference: list[int]) -> str:
+    fig, ax = _figure()
+    top = max(policy + reference + [1])
+    edges = [top * i / 20 for i in range(21)]
+    if reference:
+        ax.hist(reference, bins=edges, alpha=.55, label="before (reference)")
+    if policy:
+        ax.hist(policy, bins=edges, alpha=.55, label="after (policy)")
+    ax.set_xlabel("response length (tokens)")
+    ax.set_ylabel("responses")
+    ax.set_title("Response lengths on held-out prompts")
+    ax.legend()
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _pct(p: dict[str, Any] | None) -> str:
+    if not p or p.get("rate") is None:
+        return "–"
+    lo, hi = p["ci95"]
+    return f"{100 * p['rate']:.1f}% [{100 * lo:.0f}–{100 * hi:.0f}] (n={p['n']})"
+
+
+def _e(text: Any) -> str:
+    return html.escape("" if text is None else str(text))
+
+
+def _table(headers: list[str], rows: list[list[str]], num_cols: set[int] = frozenset(),
+           text_cols: set[int] = frozenset()) -> str:
+    """An HTML table; cells are escaped here."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = []
+    for r in rows:
+        cells = []
+        for i, c in enumerate(r):
+            cls = ' class="num"' if i in num_cols else ' class="text"' if i in text_cols else ""
+            cells.append(f"<td{cls}>{_e(c)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _md_cell(x: Any) -> str:
+    return str(x).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |",
+             "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def before_after_rows(ev: dict[str, Any] | None, ppo_rows: list[dict[str, Any]] | None = None
+                      ) -> list[list[str]]:
+    """The summary table: refusal, over-refusal, KL, reward; before (reference) and after."""
+    if not ev:
+        return []
+    ref, pol = ev.get("reference") or {}, ev.get("policy") or {}
+    kl = (ev.get("kl") or {}).get("mean")
+
+    def reward(side):
+        r = (side or {}).get("reward") or {}
+        return _f(r.get("mean"))
+
+    rows = [["harmful prompts refused or safely redirected", _pct(ref.get("harmful_safe")),
+             _pct(pol.get("harmful_safe"))],
+            ["benign prompts over-refused", _pct(ref.get("benign_over_refusal")),
+             _pct(pol.get("benign_over_refusal"))],
+            ["KL(policy ‖ reference), nats per response", "0 (itself)", _f(kl, 2)],
+            ["mean reward (reward model)", reward(ref), reward(pol)],
+            ["median response length (tokens)",
+             _f((ref.get("length_tokens") or {}).get("median"), 0),
+             _f((pol.get("length_tokens") or {}).get("median"), 0)]]
+    return rows
+
+
+def _win_rows(ev: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for judge, name in (("reward_model", "reward model"), ("judge", "AI-feedback judge (both orders)")):
+        w = (ev.get("win_rate") or {}).get(judge)
+        if not w:
+            continue
+        for group in ("all", "harmful", "benign"):
+            g = w.get(group) or {}
+            rows.append([name, group, _pct(g), f"{g.get('wins', 0)}/{g.get('ties', 0)}/{g.get('losses', 0)}",
+                         _f(g.get("mean_p_policy")) if judge == "judge" else "–"])
+    return rows
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def write_report(run_dir: str | Path, *, ppo_metrics: str | Path | None = None,
+                 rm_eval: str | Path | None = None, policy_eval: str | Path | None = None,
+                 samples: str | Path | None = None, title: str | None = None,
+                 sample_rows: int = SAMPLE_ROWS) -> dict[str, Path]:
+    """Build RUN_DIR/report.html and RUN_DIR/report.md; returns their paths. Explicit paths
+    override what `find_inputs` finds in the run directory."""
+    from cai.io import atomic_write_text
+
+    run_dir = Path(run_dir)
+    found = find_inputs(run_dir)
+    paths = {"ppo_metrics": Path(ppo_metrics) if ppo_metrics else found["ppo_metrics"],
+             "rm_eval": Path(rm_eval) if rm_eval else found["rm_eval"],
+             "policy_eval": Path(policy_eval) if policy_eval else found["policy_eval"]}
+    paths["samples"] = (Path(samples) if samples else
+                        (paths["policy_eval"].parent / "samples.jsonl"
+                         if paths["policy_eval"] and (paths["policy_eval"].parent / "samples.jsonl").is_file()
+                         else found["samples"]))
+    ppo_rows = read_jsonl(paths["ppo_metrics"]) if paths["ppo_metrics"] else None
+    rm = _read_json(paths["rm_eval"])
+    ev = _read_json(paths["policy_eval"])
+    sample_list = read_jsonl(paths["samples"]) if paths["samples"] else None
+
+    title = title or f"cai run report: {run_dir.name}"
+    h: list[str] = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+                    f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+                    f"<h1>{_e(title)}</h1>"]
+    md: list[str] = [f"# {title}", "", "Plots are in report.html beside this file.", ""]
+
+    def section(name: str, anchor: str):
+        h.append(f'<h2 id="{anchor}">{_e(name)}</h2>')
+        md.extend([f"## {name}", ""])
+
+    def missing(what: str, why: str):
+        h.append(f'<p class="missing">{_e(what)}: {_e(why)}</p>')
+        md.extend([f"_{what}: {why}_", ""])
+
+    def table(headers, rows, num=frozenset(), text=frozenset()):
+        h.append(_table(headers, rows, set(num), set(text)))
+        md.extend([_md_table(headers, rows), ""])
+
+    # Summary
+    section("Before and after", "summary")
+    if ev:
+        table(["metric", "before (reference)", "after (policy)"], before_after_rows(ev, ppo_rows),
+              num={1, 2})
+        h.append(f'<p class="note">policy: {_e(ev["config"].get("model"))}; reference: '
+                 f'{_e(ev["config"].get("reference"))}; {ev["prompts"]["harmful"]} harmful and '
+                 f'{ev["prompts"]["benign"]} benign held-out prompts. Intervals: 95% Wilson.</p>')
+        wins = _win_rows(ev)
+        if wins:
+            table(["judge", "prompts", "policy win rate (ties ½)", "wins/ties/losses",
+                   "mean P(policy better)"], wins, num={2, 3, 4})
+    else:
+        missing("No policy evaluation", "eval/eval.json not found (the evaluation stage did not run)")
+
+    # Curves
+    section("Reward and KL during PPO", "curves")
+    curves = ppo_curves(ppo_rows) if ppo_rows else None
+    if not curves or not any(curves.values()):
+        missing("No PPO metrics", "ppo/metrics.jsonl not found or has no reward/KL values "
+                                  "(the PPO stage was skipped or has not logged yet)")
+    else:
+        for kind, label in (("reward", "reward"), ("kl", "KL to reference (nats)")):
+            train, held = curves[kind], curves[f"eval_{kind}"]
+            if train or held:
+                h.append(f'<img alt="{_e(kind)} curve" src="{plot_curve(train, held, label, label + " per iteration")}">')
+            else:
+                missing(f"No {kind} values", "the metrics lines carry none of the known keys")
+        last = ppo_rows[-1]
+        md.append(f"{len(ppo_rows)} PPO metric lines; last: reward {_f(_pick(last, REWARD_KEYS))}, "
+                  f"KL {_f(_pick(last, KL_KEYS))}, held-out reward {_f(_pick(last, EVAL_REWARD_KEYS))}, "
+                  f"held-out KL {_f(_pick(last, EVAL_KL_KEYS))}.")
+        md.append("")
+        h.append(f'<p class="note">{len(ppo_rows)} metric lines from {_e(paths["ppo_metrics"])}.</p>')
+
+    # Reward model
+    section("Reward model: accuracy and calibration", "rm")
+    if not rm:
+        missing("No reward-model evaluation", "rm/eval.json not found (the reward-model stage was skipped)")
+    else:
+        acc_ci = rm.get("accuracy_ci95")
+        rows = [["held-out pairs", _f(rm.get("n") or rm.get("pairs"))],
+                ["accuracy", _f(rm.get("accuracy")) + (f" [{acc_ci[0]:.3f}–{acc_ci[1]:.3f}]" if acc_ci else "")],
+                ["ECE (expected calibration error)", _f(rm.get("ece"))],
+                ["'prefer the longer answer' baseline", _f(rm.get("length_baseline"))],
+                ["mean margin r(chosen) − r(rejected)", _f(rm.get("margin"))]]
+        table(["metric", "value"], rows, num={1})
+        bins = calibration_bins(rm)
+        if bins:
+            h.append(f'<img alt="reliability diagram" src="{plot_reliability(bins)}">')
+        else:
+            missing("No reliability diagram", "the RM evaluation has no per-bin calibration data "
+                                              "(only the ECE above)")
+
+    # Refusal
+    section("Refusal and over-refusal, before and after", "refusal")
+    if not ev:
+        missing("No refusal rates", "no policy evaluation")
+    else:
+        h.append(f'<img alt="refusal rates" src="{plot_rates(ev)}">')
+        rows = []
+        for side, name in (("reference", "before (reference)"), ("policy", "after (policy)")):
+            s = ev.get(side)
+            if not s:
+                continue
+            for kind in ("harmful", "benign"):
+                lab = s["labels"][kind]
+                rows.append([name, kind, str(lab["refusal"]), str(lab["redirection"]),
+                             str(lab["compliance"])])
+        table(["model", "prompts", "refusal", "safe redirection", "compliance"], rows,
+              num={2, 3, 4})
+        h.append('<p class="note">Verdicts from the transparent rule classifier '
+                 '(cai/eval/refusal.py); see the README for how it decides and its measured '
+                 'accuracy.</p>')
+
+    # Lengths
+    section("Response lengths", "lengths")
+    if not sample_list:
+        missing("No length histogram", "eval/samples.jsonl not found")
+    else:
+        pol = [int(r["policy"]["tokens"]) for r in sample_list if r.get("policy")]
+        ref = [int(r["reference"]["tokens"]) for r in sample_list if r.get("reference")]
+        h.append(f'<img alt="length histogram" src="{plot_lengths(pol, ref)}">')
+        rows = []
+        for side, name in (("reference", "before (reference)"), ("policy", "after (policy)")):
+            s = (ev or {}).get(side)
+            if s:
+                d, c = s["length_tokens"], s.get("reward_length") or {}
+                rows.append([name, _f(d.get("mean"), 1), _f(d.get("median"), 0), _f(d.get("p90"), 0),
+                             _f(c.get("pearson")), _f(c.get("spearman"))])
+        if rows:
+            table(["model", "mean tokens", "median", "p90", "reward~length Pearson",
+                   "Spearman"], rows, num={1, 2, 3, 4, 5})
+            h.append('<p class="note">A strong positive correlation of reward with length after '
+                     'PPO is a sign of reward hacking by verbosity.</p>')
+
+    # Categories
+    section("Per category", "categories")
+    cats = (ev or {}).get("categories")
+    if not cats:
+        missing("No per-category breakdown", "no policy evaluation")
+    else:
+        rows = [[c, v["kind"], str(v["n"]), _pct(v.get("reference_safe")), _pct(v.get("policy_safe")),
+                 _f(v.get("reference_reward")), _f(v.get("policy_reward")),
+                 _f(v.get("judge_win_rate"))] for c, v in cats.items()]
+        table(["category", "kind", "n", "refused/redirected before", "after", "reward before",
+               "reward after", "judge win rate"], rows, num={2, 3, 4, 5, 6, 7})
+
+    # Samples
+    section("Samples side by side", "samples")
+    if not sample_list:
+        missing("No samples", "eval/samples.jsonl not found")
+    else:
+        chosen = _pick_samples(sample_list, sample_rows)
+        rows = []
+        for r in chosen:
+            ref, pol = r.get("reference") or {}, r.get("policy") or {}
+            rows.append([r.get("id", ""), r.get("kind", ""), r.get("prompt", ""),
+                         ref.get("response", "–"), pol.get("response", ""),
+                         f"{ref.get('verdict', '–')} → {pol.get('verdict', '')}",
+                         f"{_f(ref.get('reward'))} → {_f(pol.get('reward'))}"])
+        table(["id", "kind", "prompt", "before (reference)", "after (policy)", "verdict",
+               "reward"], rows, text={2, 3, 4})
+        h.append(f'<p class="note">{len(chosen)} of {len(sample_list)} prompts (harmful and benign '
+                 'alternately); all are in eval/samples.jsonl.</p>')
+
+    h.append("</body></html>")
+    out_html, out_md = run_dir / "report.html", run_dir / "report.md"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_html, "\n".join(h))
+    atomic_write_text(out_md, "\n".join(md) + "\n")
+    return {"html": out_html, "md": out_md}
+
+
+def _pick_samples(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Harmful and benign rows alternately, in file order."""
+    harmful = [r for r in rows if r.get("kind") == "harmful"]
+    benign = [r for r in rows if r.get("kind") != "harmful"]
+    out = []
+    while len(out) < k and (harmful or benign):
+        for group in (harmful, benign):
+            if group and len(out) < k:
+                out.append(group.pop(0))
+    return out
+
+
+def _read_json(path: Path | None) -> dict[str, Any] | None:
+    if not path or not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None

@@ -1,0 +1,84 @@
+"""`cai eval rm`: a reward model on any preference data (a store, or any file `cai label
+--pairs` reads: HH, prompt/chosen/rejected, TRL). Reports accuracy with its 95% Wilson
+interval, mean margin, rewards, ECE and the "prefer the longer answer" baseline on the same
+pairs (definitions in cai.train.reward)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EvalRMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="reward model directory (from `cai train rm`)")
+    data: str = Field(description="preference store or pairs file")
+    max_length: int = Field(1024, ge=8, description="tokens; longer texts keep their end")
+    batch_size: int = Field(16, ge=1)
+
+
+def load_scoring_model(path: str):
+    """(model, tokenizer) of a reward-model directory, on GPU when there is one."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from cai.models import ModelError
+    from cai.train.modeling import load_tokenizer, resolve_training_model
+
+    path = resolve_training_model(path)
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    if model.config.num_labels != 1:
+        raise ModelError(f"{path}: not a reward model (num_labels={model.config.num_labels}, "
+                         "expected 1; train one with `cai train rm`)")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), tokenizer
+
+
+def run_eval_rm(config: EvalRMConfig, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    from cai.io import DataError
+    from cai.train.data import read_preference_source
+    from cai.train.reward import pair_metrics, score
+
+    records, rejects = read_preference_source(config.data)
+    for r in rejects[:3]:
+        echo(f"rejected {r.location}: {r.reason}")
+    if len(rejects) > 3:
+        echo(f"... {len(rejects) - 3} more rejected pairs")
+    if not records:
+        raise DataError(f"{config.data}: no usable preference pairs")
+    t0 = time.perf_counter()
+    model, tokenizer = load_scoring_model(config.model)
+    items = []
+    for rec in records:
+        prompt = [m.model_dump() for m in rec.prompt]
+        items += [(prompt, rec.chosen[-1].content), (prompt, rec.rejected[-1].content)]
+    rewards = score(model, tokenizer, items, max_length=config.max_length,
+                    batch_size=config.batch_size)
+    metrics = pair_metrics(rewards[0::2], rewards[1::2], [r.p_chosen for r in records],
+                           [len(r.chosen[-1].content) for r in records],
+                           [len(r.rejected[-1].content) for r in records])
+    return {**metrics, "rejected": len(rejects), "model": config.model, "data": config.data,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def format_eval(m: dict[str, Any]) -> str:
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    ci = m.get("accuracy_ci95")
+    ci_text = f" (95% CI {pct(ci[0])}-{pct(ci[1])})" if ci else ""
+    f = (lambda x: "n/a" if x is None else f"{x:.3f}")
+    return "\n".join([
+        f"pairs            {m['pairs']} ({m['n']} with a preferred side; {m['rejected']} rejected)",
+        f"accuracy         {pct(m['accuracy'])}{ci_text}",
+        f"length baseline  {pct(m['length_baseline'])}  (prefer the longer answer, same pairs)",
+        f"mean margin      {f(m['margin'])}  (r_chosen - r_rejected)",
+        f"rewards          chosen {f(m['rewards/chosen'])}, rejected {f(m['rewards/rejected'])}",
+        f"ECE              {f(m['ece'])}  (confidence sigma(|margin|) vs correctness, 10 bins)",
+    ])

@@ -1,0 +1,162 @@
+"""`cai score`: add a `reward` column to prompt/response rows (JSONL, Parquet, any format
+`cai.io.iter_rows` reads). `prompt` is text (one user turn) or a message list; `response`
+is the answer text. Rows that are not usable fail the run with their location, before
+any scoring, so nothing is written half-done. Output is JSONL or Parquet by -o's suffix.
+
+`cai score --judge` (`JudgeScoreConfig`, `run_judge_score`) writes the feedback model's
+pointwise verdict instead: `judge_score`, the log-odds of Yes over No to the constitution's
+judgement question (`cai.label.pointwise`), the same judge that `cai label --mode
+pointwise` uses, so "does this response need revising?" and evaluation can share it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ScoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="reward model directory (from `cai train rm`)")
+    data: str = Field(description="rows with a prompt and a response")
+    out: str = Field(description="output file (.jsonl or .parquet)")
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    max_length: int = Field(1024, ge=8)
+    batch_size: int = Field(16, ge=1)
+
+
+def _prompt_messages(value: Any, location: str, field: str) -> list[dict[str, str]]:
+    from cai.io import DataError
+
+    from cai.schema import BadRow, check_conversation
+
+    if isinstance(value, str) and value.strip():
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and value:
+        try:
+            return check_conversation(value, where=field)
+        except BadRow as e:
+            raise DataError(f"{location}: {e.reason}") from None
+    raise DataError(f"{location}: `{field}` must be text or a list of {{role, content}} messages")
+
+
+class JudgeScoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="rows with a prompt and a response")
+    out: str = Field(description="output file (.jsonl or .parquet)")
+    model: str | None = Field(None, description="feedback model (judge): registry name, dir, hub id")
+    backend: str | None = Field(None, description="vllm | transformers | openai")
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    constitution: str = Field("harmless", description="shipped name or file")
+    principles: list[str] = Field(default_factory=list, description="judge under these principle "
+                                  "ids (mean score); empty: `k` drawn per response")
+    k: int = Field(1, ge=1, description="principles drawn per response when none are named")
+    seed: int = 0
+    few_shot: bool = True
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+
+
+def _read_items(data_path: str, prompt_field: str, response_field: str
+                ) -> tuple[list[dict], list[tuple[list[dict[str, str]], str]]]:
+    from cai.io import DataError, iter_rows
+
+    rows, items = [], []
+    for row in iter_rows(data_path):
+        if not row.ok:
+            raise DataError(f"{row.location}: {row.error}")
+        data = row.data or {}
+        response = data.get(response_field)
+        if not isinstance(response, str):
+            raise DataError(f"{row.location}: no text `{response_field}` field")
+        items.append((_prompt_messages(data.get(prompt_field), row.location, prompt_field),
+                      response))
+        rows.append(data)
+    if not rows:
+        raise DataError(f"{data_path}: empty dataset (no rows)")
+    return rows, items
+
+
+def _check_out(out: Path) -> None:
+    from cai.io import DataError
+
+    if not out.name.endswith((".jsonl", ".parquet")):
+        raise DataError(f"{out}: output must end in .jsonl or .parquet")
+
+
+def _write_rows(rows: list[dict], out: Path, data_path: str) -> None:
+    from cai.io import DataError, atomic_write_jsonl, write_parquet_atomic
+
+    if out.name.endswith(".parquet"):
+        import pyarrow as pa
+
+        try:
+            table = pa.Table.from_pylist(rows)
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as e:
+            raise DataError(f"{data_path}: a column mixes types, which Parquet cannot hold "
+                            f"({e}); write .jsonl instead") from None
+        write_parquet_atomic(table, out)
+    else:
+        atomic_write_jsonl(out, rows)
+
+
+def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,
+                    echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Each row's verdict score from the feedback model; adds `judge_score` (mean over the
+    principles) and `judge_principles` ({principle id: score}) to every row."""
+    from cai.backends import load_backend
+    from cai.constitution import load_constitution
+    from cai.io import DataError
+    from cai.label.pointwise import score_responses
+
+    out = Path(config.out)
+    _check_out(out)
+    c = load_constitution(config.constitution)
+    for pid in config.principles:
+        try:
+            c.principle(pid)
+        except KeyError as e:
+            raise DataError(str(e.args[0])) from None
+    rows, items = _read_items(config.data, config.prompt_field, config.response_field)
+    t0 = time.perf_counter()
+    owned = None
+    if backend is None:
+        backend = owned = load_backend(config.backend, config.model, **config.backend_options)
+    try:
+        scores = score_responses(backend, c, items, principle_ids=config.principles or None,
+                                 k=config.k, seed=config.seed, few_shot=config.few_shot, log=echo)
+        judge = backend.model
+    finally:
+        if owned is not None:
+            owned.close()
+    for data, s in zip(rows, scores):
+        data["judge_score"] = s.score
+        data["judge_principles"] = s.principles
+    _write_rows(rows, out, config.data)
+    return {"rows": len(rows), "out": str(out), "judge": judge, "constitution": c.name,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "mean_score": sum(s.score for s in scores) / len(scores),
+            "yes_rate": sum(s.score > 0 for s in scores) / len(scores)}
+
+
+def run_score(config: ScoreConfig, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    from cai.eval.rm import load_scoring_model
+    from cai.train.reward import score
+
+    out = Path(config.out)
+    _check_out(out)
+    rows, items = _read_items(config.data, config.prompt_field, config.response_field)
+    t0 = time.perf_counter()
+    model, tokenizer = load_scoring_model(config.model)
+    rewards = score(model, tokenizer, items, max_length=config.max_length,
+                    batch_size=config.batch_size)
+    for data, r in zip(rows, rewards):
+        data["reward"] = r
+    _write_rows(rows, out, config.data)
+    return {"rows": len(rows), "out": str(out), "seconds": round(time.perf_counter() - t0, 2),
+            "mean_reward": sum(rewards) / len(rewards)}

@@ -1,0 +1,88 @@
+"""What every training stage shares: `TrainingConfig` (optimisation, LoRA, checkpointing,
+logging), and reading a stage's section of a pipeline YAML with flags on top.
+
+Stage configs (`SFTConfig`, `RMConfig`, PPO's) subclass `TrainingConfig`. Fields listed in
+`RUN_ONLY_FIELDS` only change how a run is watched or where it writes, not what it
+computes, so a resume may change them; any other change is refused (`config_changes`).
+Configs load from a pipeline YAML section with `cai.config.load_section(path, "rm", RMConfig,
+overrides)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# One ConfigError for every stage; a resume against a different config raises it too.
+from cai.config import ConfigError, load_section
+
+
+class TrainingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # what to train, on what, where
+    model: str | None = Field(None, description="registry name, HF directory or hub id "
+                                                "(default: the embedded model)")
+    data: list[str] = Field(min_length=1, description="training data (stage-specific forms)")
+    eval_data: str | None = Field(None, description="held-out data; default: split from `data`")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0,
+                                 description="share of prompts held out when eval_data is unset")
+    out: str = Field(description="output directory: the model, metrics, checkpoints")
+    max_length: int = Field(512, ge=8, description="tokens per sequence")
+    # optimisation
+    lr: float = Field(5e-5, gt=0.0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; caps epochs")
+    batch_size: int = Field(8, ge=1, description="sequences (SFT) or pairs (RM) per device batch")
+    grad_accum: int = Field(1, ge=1, description="batches per optimizer step")
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0, description="used when warmup_steps is 0")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="clip; None switches it off")
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, else fp32")
+    seed: int = 0
+    # LoRA (peft); off when lora_r is None
+    lora_r: int | None = Field(None, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    merge_lora: bool = Field(True, description="save the merged model (else the adapter)")
+    # watching and checkpointing
+    log_every: int = Field(10, ge=1, description="optimizer steps per metrics line")
+    eval_every: int | None = Field(None, ge=1, description="optimizer steps between evals "
+                                                           "(always once at the end)")
+    save_every: int | None = Field(100, ge=1, description="optimizer steps between checkpoints")
+    keep_checkpoints: int = Field(1, ge=1, description="checkpoints kept while training")
+    keep_checkpoints_when_done: bool = Field(False, description="else removed once the model "
+                                                                "is saved")
+    resume: bool = Field(False, description="continue from the last checkpoint in `out`")
+    progress: bool = True
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+# Changing these between an interrupted run and its resume is allowed.
+RUN_ONLY_FIELDS = frozenset({"out", "resume", "progress", "log_every", "eval_every",
+                             "save_every", "keep_checkpoints", "keep_checkpoints_when_done"})
+
+
+def config_changes(saved: dict[str, Any], current: BaseModel) -> list[str]:
+    """Names of the fields (beyond RUN_ONLY_FIELDS) whose values differ, with both values."""
+    now = current.model_dump(mode="json")
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        if key in RUN_ONLY_FIELDS:
+            continue
+        if saved.get(key) != now.get(key):
+            out.append(f"{key} (was {saved.get(key)!r}, now {now.get(key)!r})")
+    return out
+
+
+__all__ = ["ConfigError", "RUN_ONLY_FIELDS", "TrainingConfig", "config_changes", "load_section"]

@@ -1,0 +1,150 @@
+"""PPO rollouts: sample responses from the current policy, as token ids.
+
+Two engines, chosen by `--rollout-backend`:
+
+  transformers  `model.generate` on the policy being trained (left-padded prompts,
+                sampling at temperature T, top-p 1, no top-k): nothing to synchronise.
+  vllm          ONE in-process vLLM engine built like `cai.backends.vllm_backend` (float32
+                and whole prefills on CPU, all cores); the trained weights are pushed into
+                it before every rollout, without a restart: with LoRA the adapter is merged
+                into the weights, the merged tensors are loaded in place
+                (`worker.reload_weights`, which also repacks CPU kernels' weights), and the
+                adapter is unmerged again. The engine core runs in this process
+                (VLLM_ENABLE_V1_MULTIPROCESSING=0), so the tensors are handed over by reference.
+
+Each rollout is seeded from (seed, iteration), so a resumed run samples what an
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+
+def default_rollout_backend() -> str:
+    """Measured (README, `cai train ppo`): on this 2-core CPU transformers rollouts beat
+    vLLM once the per-iteration weight push is counted; on CUDA vLLM wins."""
+    return "vllm" if torch.cuda.is_available() else "transformers"
+
+
+def _sampling_seed(seed: int, iteration: int) -> int:
+    return (seed * 1_000_003 + iteration * 7919) % (2**31 - 1)
+
+
+class TransformersRollout:
+    name = "transformers"
+    last_logprobs = None  # generate() scores with the policy itself: nothing to compare
+
+    def __init__(self, tokenizer, eos_token_ids: list[int]) -> None:
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
+
+    def generate(self, model, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float,
+                 seed: int, iteration: int, batch_size: int) -> list[list[int]]:
+        from transformers import GenerationConfig
+
+        greedy = temperature == 0
+        config = GenerationConfig(
+            do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else 1.0,
+            top_k=None if greedy else 0, max_new_tokens=max_new_tokens,
+            eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id)
+        torch.manual_seed(_sampling_seed(seed, iteration))
+        device = next(model.parameters()).device
+        out: list[list[int]] = []
+        for i in range(0, len(prompt_ids), batch_size):
+            chunk = prompt_ids[i:i + batch_size]
+            width = max(map(len, chunk))
+            pad = self.tokenizer.pad_token_id
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            with torch.no_grad():
+                gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            out += [row[width:].tolist() for row in gen]
+        return out
+
+    def push_weights(self, model) -> float:
+        return 0.0  # generates with the policy itself
+
+    def close(self) -> None:
+        pass
+
+
+class VLLMRollout:
+    name = "vllm"
+    last_logprobs: list[list[float]] | None = None
+
+    def __init__(self, model_dir: str, *, max_model_len: int, gpu_memory_utilization: float = 0.3,
+                 seed: int = 0, lora_push: str = "merge") -> None:
+        # The engine core must live in this process so weights can be handed over directly.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from cai.backends.vllm_backend import VLLMBackend
+
+        self.lora_push = lora_push
+        extra: dict[str, Any] = {}
+        if lora_push == "adapter":
+            extra = {"enable_lora": True, "max_lora_rank": 64, "max_loras": 1}
+        self.backend = VLLMBackend(model_dir, gpu_memory_utilization=gpu_memory_utilization,
+                                   max_model_len=max_model_len, seed=seed,
+                                   enable_prefix_caching=False, **extra)
+        self.llm = self.backend.llm
+        self._lora_request = None
+        self._pushes = 0
+
+    def push_weights(self, model) -> float:
+        """Load the policy's current weights into the engine; returns seconds spent."""
+        import time
+
+        start = time.perf_counter()
+        is_peft = hasattr(model, "peft_config")
+        if is_peft and self.lora_push == "adapter":
+            import tempfile
+
+            from vllm.lora.request import LoRARequest
+
+            self._pushes += 1
+            path = tempfile.mkdtemp(prefix="cai-ppo-lora-")
+            model.save_pretrained(path)
+            self._lora_request = LoRARequest(f"policy-{self._pushes}", self._pushes, path)
+            return time.perf_counter() - start
+        if is_peft:
+            model.merge_adapter()
+            try:
+                weights = [(_hf_name(k), v.detach()) for k, v in model.state_dict().items()
+                           if "lora_" not in k]
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+            finally:
+                model.unmerge_adapter()
+        else:
+            weights = [(k, v.detach()) for k, v in model.state_dict().items()]
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - start
+
+    def generate(self, model, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float,
+                 seed: int, iteration: int, batch_size: int) -> list[list[int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        base = _sampling_seed(seed, iteration)
+        params = [SamplingParams(temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
+                                 seed=base + i, logprobs=0) for i in range(len(prompt_ids))]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params,
+                                    use_tqdm=False, lora_request=self._lora_request)
+        # the engine's own log-prob of each sampled token (of the raw logits, i.e. at T = 1):
+        # the trainer compares them with its rescoring to check the pushed weights
+        self.last_logprobs = [[d[tok].logprob
+                               for tok, d in zip(o.outputs[0].token_ids, o.outputs[0].logprobs or [])]
+                              for o in outputs]
+        return [list(o.outputs[0].token_ids) for o in outputs]
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _hf_name(peft_key: str) -> str:
+    """A PEFT state-dict key -> the base model's key (merged weights sit in `base_layer`)."""
+    key = peft_key.removeprefix("base_model.model.")
+    return key.replace(".base_layer.", ".")

@@ -1,0 +1,201 @@
+"""Reward model: `RMConfig` + `run_rm`. A scalar head (AutoModelForSequenceClassification,
+num_labels=1) on a causal LM, trained with the soft-label Bradley-Terry loss on preference
+pairs, AI-labeled and human alike (see cai.train.data for the inputs).
+
+Output directory: a Hugging Face model (loads with AutoModelForSequenceClassification),
+`reward_stats.json` (mean/std of rewards on the training prompts' responses, for PPO's
+normalisation), `eval.json` (held-out metrics), `rejects.jsonl`, metrics.jsonl, tensorboard/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import Field
+
+from cai.io import DataError, atomic_write_json
+from cai.schema import write_rejects
+from cai.train.config import TrainingConfig
+
+REWARD_STATS_FILE = "reward_stats.json"
+EVAL_FILE = "eval.json"
+REJECTS_FILE = "rejects.jsonl"
+
+
+class RMConfig(TrainingConfig):
+    lr: float = Field(1e-5, gt=0.0)
+    batch_size: int = Field(8, ge=1, description="pairs per device batch (2x sequences)")
+    overlong: Literal["truncate", "drop"] = Field(
+        "truncate", description="pairs longer than max_length: keep each text's last "
+                                "max_length tokens (the end of the response), or drop the pair")
+    margin: float = Field(0.0, ge=0.0, description="Bradley-Terry margin")
+    center_rewards_coefficient: float = Field(0.0, ge=0.0,
+                                              description="weight of (r_c + r_r)^2, as in TRL")
+    eval_batch_size: int = Field(16, ge=1)
+    reward_stats_pairs: int = Field(2048, ge=1, description="training pairs scored for "
+                                                            "reward_stats.json")
+
+
+def tokenize_pairs(records, tokenizer, config: RMConfig) -> tuple[list[dict], dict[str, int]]:
+    """Encoded pairs and how many were truncated or dropped as over-long."""
+    from cai.train.reward import encode_for_reward
+
+    out, counts = [], {"truncated": 0, "dropped": 0}
+    for rec in records:
+        prompt = [m.model_dump() for m in rec.prompt]
+        chosen, rejected = rec.chosen[-1].content, rec.rejected[-1].content
+        c_ids, c_long = encode_for_reward(tokenizer, prompt, chosen, config.max_length)
+        r_ids, r_long = encode_for_reward(tokenizer, prompt, rejected, config.max_length)
+        if c_long or r_long:
+            if config.overlong == "drop":
+                counts["dropped"] += 1
+                continue
+            counts["truncated"] += 1
+        out.append({"chosen": c_ids, "rejected": r_ids, "p": rec.p_chosen,
+                    "chosen_len": len(chosen), "rejected_len": len(rejected)})
+    return out, counts
+
+
+def collate_pairs(pad_id: int) -> Callable[[list[dict]], dict]:
+    """One batch: chosen sequences first, then rejected, right-padded together."""
+    import torch
+
+    from cai.train.reward import pad_right
+
+    def collate(items: list[dict]) -> dict:
+        ids, mask = pad_right([it["chosen"] for it in items] + [it["rejected"] for it in items],
+                              pad_id)
+        return {"input_ids": ids, "attention_mask": mask,
+                "p_chosen": torch.tensor([it["p"] for it in items], dtype=torch.float32)}
+
+    return collate
+
+
+def evaluate_pairs(model, tokenizer, pairs: list[dict], batch_size: int) -> dict[str, Any]:
+    from cai.train.reward import pair_metrics, score_ids
+
+    seqs = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    rewards = score_ids(model, seqs, tokenizer.pad_token_id, batch_size=batch_size)
+    n = len(pairs)
+    return pair_metrics(rewards[:n], rewards[n:], [p["p"] for p in pairs],
+                        [p["chosen_len"] for p in pairs], [p["rejected_len"] for p in pairs])
+
+
+def _print_rejects(rejects, out: Path, echo) -> None:
+    write_rejects(rejects, out / REJECTS_FILE)
+    if rejects:
+        from collections import Counter
+
+        codes = ", ".join(f"{c} {n}" for c, n in Counter(r.code for r in rejects).most_common())
+        echo(f"rejected {len(rejects)} pairs ({codes}); listed in {out / REJECTS_FILE}")
+        for r in rejects[:3]:
+            echo(f"  {r.location}: {r.reason}")
+
+
+def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
+           before_step: Callable[[Any, int], None] | None = None) -> dict[str, Any]:
+    """Train a reward model per `config`; returns the summary (also in the DONE marker).
+    Rerunning a finished run returns its summary without training again."""
+    import torch
+
+    from cai.train.accel import make_accelerator, make_dataloader
+    from cai.train.checkpoint import RunDir
+    from cai.train.losses import bradley_terry_loss
+    from cai.train.loop import run_loop
+    from cai.train.modeling import (apply_lora, enable_gradient_checkpointing,
+                                    load_reward_model, load_tokenizer, resolve_training_model,
+                                    save_hf_model, trainable_parameters)
+    from cai.train.data import load_preferences
+
+    run_dir = RunDir(config.out)
+    if run_dir.is_done():
+        run_dir.check_config(config)
+        echo(f"{config.out}: already finished; nothing to do")
+        return {**run_dir.done_summary(), "skipped": True}
+    t0 = time.perf_counter()
+    model_path = resolve_training_model(config.model)
+    tokenizer = load_tokenizer(model_path)
+    train_recs, eval_recs, rejects, mix = load_preferences(
+        config.data, config.eval_data, config.eval_fraction, config.seed)
+    run_dir.start(config)
+    _print_rejects(rejects, run_dir.path, echo)
+    train, train_counts = tokenize_pairs(train_recs, tokenizer, config)
+    held, eval_counts = tokenize_pairs(eval_recs, tokenizer, config)
+    for name, counts in (("train", train_counts), ("eval", eval_counts)):
+        if counts["truncated"] or counts["dropped"]:
+            echo(f"{name}: over {config.max_length} tokens: {counts['truncated']} pairs "
+                 f"truncated (kept the end), {counts['dropped']} dropped")
+    if not train:
+        raise DataError(f"{', '.join(config.data)}: every training pair was dropped as longer "
+                        f"than max_length={config.max_length}")
+    echo(f"reward model: {len(train)} training pairs, {len(held)} held out "
+         f"(split by prompt: {mix['test_prompts']} of {mix['prompts']} prompts)")
+
+    accelerator = make_accelerator(config, run_dir.path)
+    model = load_reward_model(model_path, tokenizer)
+    model = apply_lora(model, config, task_type="SEQ_CLS")
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    trainable, total = trainable_parameters(model)
+    loader = make_dataloader(train, batch_size=config.batch_size,
+                             collate_fn=collate_pairs(tokenizer.pad_token_id), shuffle=True,
+                             seed=config.seed)
+
+    def compute_loss(model, batch):
+        rewards = model(input_ids=batch["input_ids"],
+                        attention_mask=batch["attention_mask"]).logits[:, 0]
+        n = batch["p_chosen"].shape[0]
+        rc, rr = rewards[:n], rewards[n:]
+        loss = bradley_terry_loss(rc, rr, batch["p_chosen"], margin=config.margin or None,
+                                  center_coefficient=config.center_rewards_coefficient)
+        with torch.no_grad():
+            hard = (rc > rr).float()
+            acc = torch.where(batch["p_chosen"] >= 0.5, hard, 1 - hard).mean()
+        return loss, {"accuracy": acc.item(), "margin": (rc - rr).mean().item()}
+
+    evaluate = (lambda m: evaluate_pairs(m, tokenizer, held, config.eval_batch_size)) if held else None
+    result, model = run_loop(
+        config, accelerator=accelerator, run_dir=run_dir, model=model, train_loader=loader,
+        compute_loss=compute_loss, evaluate=evaluate,
+        count_tokens=lambda b: int(b["attention_mask"].sum()),
+        count_samples=lambda b: int(b["p_chosen"].shape[0]), desc="train rm",
+        before_step=before_step)
+
+    # Normalisation stats for PPO: rewards of the training prompts' responses.
+    model.eval()
+    sample = train[: config.reward_stats_pairs]
+    from cai.train.reward import score_ids
+
+    rewards = score_ids(model, [p["chosen"] for p in sample] + [p["rejected"] for p in sample],
+                        tokenizer.pad_token_id, batch_size=config.eval_batch_size)
+    stats = {"mean": statistics.fmean(rewards),
+             "std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
+             "n": len(rewards), "pairs": len(sample),
+             "note": "rewards of chosen and rejected responses to training prompts"}
+    summary = {
+        "stage": "rm", "model": model_path, "out": str(run_dir.path),
+        "train_pairs": len(train), "eval_pairs": len(held), "rejected_pairs": len(rejects),
+        "overlong": {"train": train_counts, "eval": eval_counts, "policy": config.overlong},
+        "mix": mix, "steps": result.state.global_step, "epochs": config.epochs,
+        "trainable_parameters": trainable, "parameters": total,
+        "train_seconds": round(result.train_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "final_train": result.last_metrics, "eval": result.eval_metrics,
+        "reward_stats": stats,
+    }
+    if not all(math.isfinite(v) for v in rewards):
+        raise DataError("the trained reward model gives non-finite rewards")
+    save_hf_model(accelerator, model, tokenizer, run_dir.path, merge_lora=config.merge_lora,
+                  extra_files={REWARD_STATS_FILE: json.dumps(stats, indent=2) + "\n",
+                               EVAL_FILE: json.dumps(result.eval_metrics, indent=2) + "\n"})
+    if accelerator.is_main_process:
+        if not config.keep_checkpoints_when_done:
+            run_dir.remove_checkpoints()
+        run_dir.mark_done(summary)
+    return summary

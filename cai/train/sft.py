@@ -1,0 +1,225 @@
+"""Supervised fine-tuning (SL-CAI): `SFTConfig` + `run_sft`, on the sft/ output of
+`cai generate` or any chat-messages dataset. The loss is on assistant tokens only, with
+the conversation rendered by the model's own chat template.
+
+The assistant mask is found by rendering prefixes: the text of messages[:i] with the
+generation prompt marks where assistant turn i starts, and the text of messages[:i+1] where
+it ends (its end-of-turn marker included, trailing whitespace not). Both must be prefixes
+of the full rendering, which holds for ordinary templates; a template for which it does not
+is refused with a clear error rather than trained on a wrong mask. Tokens whose character
+span overlaps an assistant span are trained on.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import Field
+
+from cai.io import DataError
+from cai.schema import write_rejects
+from cai.train.config import TrainingConfig
+
+REJECTS_FILE = "rejects.jsonl"
+
+
+class SFTConfig(TrainingConfig):
+    lr: float = Field(2e-5, gt=0.0)
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    messages_field: str = "messages"
+    overlong: str = Field("truncate", pattern="^(truncate|drop)$",
+                          description="conversations over max_length: cut the end, or drop")
+    eval_batch_size: int = Field(16, ge=1)
+
+
+class TemplateError(ValueError):
+    """The chat template renders a prefix that is not a prefix of the whole conversation."""
+
+
+def assistant_char_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """(full text, character spans of the assistant turns in it)."""
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], tokenize=False,
+                                               add_generation_prompt=True) if i else ""
+        through = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        if not full.startswith(before) or not full.startswith(through):
+            raise TemplateError("the chat template renders a conversation prefix that is not a "
+                                f"prefix of the whole conversation (at message {i}); cannot "
+                                "find the assistant tokens")
+        end = len(through.rstrip())
+        if end > len(before):
+            spans.append((len(before), end))
+    return full, spans
+
+
+def encode_conversation(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """(token ids, labels) with labels = -100 outside assistant turns."""
+    full, spans = assistant_char_spans(tokenizer, messages)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, labels = enc["input_ids"], []
+    for tok, (a, b) in zip(ids, enc["offset_mapping"]):
+        inside = any(a < e and b > s for s, e in spans) if b > a else \
+            any(s <= a < e for s, e in spans)
+        labels.append(tok if inside else -100)
+    return ids, labels
+
+
+def collate_sft(pad_id: int) -> Callable[[list[dict]], dict]:
+    import torch
+
+    def collate(items: list[dict]) -> dict:
+        width = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(items), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, it in enumerate(items):
+            n = len(it["input_ids"])
+            ids[i, :n] = torch.tensor(it["input_ids"])
+            labels[i, :n] = torch.tensor(it["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    return collate
+
+
+def _split(convs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out a share of prompts (the messages before the last assistant turn)."""
+    if fraction <= 0 or len(convs) < 2:
+        return convs, []
+    from cai.records import prompt_key, stable_id
+
+    def key(c):
+        last = max(i for i, m in enumerate(c["messages"]) if m["role"] == "assistant")
+        return prompt_key(c["messages"][:last] or c["messages"][:1])
+
+    keys = sorted({key(c) for c in convs}, key=lambda k: (stable_id(seed, k), k))
+    n = min(max(round(fraction * len(keys)), 1), len(keys) - 1)
+    held = set(keys[:n])
+    return [c for c in convs if key(c) not in held], [c for c in convs if key(c) in held]
+
+
+def encode_all(convs, tokenizer, config: SFTConfig, echo) -> list[dict]:
+    out, cut, dropped, empty = [], 0, 0, 0
+    for c in convs:
+        ids, labels = encode_conversation(tokenizer, c["messages"])
+        if len(ids) > config.max_length:
+            if config.overlong == "drop":
+                dropped += 1
+                continue
+            ids, labels = ids[:config.max_length], labels[:config.max_length]
+            cut += 1
+        if all(x == -100 for x in labels[1:]):
+            empty += 1  # truncation left no assistant token to learn from
+            continue
+        out.append({"input_ids": ids, "labels": labels})
+    if cut or dropped or empty:
+        echo(f"over {config.max_length} tokens: {cut} conversations truncated, {dropped} dropped; "
+             f"{empty} left with no assistant token after truncation, skipped")
+    return out
+
+
+def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
+            before_step: Callable[[Any, int], None] | None = None) -> dict[str, Any]:
+    """Fine-tune a causal LM on conversations; returns the summary (also in DONE). The output
+    directory is a HF model directory (`cai chat --model OUT`, vLLM)."""
+    import torch
+
+    from cai.train.accel import make_accelerator, make_dataloader
+    from cai.train.checkpoint import RunDir
+    from cai.train.data import read_conversations
+    from cai.train.loop import run_loop
+    from cai.train.modeling import (apply_lora, enable_gradient_checkpointing, load_causal_lm,
+                                    load_tokenizer, resolve_training_model, save_hf_model,
+                                    trainable_parameters)
+
+    run_dir = RunDir(config.out)
+    if run_dir.is_done():
+        run_dir.check_config(config)
+        echo(f"{config.out}: already finished; nothing to do")
+        return {**run_dir.done_summary(), "skipped": True}
+    t0 = time.perf_counter()
+    model_path = resolve_training_model(config.model)
+    tokenizer = load_tokenizer(model_path)
+    convs, rejects = [], []
+    for path in config.data:
+        c, r = read_conversations(path, config.messages_field)
+        convs += c
+        rejects += r
+    if config.eval_data:
+        train_convs, eval_convs = convs, read_conversations(config.eval_data,
+                                                            config.messages_field)[0]
+    else:
+        train_convs, eval_convs = _split(convs, config.eval_fraction, config.seed)
+    if not train_convs:
+        raise DataError(f"{', '.join(config.data)}: no usable conversations"
+                        + (f" ({len(rejects)} rejected; first: {rejects[0].location}: "
+                           f"{rejects[0].reason})" if rejects else ""))
+    run_dir.start(config)
+    write_rejects(rejects, run_dir.path / REJECTS_FILE)
+    if rejects:
+        echo(f"rejected {len(rejects)} rows; listed in {run_dir.path / REJECTS_FILE}")
+        for r in rejects[:3]:
+            echo(f"  {r.location}: {r.reason}")
+    train = encode_all(train_convs, tokenizer, config, echo)
+    held = encode_all(eval_convs, tokenizer, config, echo)
+    if not train:
+        raise DataError(f"{', '.join(config.data)}: no conversation fits max_length="
+                        f"{config.max_length} with an assistant token left")
+    echo(f"sft: {len(train)} conversations, {len(held)} held out")
+
+    accelerator = make_accelerator(config, run_dir.path)
+    model = load_causal_lm(model_path, tokenizer)
+    model = apply_lora(model, config, task_type="CAUSAL_LM")
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    trainable, total = trainable_parameters(model)
+    collate = collate_sft(tokenizer.pad_token_id)
+    loader = make_dataloader(train, batch_size=config.batch_size, collate_fn=collate,
+                             shuffle=True, seed=config.seed)
+
+    def compute_loss(model, batch):
+        # transformers' causal-LM loss: shifted, mean over the tokens whose label is not -100
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    labels=batch["labels"])
+        return out.loss, {}
+
+    def evaluate(model):
+        total_loss, total_tokens = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(held), config.eval_batch_size):
+                batch = collate(held[start:start + config.eval_batch_size])
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                n = int((batch["labels"][:, 1:] != -100).sum())
+                loss = model(**batch).loss
+                total_loss += loss.item() * n
+                total_tokens += n
+        return {"loss": total_loss / max(total_tokens, 1), "tokens": total_tokens}
+
+    result, model = run_loop(
+        config, accelerator=accelerator, run_dir=run_dir, model=model, train_loader=loader,
+        compute_loss=compute_loss, evaluate=evaluate if held else None,
+        count_tokens=lambda b: int(b["attention_mask"].sum()),
+        count_samples=lambda b: int(b["input_ids"].shape[0]), desc="train sft",
+        before_step=before_step)
+    summary = {
+        "stage": "sft", "model": model_path, "out": str(run_dir.path),
+        "train_conversations": len(train), "eval_conversations": len(held),
+        "rejected_rows": len(rejects), "steps": result.state.global_step,
+        "epochs": config.epochs, "trainable_parameters": trainable, "parameters": total,
+        "train_seconds": round(result.train_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "final_train": result.last_metrics, "eval": result.eval_metrics,
+    }
+    save_hf_model(accelerator, model, tokenizer, run_dir.path, merge_lora=config.merge_lora)
+    if accelerator.is_main_process:
+        if not config.keep_checkpoints_when_done:
+            run_dir.remove_checkpoints()
+        run_dir.mark_done(summary)
+    return summary

@@ -1,0 +1,275 @@
+"""The pipeline runner's rerun rules, on stages defined here (they write small files and log
+their calls), shaped like the RL-CAI recipe: gen -> sft -> [sample -> label -> rm -> ppo]
+x rounds -> eval. Real stages are exercised in test_pipeline_generate.py."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from cai.pipeline import (PipelineError, SelectionError, Stage, StageFailed, load_pipeline, plan,
+                          run_pipeline)
+from cai.pipeline.manifest import read_manifest
+
+CALLS: list[str] = []
+
+
+class FakeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: int = 0
+    out: str
+    inputs: list[str] = []
+    model: str | None = None
+    seed: int = 0
+    fail: bool = False
+    progress: bool = True
+
+
+def fake_run(config: FakeConfig, backend=None) -> dict:
+    out = Path(config.out)
+    CALLS.append(out.relative_to(out.parent.parent if out.parent.name.startswith("round")
+                                 else out.parent).as_posix())
+    if config.fail:
+        raise RuntimeError("boom")
+    upstream = [json.loads((Path(p) / "result.json").read_text()) for p in config.inputs]
+    result = {"value": config.value, "model": config.model, "seed": config.seed,
+              "upstream": upstream, "backend": getattr(backend, "tag", None)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result))
+    return {"value": config.value}
+
+
+def _stage(name, deps=(), prev=(), per_round=False, engine=None, policy=False):
+    def wire(w):
+        inputs = [str(w.output(d)) for d in deps if w.has(d)]
+        inputs += [str(p) for d in prev if (p := w.previous(d)) is not None]
+        if policy:  # the latest policy: last round's ppo, else sft, else the base model
+            latest = w.previous("ppo") or (w.output("sft") if w.has("sft") else None)
+            inputs += [str(latest)] if latest else []
+        return {"out": str(w.dir), "inputs": inputs}
+    return Stage(name=name, config=FakeConfig, run=fake_run, wire=wire, per_round=per_round,
+                 owned=("out", "inputs"), engine=engine, brief=lambda s: f"value {s.get('value')}")
+
+
+def stages(engine=None):
+    return [
+        _stage("gen", engine=engine),
+        _stage("sft", ["gen"]),
+        _stage("sample", per_round=True, engine=engine, policy=True),
+        _stage("label", ["sample"], per_round=True, engine=engine),
+        _stage("rm", ["label"], prev=["rm"], per_round=True),
+        _stage("ppo", ["rm", "sft"], prev=["ppo"], per_round=True),
+        _stage("eval", ["ppo", "sft"]),
+    ]
+
+
+BASE = """\
+run: {{name: t, out: {out}, rounds: {rounds}}}
+gen: {{value: 1}}
+sft: {{value: 2}}
+sample: {{value: 3}}
+label: {{}}
+rm: {{value: 5}}
+ppo: {{value: {ppo}}}
+eval: {{}}
+"""
+
+
+def write(tmp_path: Path, text: str = BASE, **kw) -> Path:
+    args = {"out": tmp_path / "run", "rounds": 1, "ppo": 6, **kw}
+    path = tmp_path / "p.yaml"
+    path.write_text(text.format(**args))
+    return path
+
+
+def go(path: Path, sts=None, **kw):
+    sts = sts or stages()
+    CALLS.clear()
+    pipeline = load_pipeline(path, [s.name for s in sts])
+    results = run_pipeline(pipeline, sts, echo=lambda m: None, **kw)
+    return list(CALLS), {r.key: r.action for r in results}
+
+
+def test_rerun_is_a_noop_and_changed_ppo_reruns_only_ppo_and_eval(tmp_path):
+    path = write(tmp_path)
+    calls, _ = go(path)
+    assert calls == ["gen", "sft", "sample", "label", "rm", "ppo", "eval"]
+    calls, actions = go(path)
+    assert calls == [] and set(actions.values()) == {"skipped"}
+    path = write(tmp_path, ppo=7)
+    calls, _ = go(path)
+    assert calls == ["ppo", "eval"]
+    m = read_manifest(tmp_path / "run" / "ppo")
+    assert m["status"] == "done" and m["summary"] == {"value": 7}
+    assert set(m["inputs"]) == {"rm", "sft"}
+
+
+def test_changed_upstream_reruns_everything_downstream(tmp_path):
+    go(write(tmp_path))
+    calls, _ = go(write(tmp_path, text=BASE.replace("value: 1}", "value: 9}")))
+    assert calls == ["gen", "sft", "sample", "label", "rm", "ppo", "eval"]
+    # the ppo output the eval read carries the new gen value through sft
+    res = json.loads((tmp_path / "run" / "eval" / "result.json").read_text())
+    assert res["upstream"][1]["upstream"][0]["value"] == 9
+
+
+def test_volatile_field_change_is_not_a_config_change(tmp_path):
+    go(write(tmp_path))
+    calls, _ = go(write(tmp_path, text=BASE.replace("label: {{}}", "label: {{progress: false}}")))
+    assert calls == []
+
+
+def test_same_output_stops_the_rerun_wave(tmp_path):
+    """A forced rerun that writes the same bytes leaves downstream up to date."""
+    path = write(tmp_path)
+    go(path)
+    calls, actions = go(path, only="label")
+    assert calls == ["label"]
+    assert actions["sample"] == "not selected" and actions["rm"] == "not selected"
+    calls, _ = go(path)
+    assert calls == []
+
+
+def test_from_forces_the_stage_and_everything_after(tmp_path):
+    path = write(tmp_path)
+    go(path)
+    calls, actions = go(path, from_="rm")
+    assert calls == ["rm", "ppo", "eval"]
+    assert actions["gen"] == "not selected"
+
+
+def test_only_needs_finished_upstream(tmp_path):
+    path = write(tmp_path)
+    with pytest.raises(SelectionError, match="sft has not finished and ppo needs it"):
+        go(path, only="ppo")
+    with pytest.raises(SelectionError, match="no stage 'ppx'"):
+        go(path, only="ppx")
+
+
+def test_deleted_output_reruns_that_stage(tmp_path):
+    path = write(tmp_path)
+    go(path)
+    (tmp_path / "run" / "rm" / "result.json").unlink()
+    calls, _ = go(path)
+    assert calls == ["rm"]  # same bytes again, so ppo and eval stay up to date
+
+
+def test_failed_stage_keeps_finished_work_and_resumes(tmp_path):
+    path = write(tmp_path, text=BASE.replace("rm: {{value: 5}}", "rm: {{value: 5, fail: true}}"))
+    with pytest.raises(StageFailed, match="rm failed: RuntimeError: boom"):
+        go(path)
+    assert read_manifest(tmp_path / "run" / "rm")["status"] == "failed"
+    assert read_manifest(tmp_path / "run" / "label")["status"] == "done"
+    calls, _ = go(write(tmp_path))
+    assert calls == ["rm", "ppo", "eval"]
+
+
+def test_left_out_stages_rewire_their_consumers(tmp_path):
+    text = BASE.replace("sft: {{value: 2}}\n", "").replace("label: {{}}\n", "")
+    calls, _ = go(write(tmp_path, text=text))
+    assert calls == ["gen", "sample", "rm", "ppo", "eval"]
+    m = read_manifest(tmp_path / "run" / "rm")
+    assert set(m["inputs"]) == set()  # no label: this fake rm has nothing upstream
+    assert set(read_manifest(tmp_path / "run" / "eval")["inputs"]) == {"ppo"}
+
+
+def test_rounds_chain_policy_and_reward_model(tmp_path):
+    path = write(tmp_path, rounds=2)
+    calls, _ = go(path)
+    assert calls == ["gen", "sft", "round1/sample", "round1/label", "round1/rm", "round1/ppo",
+                     "round2/sample", "round2/label", "round2/rm", "round2/ppo", "eval"]
+    inputs = lambda key: set(read_manifest(tmp_path / "run" / key)["inputs"])  # noqa: E731
+    assert inputs("round1/sample") == {"sft"}
+    assert inputs("round2/sample") == {"round1/ppo"}  # the latest policy
+    assert inputs("round2/rm") == {"round2/label", "round1/rm"}  # continues the RM
+    assert inputs("round2/ppo") == {"round2/rm", "sft", "round1/ppo"}
+    assert inputs("eval") == {"round2/ppo", "sft"}
+    calls, _ = go(path, only="round2/ppo")
+    assert calls == ["round2/ppo"]
+    calls, _ = go(write(tmp_path, rounds=2, ppo=8))
+    assert calls == ["round1/ppo", "round2/sample", "round2/label", "round2/rm", "round2/ppo",
+                     "eval"]
+
+
+def test_run_settings_fill_unset_fields(tmp_path):
+    text = "run: {{name: t, out: {out}, model: base-m, seed: 5}}\ngen: {{}}\nsft: {{model: own, seed: 1}}\n"
+    go(write(tmp_path, text=text))
+    gen = json.loads((tmp_path / "run" / "gen" / "result.json").read_text())
+    sft = json.loads((tmp_path / "run" / "sft" / "result.json").read_text())
+    assert (gen["model"], gen["seed"]) == ("base-m", 5)
+    assert (sft["model"], sft["seed"]) == ("own", 1)
+
+
+class FakeEngine:
+    def __init__(self, tag):
+        self.tag, self.closed = tag, False
+
+    def close(self):
+        self.closed = True
+
+
+def test_one_engine_for_consecutive_stages_closed_before_training(tmp_path):
+    opened = []
+
+    def load(name, model, **options):
+        opened.append(FakeEngine(f"{name}:{model}"))
+        return opened[-1]
+
+    engine = lambda config: ("fake", config.model, {})  # noqa: E731
+    sts = stages(engine)
+    text = BASE.replace("sft: {{value: 2}}\n", "")  # gen, sample, label share the base engine
+    go(write(tmp_path, text=text), sts, load_backend=load)
+    assert len(opened) == 1 and opened[0].closed
+    for key in ("gen", "sample", "label"):
+        assert json.loads((tmp_path / "run" / key / "result.json").read_text())["backend"] == "fake:None"
+    opened.clear()
+    go(write(tmp_path, out=tmp_path / "run2"), sts, load_backend=load)
+    assert len(opened) == 2  # gen | sft (trains: engine closed) | sample, label
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("run: {{name: t, out: {out}}}\ngen: {{}}\nlable: {{}}\n",
+     r"p.yaml:3:1: unknown section 'lable' \(did you mean 'label'\?\)"),
+    ("run: {{name: t, out: {out}}}\ngen:\n  value: 1\n  valeu: 2\n",
+     r"p.yaml:4:3: gen.valeu: unknown key 'valeu'"),
+    ("run: {{name: t, out: {out}}}\ngen:\n  value: one\n",
+     r"p.yaml:3:3: gen.value: Input should be a valid integer"),
+    ("run: {{name: t, out: {out}}}\ngen:\n  out: elsewhere\n",
+     r"p.yaml:3:3: gen.out: filled in by the runner"),
+    ("run: {{name: t, out: {out}, rounds: 0}}\ngen: {{}}\n",
+     r"p.yaml:1:\d+: run.rounds: Input should be greater than or equal to 1"),
+    ("gen: {{}}\n", r"p.yaml:1:1: missing `run:` section"),
+    ("run: {{name: t, out: {out}}}\ngen: [1, 2\n", r"p.yaml:\d+:\d+: YAML syntax error"),
+    ("run: {{name: t, out: {out}}}\nprompts:\n  train:\n    - {{file: nope.jsonl}}\ngen: {{}}\n",
+     r"p.yaml:4:7: prompts.train\[0\].file: nope.jsonl does not exist"),
+])
+def test_bad_pipeline_errors_are_located(tmp_path, text, expected):
+    path = write(tmp_path, text=text)
+    sts = stages()
+    with pytest.raises(PipelineError, match=expected):
+        plan(load_pipeline(path, [s.name for s in sts]), sts, echo=lambda m: None)
+
+
+def test_prompt_sets_take_rows_from_several_files(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"id": f"a{i}", "prompt": f"A {i}"}) + "\n" for i in range(5)))
+    b.write_text("".join(json.dumps({"id": f"b{i}", "prompt": f"B {i}"}) + "\n" for i in range(5)))
+    text = textwrap.dedent(f"""\
+        run: {{name: t, out: {tmp_path / 'run'}}}
+        prompts:
+          train:
+            - {{file: {a}, limit: 2}}
+            - {{file: {b}, skip: 1, limit: 2}}
+        gen: {{}}
+        """)
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    sts = stages()
+    plan(load_pipeline(path, [s.name for s in sts]), sts, echo=lambda m: None)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "prompts" / "train.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a0", "a1", "b1", "b2"]

@@ -1,0 +1,188 @@
+"""PPO end to end on a tiny random Llama with a rule-based reward (share of "!" in the
+response): the reward rises while the adaptive controller holds the KL near its target;
+SIGKILL mid-run + --resume continues the same curve; held-out evaluation is logged."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cai.train.ppo import PPOConfig, run_ppo
+
+# ~45 s of CPU each, but minutes of wall time when the shared machine is busy
+pytestmark = pytest.mark.slow
+
+REWARD = str(Path(__file__).parent / "ppo_reward_fns.py") + ":target_share"
+TOPICS = ["cats", "rain", "chess", "bread", "rivers", "stars", "music", "glass", "trains", "salt",
+          "wolves", "paper", "clocks", "maps", "bees", "ice"]
+
+
+@pytest.fixture(scope="module")
+def exclaiming_policy_dir(tmp_path_factory, embedded_tokenizer) -> Path:
+    """The tiny random Llama, with the "!" row of its (tied) output embedding pointed along
+    the mean hidden state so it says "!" a few percent of the time: a policy that samples
+    the rewarded token now and then, so PPO has something to reinforce in a few steps."""
+    from conftest import build_tiny_llama
+
+    tok = embedded_tokenizer
+    model = build_tiny_llama(tok)
+    target = tok.convert_tokens_to_ids("!")
+    texts = [tok.apply_chat_template([{"role": "user", "content": f"Say something about {t}."}],
+                                     tokenize=False, add_generation_prompt=True) for t in TOPICS[:4]]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        hidden = model.model(**enc).last_hidden_state.reshape(-1, model.config.hidden_size)
+        direction = hidden.mean(0) / hidden.mean(0).norm()
+        for scale in torch.arange(0.5, 3.0, 0.05):
+            model.lm_head.weight[target] = scale * direction
+            if torch.softmax(model(**enc).logits, -1)[..., target].mean() >= 0.08:
+                break
+    path = tmp_path_factory.mktemp("exclaiming-llama")
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ppo-prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prompt": f"Say something about {t}."}) + "\n"
+                            for i, t in enumerate(TOPICS)))
+    return path
+
+
+def _config(policy, prompts, out, **kw) -> PPOConfig:
+    base = dict(policy=str(policy), reward=REWARD, prompts=str(prompts), output_dir=str(out),
+                iterations=8, rollout_batch_size=8, minibatch_size=8, micro_batch_size=8,
+                ppo_epochs=2, max_new_tokens=12, temperature=1.0, learning_rate=1e-3,
+                eval_size=4, eval_every=4, eval_temperature=1.0, missing_eos_penalty=None,
+                rollout_backend="transformers", cpu=True)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def _metrics(out) -> list[dict]:
+    return [json.loads(ln) for ln in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_rows(out) -> dict[int, dict]:
+    return {r["iteration"]: r for r in _metrics(out) if "reward/raw" in r}
+
+
+def test_reward_rises_while_kl_stays_near_target(exclaiming_policy_dir, prompts_file, tmp_path):
+    target = 2.0
+    cfg = _config(exclaiming_policy_dir, prompts_file, tmp_path / "run", adaptive_kl=True,
+                  kl_target=target, kl_horizon=40, kl_coef=0.1)
+    summary = run_ppo(cfg, progress=False)
+    rows = _train_rows(tmp_path / "run")
+    rewards = [rows[i]["reward/raw"] for i in sorted(rows)]
+    kls = [rows[i]["kl"] for i in sorted(rows)]
+    betas = [rows[i]["kl_coef"] for i in sorted(rows)]
+    print("reward", [round(r, 3) for r in rewards], "kl", [round(k, 2) for k in kls],
+          "beta", [round(b, 3) for b in betas])
+    assert sum(rewards[-2:]) / 2 > 2 * sum(rewards[:2]) / 2, rewards
+    # β went up after each iteration whose KL was above the target and down after the others;
+    # the KL stayed within a small multiple of the target
+    for kl, before, after in zip(kls, betas, betas[1:]):
+        assert (after > before) == (kl > target), (kls, betas)
+    assert max(kls) < 3 * target, kls
+    # every metric the issue lists is there
+    for key in ("reward/raw", "reward/normalized", "kl", "kl_coef", "entropy", "policy/clipfrac",
+                "policy/approx_kl", "value/loss", "value/explained_variance", "response/length",
+                "response/eos_rate", "time/rollout", "time/score", "time/update"):
+        assert key in rows[1], key
+    # held-out evaluation before training and every 4 iterations, on prompts never trained on
+    evals = [r for r in _metrics(tmp_path / "run") if "eval/reward" in r]
+    assert [r["iteration"] for r in evals] == [0, 4, 8]
+    assert evals[-1]["eval/reward"] > evals[0]["eval/reward"]
+    assert Path(summary["policy"], "config.json").is_file()
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    # rerunning a finished run is a no-op; a changed config is refused by field name
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert run_ppo(cfg, resume=True, progress=False)["last"] == summary["last"]
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_ppo(cfg, progress=False)
+    with pytest.raises(ValueError, match="learning_rate"):
+        run_ppo(cfg.model_copy(update={"learning_rate": 1e-4}), resume=True, progress=False)
+
+
+RUNNER = """
+import json, sys
+from cai.train.ppo import PPOConfig, run_ppo
+run_ppo(PPOConfig(**json.loads(sys.argv[1])), resume=True, progress=False)
+"""
+
+
+def test_sigkill_then_resume_continues_the_same_curve(exclaiming_policy_dir, prompts_file, tmp_path):
+    """Rollouts are seeded per iteration and the checkpoint holds weights, optimiser and
+    scheduler states, β and RNG, so on CPU the resumed iteration matches the uninterrupted
+    one exactly (tolerance 1e-6 on every non-timing metric)."""
+    kw = dict(iterations=4, eval_every=0, eval_size=0, adaptive_kl=True, kl_target=2.0, kl_horizon=40)
+    full = _config(exclaiming_policy_dir, prompts_file, tmp_path / "full", **kw)
+    run_ppo(full, progress=False)
+
+    cut = _config(exclaiming_policy_dir, prompts_file, tmp_path / "cut", **kw)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, cut.model_dump_json()], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "cut" / "checkpoints" / "iter-000002" / "ppo_state.json"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert ckpt.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(_train_rows(tmp_path / "cut")) < 4  # it really was cut short
+
+    run_ppo(cut, resume=True, progress=False)
+    a, b = _train_rows(tmp_path / "full"), _train_rows(tmp_path / "cut")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for it in (3, 4):
+        for key, value in a[it].items():
+            if key.startswith("time/"):
+                continue
+            assert b[it][key] == pytest.approx(value, abs=1e-6), (it, key)
+
+
+def test_cli_reads_the_ppo_yaml_section_with_flags_on_top(exclaiming_policy_dir, prompts_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+
+    yaml_path = tmp_path / "pipeline.yaml"
+    yaml_path.write_text(f"ppo:\n  policy: {exclaiming_policy_dir}\n  reward: {REWARD}\n"
+                         f"  prompts: {prompts_file}\n  iterations: 5\n  rollout_batch_size: 4\n"
+                         "  minibatch_size: 4\n  ppo_epochs: 1\n  max_new_tokens: 4\n")
+    out = tmp_path / "cli-run"
+    result = CliRunner().invoke(app, ["train", "ppo", "--config", str(yaml_path), "-o", str(out),
+                                      "--iterations", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "1 iterations (transformers rollouts)" in result.output
+    assert json.loads((out / "ppo_config.json").read_text())["iterations"] == 1  # the flag won
+    again = CliRunner().invoke(app, ["train", "ppo", "--config", str(yaml_path), "-o", str(out),
+                                     "--iterations", "1", "--lr", "0.5", "--no-progress", "--resume"])
+    assert again.exit_code == 1 and "learning_rate" in again.output
+
+
+@pytest.mark.vllm
+def test_vllm_rollouts_sample_from_the_pushed_weights(exclaiming_policy_dir, prompts_file, tmp_path):
+    """One in-process engine; before each rollout the LoRA policy is merged, pushed and
+    unmerged. The engine's log-prob of every sampled token then equals our rescoring of it
+    (T = 1), at iteration 1 (start weights) and after updates (pushed weights)."""
+    cfg = _config(exclaiming_policy_dir, prompts_file, tmp_path / "vllm", iterations=3, eval_every=0,
+                  eval_size=0, rollout_backend="vllm", lora=True, learning_rate=3e-3)
+    summary = run_ppo(cfg, progress=False)
+    rows = _train_rows(tmp_path / "vllm")
+    assert summary["rollout_backend"] == "vllm"
+    gaps = [rows[i]["rollout/engine_logprob_gap"] for i in (1, 2, 3)]
+    assert rows[3]["kl"] != 0.0  # the policy did move away from the reference
+    assert max(gaps) < 1e-3, gaps

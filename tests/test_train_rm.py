@@ -1,0 +1,286 @@
+"""The reward model and the training core, for real on a tiny random Llama: the head reads
+the last real token, a marker preference is learned, kill -9 + resume matches an
+uninterrupted run, the NaN guard, reruns, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cai.io import DataError
+from cai.models import ModelError
+from cai.train.config import ConfigError
+from cai.train.metrics import NonFiniteLossError
+from cai.train.reward import (expected_calibration_error, format_for_reward, pair_metrics,
+                              wilson_interval)
+from cai.train.rm import RMConfig, run_rm
+
+WORDS = "apple river stone cloud paper light garden window music table chair lamp".split()
+
+
+def write_marker_pairs(path: Path, n: int, seed: int = 0) -> Path:
+    """Pairs whose chosen answer contains the word 'banana' (the rejected never does)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a = " ".join(rng.choices(WORDS, k=rng.randint(3, 8)))
+        b = " ".join(rng.choices(WORDS, k=rng.randint(3, 8)))
+        pos = rng.randint(0, 3)
+        chosen = " ".join(a.split()[:pos] + ["banana"] + a.split()[pos:])
+        rows.append({"prompt": f"Tell me something, number {i}.", "chosen": chosen,
+                     "rejected": b})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def rm_config(model_dir, data, out, **kw) -> RMConfig:
+    base = dict(model=str(model_dir), data=[str(data)], out=str(out), lr=1e-3, batch_size=8,
+                max_length=64, log_every=1, save_every=None, progress=False)
+    base.update(kw)
+    return RMConfig(**base)
+
+
+def losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+# --------------------------------------------------------------------------- metrics by hand
+
+
+def test_pair_metrics_by_hand():
+    # Δ = [2, -1, 0, 1]; labels: chosen better except pair 3 (p=0.2: rejected better)
+    m = pair_metrics([3.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.2],
+                     chosen_lengths=[10, 5, 3, 3], rejected_lengths=[5, 5, 9, 9])
+    # hits: 1, 0, 0.5 (tie), 0 (Δ=1 but rejected preferred) -> 1.5 / 4
+    assert m["accuracy"] == pytest.approx(0.375)
+    assert m["margin"] == pytest.approx(0.5)
+    assert m["rewards/chosen"] == pytest.approx(1.25)
+    assert m["rewards/rejected"] == pytest.approx(0.75)
+    # longer preferred: 1, 0.5 (equal), 0, 1 (rejected preferred and longer) -> 2.5 / 4
+    assert m["length_baseline"] == pytest.approx(0.625)
+    assert m["n"] == 4
+
+
+def test_ece_and_wilson_by_hand():
+    # one pair, Δ = ln 3: confidence σ(ln 3) = 0.75; p = 1: correctness 1 -> |0.75 - 1|
+    assert expected_calibration_error([math.log(3)], [1.0]) == pytest.approx(0.25)
+    # predicted rejected (Δ < 0) with p = 0.2: correctness 0.8, confidence 0.75
+    assert expected_calibration_error([-math.log(3)], [0.2]) == pytest.approx(0.05)
+    assert expected_calibration_error([1.0], [0.5]) is None  # no preferred side
+    lo, hi = wilson_interval(8, 10)
+    # p̂=0.8, n=10, z=1.96: centre 0.7163..., half 0.2256...
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+
+
+# --------------------------------------------------------------------------- the reward head
+
+
+def test_reward_is_read_at_the_last_non_pad_token(tiny_model_dir):
+    import torch
+
+    from cai.train.modeling import load_reward_model, load_tokenizer
+    from cai.train.reward import encode_for_reward, pad_right, score_ids
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = load_reward_model(str(tiny_model_dir), tok).eval()
+    prompt = [{"role": "user", "content": "Hi"}]
+    short, _ = encode_for_reward(tok, prompt, "Yes.", 64)
+    long, _ = encode_for_reward(tok, prompt, "A much longer answer with many more words.", 64)
+    assert tok.decode(short).endswith("Yes.<|im_end|>\n")
+    ids, mask = pad_right([short, long], tok.pad_token_id)
+    assert ids[0, len(short):].eq(tok.pad_token_id).all()  # right padding
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+        alone = model(input_ids=torch.tensor([short])).logits[0, 0]
+        hidden = model.model(input_ids=torch.tensor([short])).last_hidden_state
+        by_hand = model.score(hidden[0, -1])[0]
+    assert batched[0].item() == pytest.approx(alone.item(), abs=1e-5)
+    assert alone.item() == pytest.approx(by_hand.item(), abs=1e-5)
+    # the pad id (<|im_end|>) inside the text does not move the read position
+    assert short.count(tok.pad_token_id) >= 2
+    assert score_ids(model, [long, short], tok.pad_token_id)[1] == pytest.approx(alone.item(),
+                                                                                 abs=1e-5)
+
+
+def test_over_long_pairs_keep_the_end_or_drop(tiny_model_dir, tmp_path):
+    from cai.train.data import load_preferences
+    from cai.train.modeling import load_tokenizer
+    from cai.train.rm import tokenize_pairs
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    data = tmp_path / "p.jsonl"
+    long_answer = "word " * 80 + "THE END"
+    data.write_text(json.dumps({"prompt": "q", "chosen": long_answer, "rejected": "short"}) + "\n"
+                    + json.dumps({"prompt": "r", "chosen": "fine", "rejected": "ok"}) + "\n")
+    recs, _, _, _ = load_preferences([str(data)], None, 0.0, 0)
+    pairs, counts = tokenize_pairs(recs, tok, rm_config(tiny_model_dir, data, tmp_path / "o",
+                                                        max_length=40))
+    assert counts == {"truncated": 1, "dropped": 0} and len(pairs) == 2
+    cut = next(p for p in pairs if len(p["chosen"]) == 40)
+    assert tok.decode(cut["chosen"]).endswith("THE END<|im_end|>\n")
+    pairs, counts = tokenize_pairs(recs, tok, rm_config(tiny_model_dir, data, tmp_path / "o",
+                                                        max_length=40, overlong="drop"))
+    assert counts == {"truncated": 0, "dropped": 1} and len(pairs) == 1
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_tiny_model_learns_a_marker_preference(tiny_model_dir, tmp_path):
+    data = write_marker_pairs(tmp_path / "pairs.jsonl", 120)
+    summary = run_rm(rm_config(tiny_model_dir, data, tmp_path / "rm", epochs=2,
+                               eval_fraction=0.25, log_every=5, max_length=48))
+    ev = summary["eval"]
+    assert ev["n"] == 30  # 25% of 120 prompts, each prompt one pair
+    assert ev["accuracy"] >= 0.9, ev
+    out = tmp_path / "rm"
+    assert (out / "DONE").is_file() and (out / "model.safetensors").is_file()
+    stats = json.loads((out / "reward_stats.json").read_text())
+    assert stats["n"] == 2 * summary["train_pairs"] and stats["std"] > 0
+    # the saved directory loads as a reward model and ranks a held-out pair the same way
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from cai.train.reward import score
+
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.pad_token_id == tok.pad_token_id
+    prompt = [{"role": "user", "content": "Tell me something, number 999."}]
+    good, bad = score(model, tok, [(prompt, "river banana stone"), (prompt, "river lamp stone")],
+                      max_length=64)
+    assert good > bad
+    # the split is by prompt: no eval prompt among the training prompts
+    mix = summary["mix"]
+    assert mix["test"] == 30 and mix["train"] == 90
+
+
+def test_finished_run_rerun_is_a_no_op(tiny_model_dir, tmp_path):
+    data = write_marker_pairs(tmp_path / "pairs.jsonl", 16)
+    cfg = rm_config(tiny_model_dir, data, tmp_path / "rm", max_steps=2, eval_fraction=0.0)
+    run_rm(cfg)
+    weights = (tmp_path / "rm" / "model.safetensors").stat().st_mtime_ns
+    again = run_rm(cfg)
+    assert again["skipped"] is True
+    assert (tmp_path / "rm" / "model.safetensors").stat().st_mtime_ns == weights
+    with pytest.raises(ConfigError, match=r"lr \(was 0.001, now 0.002\)"):
+        run_rm(cfg.model_copy(update={"lr": 2e-3}))
+
+
+_CHILD = """
+import sys, time
+from cai.train.rm import RMConfig, run_rm
+cfg = RMConfig.model_validate_json(sys.argv[1])
+run_rm(cfg, before_step=lambda model, step: time.sleep(float(sys.argv[2])))
+"""
+
+
+def test_resume_after_sigkill_matches_uninterrupted_training(tiny_model_dir, tmp_path):
+    data = write_marker_pairs(tmp_path / "pairs.jsonl", 40)
+    # 40 pairs, 4 per batch, 2 batches per step: 5 steps per epoch, so step 8 is in epoch 2
+    common = dict(max_steps=8, epochs=2, save_every=2, eval_fraction=0.0, batch_size=4,
+                  grad_accum=2)
+    full = rm_config(tiny_model_dir, data, tmp_path / "full", **common)
+    run_rm(full)
+    expected = losses(tmp_path / "full")
+    assert sorted(expected) == list(range(1, 9))
+
+    cut = rm_config(tiny_model_dir, data, tmp_path / "cut", **common)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, cut.model_dump_json(), "0.3"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "cut" / "checkpoints" / "step-00000004" / "trainer_state.json"
+    deadline = time.time() + 120
+    while not ckpt.is_file() and time.time() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.4)  # into step 5 or 6, past the checkpoint
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert ckpt.is_file() and not (tmp_path / "cut" / "DONE").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        run_rm(cut)  # an unfinished run is not silently restarted
+    with pytest.raises(ConfigError, match=r"batch_size \(was 4, now 8\)"):
+        run_rm(cut.model_copy(update={"resume": True, "batch_size": 8}))
+    summary = run_rm(cut.model_copy(update={"resume": True}))
+    assert summary["steps"] == 8
+    got = losses(tmp_path / "cut")
+    assert sorted(got) == list(range(1, 9))  # lines past the checkpoint were replaced
+    for step in range(1, 9):
+        assert got[step] == pytest.approx(expected[step], abs=1e-5), step
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path):
+    import torch
+
+    data = write_marker_pairs(tmp_path / "pairs.jsonl", 40)
+
+    def poison(model, step):
+        if step == 4:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    cfg = rm_config(tiny_model_dir, data, tmp_path / "rm", max_steps=6, save_every=2,
+                    eval_fraction=0.0, batch_size=4)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at optimizer step 4.*step-00000002"):
+        run_rm(cfg, before_step=poison)
+    out = tmp_path / "rm"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+    assert not (out / "DONE").exists() and not (out / "model.safetensors").exists()
+    state = json.loads((out / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    summary = run_rm(cfg.model_copy(update={"resume": True}))  # and it resumes cleanly
+    assert summary["steps"] == 6
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_get_located_errors(tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.jsonl: empty dataset"):
+        run_rm(rm_config(tiny_model_dir, empty, tmp_path / "a"))
+
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                            {"role": "assistant", "content": "yo"}]}) + "\n")
+    with pytest.raises(DataError, match="sft.jsonl: this is chat conversations"):
+        run_rm(rm_config(tiny_model_dir, sft, tmp_path / "b"))
+
+    same = tmp_path / "same.jsonl"
+    rows = [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(8)]
+    rows[2]["rejected"] = rows[2]["chosen"]
+    same.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = []
+    run_rm(rm_config(tiny_model_dir, same, tmp_path / "c", max_steps=1, eval_fraction=0.0),
+           echo=lines.append)
+    assert any("same.jsonl:3" in l and "identical" in l for l in lines), lines
+    rejects = [json.loads(l) for l in (tmp_path / "c" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["location"] for r in rejects] == ["same.jsonl:3"]
+
+    only_same = tmp_path / "only_same.jsonl"
+    only_same.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "a"}) + "\n")
+    with pytest.raises(DataError, match=r"no usable preference pairs.*only_same.jsonl:1"):
+        run_rm(rm_config(tiny_model_dir, only_same, tmp_path / "d"))
+
+    no_tok = tmp_path / "no-tokenizer"
+    no_tok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (no_tok / f).write_bytes((tiny_model_dir / f).read_bytes())
+    with pytest.raises(ModelError, match="no-tokenizer: model directory has no tokenizer"):
+        run_rm(rm_config(no_tok, same, tmp_path / "e"))
+    assert not (tmp_path / "e").exists()  # nothing written for a run that cannot start
+
+
+def test_format_for_reward_uses_the_models_template(embedded_tokenizer):
+    text = format_for_reward(embedded_tokenizer, [{"role": "user", "content": "Q?"}], "A.")
+    assert text.endswith("<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\nA.<|im_end|>\n")
