@@ -351,3 +351,15 @@ def test_cli_report_reads_a_finished_run(tmp_path):
     assert "judged    1 pairs: better 1 (100%)" in res.output
     bad = CliRunner().invoke(app, ["generate", "--report", "-o", str(tmp_path / "nothing")])
     assert bad.exit_code != 0 and "not a `cai generate` run directory" in bad.output
+
+
+def test_hand_labeled_revisions_match_the_pattern_check():
+    """tests/data/revision_labels.jsonl: real revisions of the embedded model, labeled by hand
+    (bench/unresponsive_check.py gives the check's precision and recall on them). The
+    meta-commentary half of the check must still find what it found when they were scored."""
+    path = Path(__file__).parent / "data" / "revision_labels.jsonl"
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in rows:
+        assert bool(meta_commentary(r["revision"])) == bool(r["meta"]), r["source_id"]
+        assert isinstance(r["unresponsive"], bool) and isinstance(r["pmi"], float)

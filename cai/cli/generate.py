@@ -38,17 +38,14 @@ def generate(
     few_shot: Optional[bool] = override(G, "few_shot", "--few-shot/--no-few-shot"),
     principle_tags_field: Optional[str] = override(G, "principle_tags_field"),
     revision_candidates: Optional[int] = override(G, "revision_candidates"),
-    route: Optional[str] = typer.Option(
-        None, help="auto (default): principles from the prompt's tags field, else scored from "
-                   "the prompt, benign prompts get `benign` principles | tags | random"),
-    route_threshold: Optional[float] = typer.Option(
-        None, help="route auto: best principle's score (nats) below this -> benign (default 3.0)"),
-    unchanged_threshold: Optional[str] = typer.Option(
-        None, help="keep an answer the model judges to need no change at P >= this "
-                   "(status ok:unchanged; default 0.5); 'off' always revises"),
-    min_relevance: Optional[str] = typer.Option(
-        None, help="a revision's PMI with its prompt (nats/token) must exceed this, else "
-                   "degenerate:unresponsive (default 0.0); 'off' skips the check"),
+    route: Optional[str] = override(G, "route"),
+    route_threshold: Optional[float] = override(G, "route_threshold"),
+    unchanged_threshold: Optional[str] = override(
+        G, "unchanged_threshold", help="keep an answer the model judges to need no change at "
+        "P >= this (status ok:unchanged; default 0.5); 'off' always revises"),
+    min_relevance: Optional[str] = override(
+        G, "min_relevance", help="a revision's PMI with its prompt (nats/token) must exceed "
+        "this, else degenerate:unresponsive (default 0.0); 'off' skips the check"),
     report: bool = typer.Option(False, "--report",
                                 help="print the revision-quality report of the run directory "
                                      "(--out) and exit; nothing is generated"),

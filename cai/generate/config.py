@@ -79,7 +79,7 @@ class GenerateConfig(BaseModel):
                             "the field only (all principles when it names no tag); random: any "
                             "principle, as in the CAI paper")
     route_threshold: float = Field(
-        3.0, description="auto routing: a prompt whose best principle scores below this "
+        2.0, description="auto routing: a prompt whose best principle scores below this "
                          "(log-prob gain of the tag words over an empty prompt, nats) is benign")
     unchanged_threshold: float | None = Field(
         0.5, ge=0.0, le=1.0,

@@ -2,8 +2,8 @@
 
 Each drawable principle that is not for benign prompts is a candidate, named by the words
 of its tags ("violence_weapons" -> "violence weapons"). The loaded model scores every name
-as the continuation of "Request: <prompt>\nTopic of this request:", the way the labeler
-scores "(A)"/"(B)", and once more after an empty prompt. The gain
+as the continuation of a question about the prompt ("Name the topic of this request"),
+the way the labeler scores "(A)"/"(B)", and once more after an empty prompt. The gain
 
     score(p) = log P(name_p | prompt) - log P(name_p | empty prompt)     (nats)
 
@@ -29,7 +29,8 @@ from cai.constitution import Constitution, Principle
 
 BENIGN_TAG = "benign"
 BENIGN = "benign"
-ANSWER_PREFIX = "Topic of this request:"
+ROUTE_QUESTION = "Name the topic of this request in a few words."
+ANSWER_PREFIX = "Topic:"
 _EMPTY_PROMPT = "Hello."
 
 
@@ -59,10 +60,13 @@ def candidates(c: Constitution) -> list[Principle]:
 
 
 def routing_text(backend: Backend, prompt_text: str) -> str:
-    """The scored prefix, raw text (no chat template): the request, then ANSWER_PREFIX.
-    In a trial on red_team_eval (n=44) this layout put 34% of prompts under their own
-    category's principle by PMI (13.6% by raw log-prob; chance 10%)."""
-    return f"Request: {prompt_text}\n{ANSWER_PREFIX}"
+    """The scored prefix: the question about `prompt_text` as a user turn, the assistant
+    turn opened by the chat template, then ANSWER_PREFIX. (Measured against a raw-text
+    layout, "Request: ...\nTopic of this request:", on every other train prompt: 40 vs 22
+    of 99 red-team prompts under their own category's principle; bench/revision_quality.py.)"""
+    return backend.render_chat([{"role": "user",
+                                 "content": f"{ROUTE_QUESTION}\n\nRequest: {prompt_text}"}]) \
+        + ANSWER_PREFIX
 
 
 def prompt_text(messages: Sequence[dict[str, str]]) -> str:

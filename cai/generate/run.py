@@ -25,8 +25,8 @@ from cai.generate.outputs import revision_row, write_outputs
 from cai.generate.pipeline import Chain, Run, run_chains
 from cai.generate.progress import Progress, format_summary
 from cai.generate.report import build_report
-from cai.models import recommended_settings, registry_name
 from cai.interrupt import note_saved
+from cai.models import recommended_settings, registry_name
 from cai.schema import stable_id, write_rejects
 
 REJECTS = "rejects.jsonl"
