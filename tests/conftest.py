@@ -22,8 +22,9 @@ def embedded_tokenizer(embedded_model_dir):
     return AutoTokenizer.from_pretrained(embedded_model_dir)
 
 
-def build_tiny_llama(tokenizer, seed: int = 0):
-    """A 2-layer random Llama with the embedded tokenizer's vocabulary."""
+def build_tiny_llama(tokenizer, seed: int = 0, head_dim: int | None = None):
+    """A 2-layer random Llama with the embedded tokenizer's vocabulary. `head_dim`: vLLM's
+    CPU attention has no kernel for the default 16 (hidden 64 / 4 heads); 64 runs there."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -33,6 +34,7 @@ def build_tiny_llama(tokenizer, seed: int = 0):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        **({"head_dim": head_dim} if head_dim else {}),
     )
     return LlamaForCausalLM(config).eval()
 

@@ -25,15 +25,13 @@ TOPICS = ["cats", "rain", "chess", "bread", "rivers", "stars", "music", "glass",
           "wolves", "paper", "clocks", "maps", "bees", "ice"]
 
 
-@pytest.fixture(scope="module")
-def exclaiming_policy_dir(tmp_path_factory, embedded_tokenizer) -> Path:
+def _exclaiming_policy(tmp_path_factory, tok, head_dim: int | None = None) -> Path:
     """The tiny random Llama, with the "!" row of its (tied) output embedding pointed along
     the mean hidden state so it says "!" a few percent of the time: a policy that samples
     the rewarded token now and then, so PPO has something to reinforce in a few steps."""
     from conftest import build_tiny_llama
 
-    tok = embedded_tokenizer
-    model = build_tiny_llama(tok)
+    model = build_tiny_llama(tok, head_dim=head_dim)
     target = tok.convert_tokens_to_ids("!")
     texts = [tok.apply_chat_template([{"role": "user", "content": f"Say something about {t}."}],
                                      tokenize=False, add_generation_prompt=True) for t in TOPICS[:4]]
@@ -49,6 +47,17 @@ def exclaiming_policy_dir(tmp_path_factory, embedded_tokenizer) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def exclaiming_policy_dir(tmp_path_factory, embedded_tokenizer) -> Path:
+    return _exclaiming_policy(tmp_path_factory, embedded_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def exclaiming_policy_dir_vllm(tmp_path_factory, embedded_tokenizer) -> Path:
+    """The same policy with head_dim 64: vLLM's CPU attention has no kernel for 16."""
+    return _exclaiming_policy(tmp_path_factory, embedded_tokenizer, head_dim=64)
 
 
 @pytest.fixture(scope="module")
@@ -174,11 +183,11 @@ def test_cli_reads_the_ppo_yaml_section_with_flags_on_top(exclaiming_policy_dir,
 
 
 @pytest.mark.vllm
-def test_vllm_rollouts_sample_from_the_pushed_weights(exclaiming_policy_dir, prompts_file, tmp_path):
+def test_vllm_rollouts_sample_from_the_pushed_weights(exclaiming_policy_dir_vllm, prompts_file, tmp_path):
     """One in-process engine; before each rollout the LoRA policy is merged, pushed and
     unmerged. The engine's log-prob of every sampled token then equals our rescoring of it
     (both at temperature T), at iteration 1 (start weights) and after updates (pushed weights)."""
-    cfg = _config(exclaiming_policy_dir, prompts_file, tmp_path / "vllm", iterations=3, eval_every=0,
+    cfg = _config(exclaiming_policy_dir_vllm, prompts_file, tmp_path / "vllm", iterations=3, eval_every=0,
                   eval_size=0, rollout_backend="vllm", lora=True, learning_rate=3e-3)
     summary = run_ppo(cfg, progress=False)
     rows = _train_rows(tmp_path / "vllm")

@@ -79,8 +79,6 @@ class VLLMRollout:
 
     def __init__(self, model_dir: str, *, max_model_len: int, gpu_memory_utilization: float = 0.3,
                  seed: int = 0, lora_push: str = "merge") -> None:
-        # The engine core must live in this process so weights can be handed over directly.
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from cai.backends.vllm_backend import VLLMBackend
 
         self.lora_push = lora_push
@@ -88,9 +86,21 @@ class VLLMRollout:
         if lora_push == "adapter":
             extra = {"enable_lora": True, "max_lora_rank": 64, "max_loras": 1}
         # processed log-probs: after the temperature, so they compare with our rescoring at any T
-        self.backend = VLLMBackend(model_dir, gpu_memory_utilization=gpu_memory_utilization,
-                                   max_model_len=max_model_len, seed=seed, enable_prefix_caching=False,
-                                   logprobs_mode="processed_logprobs", **extra)
+        # The engine core must live in this process so weights can be handed over directly.
+        # vLLM reads the switch when the engine is built; it is restored afterwards so engines
+        # (and child processes) started later keep their own process layout.
+        previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        try:
+            self.backend = VLLMBackend(model_dir, gpu_memory_utilization=gpu_memory_utilization,
+                                       max_model_len=max_model_len, seed=seed,
+                                       enable_prefix_caching=False,
+                                       logprobs_mode="processed_logprobs", **extra)
+        finally:
+            if previous is None:
+                os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+            else:
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
         self.llm = self.backend.llm
         self._lora_request = None
         self._pushes = 0
