@@ -58,6 +58,14 @@ class RunDir:
     def done_summary(self) -> dict[str, Any]:
         return json.loads((self.path / DONE_FILE).read_text(encoding="utf-8"))
 
+    def finished(self, config: BaseModel) -> dict[str, Any] | None:
+        """The summary of a finished run with this same config (a rerun is a no-op), else
+        None; a finished run with another config is refused, naming the fields."""
+        if not self.is_done():
+            return None
+        self.check_config(config)
+        return {**self.done_summary(), "skipped": True}
+
     def mark_done(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / DONE_FILE, summary)
 

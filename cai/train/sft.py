@@ -139,10 +139,9 @@ def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
                                     trainable_parameters)
 
     run_dir = RunDir(config.out)
-    if run_dir.is_done():
-        run_dir.check_config(config)
+    if (finished := run_dir.finished(config)) is not None:
         echo(f"{config.out}: already finished; nothing to do")
-        return {**run_dir.done_summary(), "skipped": True}
+        return finished
     t0 = time.perf_counter()
     model_path = resolve_training_model(config.model)
     tokenizer = load_tokenizer(model_path)
