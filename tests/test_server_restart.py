@@ -46,7 +46,9 @@ def test_generate_rides_through_a_server_restart(tmp_path, tiny_backend):
         "prompts": PROMPTS, "out": str(run), "backend": "openai", "model": "tiny",
         "backend_options": {"base_url": f"http://127.0.0.1:{port}/v1", "retry_for": 30.0,
                             "concurrency": 4, **BACKOFF},
-        "limit": 8, "chunk_size": 4, "max_tokens": 6, "few_shot": False, "progress": False})
+        "limit": 8, "chunk_size": 4, "max_tokens": 6, "few_shot": False, "progress": False,
+        # the log-prob checks need the chat template, which this server-only backend lacks
+        "route": "random", "unchanged_threshold": "off", "min_relevance": "off"})
     result: dict = {}
 
     def work():
@@ -105,10 +107,34 @@ def test_exhausted_budget_is_one_paragraph_with_what_is_saved(tmp_path):
     result = CliRunner().invoke(app, [
         "generate", "--prompts", PROMPTS, "-o", str(run), "--backend", "openai",
         "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "tiny", "--retry-for", "1",
-        "--limit", "2", "--no-few-shot", "--no-progress"])
+        "--limit", "2", "--no-few-shot", "--no-progress",
+        "--route", "random", "--unchanged-threshold", "off", "--min-relevance", "off"])
     assert result.exit_code == 3, result.output
     assert "Traceback" not in result.output and result.exception is None or \
         isinstance(result.exception, SystemExit)
     assert f"error: http://127.0.0.1:{port}/v1: request 0 failed after" in result.output
     assert "(retry budget 1 s, --retry-for): APIConnectionError" in result.output
     assert f"0 of 2 records saved in {run}. To resume once the server answers again" in result.output
+
+
+def test_generate_without_a_chat_template_fails_before_any_work(tmp_path, tiny_backend):
+    """The default log-prob checks score chat-formatted text; a server named without its
+    tokenizer cannot format it, so the run stops at once and says how to fix it."""
+    port = free_port()
+    server = Server(build_app(tiny_backend, "tiny"), port).start()
+    try:
+        cfg = load_config(None, {
+            "prompts": PROMPTS, "out": str(tmp_path / "run"), "backend": "openai",
+            "model": "tiny", "backend_options": {"base_url": f"http://127.0.0.1:{port}/v1"},
+            "limit": 2, "max_tokens": 4, "few_shot": False, "progress": False})
+        with pytest.raises(ValueError, match=r"--route auto.*backend_options: \{tokenizer"):
+            run_generate(cfg)
+        result = CliRunner().invoke(app, [
+            "generate", "--prompts", PROMPTS, "-o", str(tmp_path / "cli"), "--backend", "openai",
+            "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "tiny", "--limit", "2",
+            "--no-few-shot", "--no-progress", "--min-relevance", "off"])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "error: --route auto, --unchanged-threshold score text" in result.output
+        assert not list((tmp_path / "run").glob("revisions/part-*.parquet"))
+    finally:
+        server.stop()

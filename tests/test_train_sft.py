@@ -90,7 +90,7 @@ def test_cli_train_rm_eval_and_score(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 
     from cai.cli import app
-    from tests.test_train_rm import write_marker_pairs
+    from test_train_rm import write_marker_pairs
 
     data = write_marker_pairs(tmp_path / "pairs.jsonl", 24)
     cfg = tmp_path / "pipeline.yaml"

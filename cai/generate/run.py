@@ -16,10 +16,11 @@ from typing import Any
 
 from cai.backends import Backend, load_backend
 from cai.backends.context import ChatTokenizer, TokenCounter
+from cai.config import ConfigError
 from cai.constitution import load_constitution
 from cai.generate.checkpoint import RunStore
 from cai.generate.config import (GenerateConfig, apply_recommended, fingerprint, fingerprint_fields,
-                                 input_fields)
+                                 effective_route, input_fields)
 from cai.generate.inputs import PromptItem, load_prompts
 from cai.generate.outputs import revision_row, write_outputs
 from cai.generate.pipeline import Chain, Run, run_chains
@@ -53,6 +54,26 @@ def _token_counter(config: GenerateConfig, backend: Backend | None) -> TokenCoun
     from cai.models import resolve_model
 
     return ChatTokenizer(AutoTokenizer.from_pretrained(resolve_model(config.model)))
+
+
+def check_scoring_support(backend: Backend, config: GenerateConfig) -> None:
+    """Fail before any work when a log-prob check is on but the backend cannot render the
+    model's chat template (an OpenAI-compatible server named without `tokenizer=`): the
+    checks score chat-formatted text, so without the template they would score garbage."""
+    wanted = [name for name, on in (
+        ("--route auto", effective_route(config) == "auto"),
+        ("--unchanged-threshold", config.unchanged_threshold is not None),
+        ("--min-relevance", config.min_relevance is not None)) if on]
+    if not wanted:
+        return
+    try:
+        backend.render_chat([{"role": "user", "content": "x"}])
+    except ValueError as e:
+        raise ConfigError(
+            f"{', '.join(wanted)} score text with the model's chat template, which this "
+            f"backend cannot render ({e}). Name the tokenizer in the config "
+            "(backend_options: {tokenizer: <model or dir>}), or turn them off: --route random "
+            "--unchanged-threshold off --min-relevance off") from None
 
 
 def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> dict[str, Any]:
@@ -113,6 +134,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
                 if backend is None:
                     backend = owned = load_backend(config.backend_name(), config.model,
                                                    **config.backend_options)
+                check_scoring_support(backend, config)
                 progress = Progress(pending, len({ch.item.key for c in chunks for ch in c}),
                                     rounds, enabled=config.progress)
                 run = Run(backend, constitution, config, observe=progress.observe)
