@@ -32,7 +32,8 @@ def free_port() -> int:
 
 
 def command(mode: str, work: Path, port: int) -> list[str]:
-    base = [sys.executable, "-m", "cai"]
+    # `cai.cli.app` rather than `-m cai`: trees from before `cai/__main__.py` run too
+    base = [sys.executable, "-c", "from cai.cli import app; app()"]
     if mode == "generate":
         return base + ["generate", "--prompts", str(REPO / "pipelines/prompts/red_team_train.jsonl"),
                        "-o", str(work / "run"), "--backend", "vllm",
