@@ -38,8 +38,38 @@ args = SFTConfig(output_dir=out, learning_rate=hp["lr"], num_train_epochs=hp["ep
     completion_only_loss=True, packing=False, dataloader_num_workers=0, optim="adamw_torch")
 trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
 t = time.perf_counter(); trainer.train(); seconds = time.perf_counter() - t
+trainer.save_model(out)
+tok.save_pretrained(out)
 print("TRL_RESULT " + json.dumps({"seconds": seconds, "rows": len(trainer.train_dataset)}))
 """
+
+
+def heldout_loss(model_dir: str, convs: list[list[dict]], max_length: int) -> float:
+    """Mean answer-token NLL on held-out conversations, one function for both models (ours'
+    assistant mask from the chat template)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cai.train.sft import collate_sft, encode_conversation
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    items = []
+    for c in convs:
+        ids, labels = encode_conversation(tok, c)
+        items.append({"input_ids": ids[:max_length], "labels": labels[:max_length]})
+    collate = collate_sft(tok.pad_token_id)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(items), 8):
+            b = collate(items[i:i + 8])
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            labels = b["labels"][:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels,
+                                                    ignore_index=-100, reduction="sum")
+            total += float(nll)
+            count += int((labels != -100).sum())
+    return total / count
 
 
 def main() -> None:
@@ -79,6 +109,11 @@ def main() -> None:
         sys.exit(f"TRL run failed:\n{res.stderr[-3000:]}")
     trl = json.loads(line[0][len("TRL_RESULT "):])
     ratio = trl["seconds"] / ours["train_seconds"]
+    held = [r["prompt"] + r["chosen"] for r in synth_pairs(["red_team_eval.jsonl",
+                                                             "helpful_eval.jsonl"], seed=1)]
+    losses = {name: heldout_loss(d, held, HP["max_length"])
+              for name, d in (("base", model_dir), ("ours", str(out / "ours")),
+                              ("trl", str(out / "trl")))}
     print(f"data: {len(rows)} single-turn conversations (synthesized answers to "
           f"pipelines/prompts/*_train.jsonl prompts; TRL kept {trl['rows']})")
     print(f"hyperparameters: {HP}")
@@ -86,8 +121,11 @@ def main() -> None:
           f"(wall incl. loading: ours {ours_wall:.1f} s, TRL {trl_wall:.1f} s)")
     print(f"ours: {ours['tokens_per_second']:,.0f} tokens/s (prompt + answer tokens)")
     print(f"throughput ratio ours/TRL: {ratio:.2f}  (target >= 1.0)")
+    print(f"held-out answer loss on {len(held)} eval-prompt conversations: base "
+          f"{losses['base']:.3f}   ours {losses['ours']:.3f}   TRL {losses['trl']:.3f}")
     (out / "result.json").write_text(json.dumps({"ratio": ratio, "ours": ours, "trl": trl,
-                                                 "hp": HP}, indent=2, default=str))
+                                                 "heldout_loss": losses, "hp": HP},
+                                                indent=2, default=str))
 
 
 if __name__ == "__main__":

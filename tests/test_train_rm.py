@@ -21,7 +21,7 @@ from cai.models import ModelError
 from cai.train.config import ConfigError
 from cai.train.metrics import NonFiniteLossError
 from cai.train.reward import (expected_calibration_error, format_for_reward, pair_metrics,
-                              wilson_interval)
+                              reliability_bins, wilson_interval)
 from cai.train.rm import RMConfig, run_rm
 
 WORDS = "apple river stone cloud paper light garden window music table chair lamp".split()
@@ -77,6 +77,14 @@ def test_ece_and_wilson_by_hand():
     # predicted rejected (Δ < 0) with p = 0.2: correctness 0.8, confidence 0.75
     assert expected_calibration_error([-math.log(3)], [0.2]) == pytest.approx(0.05)
     assert expected_calibration_error([1.0], [0.5]) is None  # no preferred side
+    # the reliability bins behind it: σ(ln 3) = 0.75 lands in bin 5 of [0.5, 1] by tenths,
+    # σ(ln 9) = 0.9 in bin 8; two pairs in the first (one right, one wrong), one in the second
+    bins = reliability_bins([math.log(3), -math.log(3), math.log(9), 0.3], [1.0, 1.0, 1.0, 0.5])
+    assert bins == [pytest.approx({"confidence": 0.75, "accuracy": 0.5, "count": 2}),
+                    pytest.approx({"confidence": 0.9, "accuracy": 1.0, "count": 1})]
+    # ECE from those bins: 2/3 * |0.75 - 0.5| + 1/3 * |0.9 - 1|
+    assert expected_calibration_error([math.log(3), -math.log(3), math.log(9)], [1.0] * 3) \
+        == pytest.approx(2 / 3 * 0.25 + 1 / 3 * 0.1)
     lo, hi = wilson_interval(8, 10)
     # p̂=0.8, n=10, z=1.96: centre 0.7163..., half 0.2256...
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)

@@ -122,22 +122,11 @@ def ppo_curves(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]
 
 
 def calibration_bins(rm: dict[str, Any]) -> list[dict[str, float]]:
-    """Reliability bins from an RM eval summary: a list under `bins`, `calibration_bins`,
-    `reliability` or `calibration.bins`, each with a confidence, an accuracy and a count
-    under any of the usual names. Empty when the summary has none."""
-    raw = rm.get("bins") or rm.get("calibration_bins") or rm.get("reliability")
-    if not raw and isinstance(rm.get("calibration"), dict):
-        raw = rm["calibration"].get("bins")
-    out = []
-    for b in raw or []:
-        if not isinstance(b, dict):
-            continue
-        conf = _pick(b, ("confidence", "mean_confidence", "conf", "p", "predicted"))
-        acc = _pick(b, ("accuracy", "mean_correct", "acc", "observed", "correct"))
-        n = _pick(b, ("count", "n", "size")) or 0.0
-        if conf is not None and acc is not None and n > 0:
-            out.append({"confidence": conf, "accuracy": acc, "count": n})
-    return out
+    """The reliability bins of a `cai eval rm` summary (`bins`, from
+    `cai.train.reward.reliability_bins`); empty when it has none."""
+    return [b for b in rm.get("bins") or []
+            if isinstance(b, dict) and b.get("count", 0) > 0
+            and b.get("confidence") is not None and b.get("accuracy") is not None]
 
 
 # --------------------------------------------------------------------------- plots

@@ -100,11 +100,12 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def expected_calibration_error(deltas: Sequence[float], p_chosen: Sequence[float],
-                               bins: int = 10) -> float | None:
-    """See the module docstring. Pairs with p = 0.5 have no preferred side and are skipped."""
+def reliability_bins(deltas: Sequence[float], p_chosen: Sequence[float],
+                     bins: int = 10) -> list[dict[str, float]]:
+    """The reliability diagram: for each non-empty confidence bin over [0.5, 1], its mean
+    confidence, mean correctness and count. Pairs with p = 0.5 have no preferred side and are
+    skipped."""
     totals = [[0, 0.0, 0.0] for _ in range(bins)]  # count, sum confidence, sum correctness
-    n = 0
     for d, p in zip(deltas, p_chosen):
         if p == 0.5:
             continue
@@ -114,10 +115,18 @@ def expected_calibration_error(deltas: Sequence[float], p_chosen: Sequence[float
         totals[b][0] += 1
         totals[b][1] += conf
         totals[b][2] += correct
-        n += 1
+    return [{"confidence": sc / c, "accuracy": sk / c, "count": c}
+            for c, sc, sk in totals if c]
+
+
+def expected_calibration_error(deltas: Sequence[float], p_chosen: Sequence[float],
+                               bins: int = 10) -> float | None:
+    """See the module docstring; None when no pair has a preferred side."""
+    rows = reliability_bins(deltas, p_chosen, bins)
+    n = sum(r["count"] for r in rows)
     if not n:
         return None
-    return sum(c / n * abs(sc / c - sk / c) for c, sc, sk in totals if c)
+    return sum(r["count"] / n * abs(r["confidence"] - r["accuracy"]) for r in rows)
 
 
 def pair_metrics(chosen_rewards: Sequence[float], rejected_rewards: Sequence[float],
@@ -146,5 +155,6 @@ def pair_metrics(chosen_rewards: Sequence[float], rejected_rewards: Sequence[flo
         "rewards/chosen": mean(list(chosen_rewards)),
         "rewards/rejected": mean(list(rejected_rewards)),
         "ece": expected_calibration_error(deltas, p_chosen),
+        "bins": reliability_bins(deltas, p_chosen),
         "length_baseline": sum(longer) / n if n else None,
     }
