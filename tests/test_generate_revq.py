@@ -258,7 +258,12 @@ def test_unresponsive_revisions_are_flagged(tmp_path):
             {"id": "good", "prompt": "[case:ok] explain python generators"}]
     cfg = _config(tmp_path, _write(tmp_path, rows), unchanged_threshold=None,
                   revision_candidates=2)
-    run_generate(cfg, backend=ScoringBackend())
+    backend = ScoringBackend()
+    run_generate(cfg, backend=backend)
+    # Only the candidate that would be kept is scored (2 prefixes each: own prompt, other):
+    # first every chain's first candidate (offtopic, second, good; meta failed on its text),
+    # then the next candidate of the two whose first failed; good's second is never scored.
+    assert backend.scored[-2:] == [6, 4]
     recs = _records(tmp_path / "run")
     assert recs["offtopic"]["status"] == "degenerate:unresponsive"
     # no shared word with either prompt: the same log-prob after both, PMI 0

@@ -324,32 +324,38 @@ def revise(run: Run, chains: list[Chain], round_index: int) -> None:
 def check_relevance(run: Run, candidates: list[tuple[Chain, list[list[Any]]]]) -> None:
     """Mark candidates that passed the text checks but do not answer their prompt
     (degenerate:unresponsive): meta-commentary about "the response", or a PMI with the
-    prompt (against another prompt of the chunk) at or below `min_relevance`. One scoring
-    call for every such candidate of the chunk."""
+    prompt (against another prompt of the chunk) at or below `min_relevance`.
+
+    Only the candidate that would be kept is scored: each pass scores, in one call, every
+    chain's first candidate still standing; a chain goes on to its next candidate only when
+    that one fails. The kept candidate is the same as if all were scored, for a fraction of
+    the scoring (prompt log-probs over the whole vocabulary are the expensive part)."""
     threshold = run.config.min_relevance
     if threshold is None:
         return
-    todo = []
     for ch, checked in candidates:
         for cand in checked:
-            if cand[2] is None:
-                meta = meta_commentary(cand[1])
-                if meta:
-                    cand[2] = Problem("unresponsive", f"meta-commentary: {meta}")
-                else:
-                    todo.append((ch, cand))
-    if not todo:
-        return
+            if cand[2] is None and (meta := meta_commentary(cand[1])):
+                cand[2] = Problem("unresponsive", f"meta-commentary: {meta}")
     prompts = relevance.distinct_prompts([ch.item.messages for ch, _ in candidates])
-    t0 = time.perf_counter()
-    scores = relevance.pmi(run.backend, [(ch.item.messages, relevance.shuffled(prompts, ch.item.messages),
-                                          cand[1]) for ch, cand in todo])
-    run.observe(StageCall("relevance", len(todo), 0, time.perf_counter() - t0))
-    for (ch, cand), s in zip(todo, scores):
-        cand[3] = s
-        if s <= threshold:
-            cand[2] = Problem("unresponsive", f"PMI with its prompt {s:.3f} nats/token <= "
-                                       f"{threshold} (no longer addresses the prompt)")
+    while True:
+        todo = []
+        for ch, checked in candidates:
+            first = next((cand for cand in checked if cand[2] is None), None)
+            if first is not None and first[3] is None:
+                todo.append((ch, first))
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        scores = relevance.pmi(run.backend, [(ch.item.messages,
+                                              relevance.shuffled(prompts, ch.item.messages),
+                                              cand[1]) for ch, cand in todo])
+        run.observe(StageCall("relevance", len(todo), 0, time.perf_counter() - t0))
+        for (ch, cand), s in zip(todo, scores):
+            cand[3] = s
+            if s <= threshold:
+                cand[2] = Problem("unresponsive", f"PMI with its prompt {s:.3f} nats/token <= "
+                                                  f"{threshold} (no longer addresses the prompt)")
 
 
 def run_chains(run: Run, chains: list[Chain], rounds: int) -> list[Chain]:
