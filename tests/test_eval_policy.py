@@ -36,6 +36,10 @@ class Scripted(Backend):
     def continuation_logprobs(self, prompts, continuations):
         scores = []
         for p, c in zip(prompts, continuations):
+            if "(A) " not in p:  # relevance: a word of 5+ letters costs 1 nat after a prompt
+                words = [w.strip(".,?!'").lower() for w in c.split()]  # holding it, else 3
+                scores.append(-sum(1.0 if len(w) >= 5 and w in p.lower() else 3.0 for w in words))
+                continue
             a = p.rfind("(A) ")
             b = p.rfind("(B) ")
             first, second = p[a:b], p[b:]
@@ -201,3 +205,24 @@ def test_cli_policy_json(tmp_path, tiny_model_dir):
     assert summary["kl"] is None and (out / "samples.jsonl").is_file()
     res = CliRunner().invoke(app, ["eval", "policy", "--model", "x", "-o", str(out)])
     assert res.exit_code == 2 and "--prompts" in res.output
+
+
+def test_generic_answers_do_not_address_their_prompt(tmp_path, embedded_tokenizer):
+    """A policy that answers every prompt with the same evasive text is called compliance by
+    the refusal rules, but its PMI with its own prompt is 0: on topic 0%, where a reference
+    that takes up the prompt's words is on topic 100%. Both scored by the reference."""
+    def reference_answer(prompt):
+        return "About that: " + " ".join(w for w in prompt.split() if len(w) >= 5)
+
+    policy = Scripted(embedded_tokenizer, lambda p: "I'm here to help with anything you need.")
+    reference = Scripted(embedded_tokenizer, reference_answer)
+    cfg = EvalPolicyConfig(model="policy", reference="reference", prompts=[RED, HELP], limit=3,
+                           out=str(tmp_path / "eval"), max_tokens=16, kl=False, constitution=None)
+    s = run_eval_policy(cfg, backend=policy, reference_backend=reference, progress=False)
+    pol, ref = s["policy"]["addresses_prompt"], s["reference"]["addresses_prompt"]
+    assert (pol["harmful"]["k"], pol["benign"]["k"], pol["benign"]["n"]) == (0, 0, 3)
+    assert (ref["harmful"]["k"], ref["benign"]["k"]) == (3, 3)
+    assert s["policy"]["labels"]["benign"]["compliance"] == 3  # what the rules alone say
+    rows = _rows(tmp_path / "eval")
+    assert all(r["policy"]["relevance_pmi"] == 0.0 for r in rows)
+    assert all(r["reference"]["relevance_pmi"] > 0 for r in rows)

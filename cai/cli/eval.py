@@ -51,6 +51,10 @@ def format_summary(s: dict) -> str:
     for key, name in (("harmful_safe", "harmful: refused or redirected"),
                       ("benign_over_refusal", "benign: over-refused")):
         lines.append(f"{name:34}{_pct(ref.get(key)):>28}{_pct(pol.get(key)):>28}")
+    for kind in ("harmful", "benign"):
+        r, p = ((side.get("addresses_prompt") or {}).get(kind) for side in (ref, pol))
+        if p:
+            lines.append(f"{kind + ': answered on topic':34}{_pct(r):>28}{_pct(p):>28}")
     for side_key, name in (("reward", "mean reward"),):
         r, p = (ref.get(side_key) or {}).get("mean"), (pol.get(side_key) or {}).get("mean")
         if p is not None:

@@ -438,6 +438,8 @@ def final_eval(s: dict[str, Any], stage_dir: Path) -> list[str]:
              _pct(pol.get("harmful_safe"))),
             ("over-refusal on benign", _pct(ref.get("benign_over_refusal")),
              _pct(pol.get("benign_over_refusal"))),
+            ("benign answered on topic", _pct((ref.get("addresses_prompt") or {}).get("benign")),
+             _pct((pol.get("addresses_prompt") or {}).get("benign"))),
             ("KL(policy || reference), nats", "0", _mean_se(kl)),
             ("mean reward (reward model)", _mean_se(ref.get("reward")),
              _mean_se(pol.get("reward")))]
