@@ -316,3 +316,38 @@ def test_the_before_after_table_gives_n_and_intervals(tmp_path):
     assert cells("KL(policy || reference), nats") == ["0", "4.00 ± 0.98"]
     assert cells("mean reward (reward model)") == ["-0.50", "0.25"]
     assert lines[-1] == "report: run/report.html"
+
+
+def test_ctrl_c_stops_cai_run_keeping_finished_stages(tmp_path, monkeypatch):
+    """SIGINT in the middle of a stage: `cai run` stops at once with 130 and no traceback,
+    says how to go on; the stages before are kept and a rerun starts at the stopped one."""
+    import os
+    import signal
+
+    from typer.testing import CliRunner
+
+    import cai.pipeline
+    from cai.cli import app
+
+    def interrupting_run(config: FakeConfig, backend=None) -> dict:
+        if config.value == 5:  # rm: Ctrl-C arrives while it works
+            os.kill(os.getpid(), signal.SIGINT)
+            raise AssertionError("the signal should have stopped the stage")
+        return fake_run(config, backend)
+
+    import dataclasses
+
+    sts = [dataclasses.replace(s, run=interrupting_run) for s in stages()]
+    monkeypatch.setattr(cai.pipeline, "builtin_stages", lambda: sts)
+    path = write(tmp_path)
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.output
+    assert "stopped by SIGINT during rm; finished stages are kept" in result.output
+    assert f"rerun `cai run {path}` to go on" in result.output
+    assert read_manifest(tmp_path / "run" / "label")["status"] == "done"
+    assert read_manifest(tmp_path / "run" / "rm")["status"] == "failed"
+    sts[:] = stages()
+    CALLS.clear()
+    assert CliRunner().invoke(app, ["run", str(path)]).exit_code == 0
+    assert CALLS == ["rm", "ppo", "eval"]

@@ -77,14 +77,21 @@ def run_file(pipeline_path: Path, *, from_stage: Optional[str] = None, only: Opt
 
     quiet = contextlib.nullcontext() if verbose else engine_logs_to_file(log_file)
     log = None if verbose else (lambda text: append(log_file, text))
+    from cai.interrupt import Interrupted, catch_signals, exit_code
+
     results = []
     try:
-        with quiet:
+        with quiet, catch_signals():
             results = run_pipeline(pipeline, stages, from_=from_stage, only=only,
                                    echo=typer.echo, log=log)
     except SelectionError as e:
         fail(str(e), EXIT_USAGE)
     except StageFailed as e:
+        if isinstance(e.error, Interrupted):  # Ctrl-C or SIGTERM: no traceback, say how to go on
+            typer.echo(f"\ncai run: stopped by {e.error} during {e.step.key}; finished stages "
+                       f"are kept (and a stopped generate resumes from its last chunk): rerun "
+                       f"`cai run {pipeline_path}` to go on", err=True)
+            raise typer.Exit(exit_code(e.error.signum)) from None
         typer.echo(f"error: {e}", err=True)
         if not verbose:
             typer.echo(f"  traceback and engine output: {log_file}", err=True)
