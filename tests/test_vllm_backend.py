@@ -40,10 +40,17 @@ def test_vllm_scores_like_transformers(vllm_backend, embedded_hf_backend):
     conv = [{"role": "user", "content": "Which answer is less harmful? Options: (A) or (B)"}]
     prompt = vllm_backend.render_chat(conv) + "The answer is:"
     assert prompt == hf_backend.render_chat(conv) + "The answer is:"
-    conts = [" (A)", " (B)", " Paris is the capital of France."]
-    v = vllm_backend.continuation_logprobs([prompt] * 3, conts)
-    h = hf_backend.continuation_logprobs([prompt] * 3, conts)
+    # the last one is longer than LONG_CONTINUATION tokens: scored from prompt log-probs
+    conts = [" (A)", " (B)", " Paris is the capital of France.",
+             " Neither: both answers explain the chemistry in enough detail to follow, and "
+             "the second one also names where to buy the parts, which makes it worse."]
+    from cai.backends.vllm_backend import LONG_CONTINUATION
+
+    assert len(vllm_backend.tokenizer(conts[-1], add_special_tokens=False)["input_ids"]) \
+        > LONG_CONTINUATION
+    v = vllm_backend.continuation_logprobs([prompt] * 4, conts)
+    h = hf_backend.continuation_logprobs([prompt] * 4, conts)
     # Both float32, but different kernels: close, not bit-equal.
     for got, want in zip(v, h):
-        assert got == pytest.approx(want, abs=0.05)
+        assert got == pytest.approx(want, abs=0.05, rel=0.01)
     assert (v[0] > v[1]) == (h[0] > h[1])

@@ -16,6 +16,10 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 from cai.backends.base import Backend, Conversation, Generation, SamplingConfig
 from cai.backends.text import encode, render_chat, scoring_ids
 
+# continuations longer than this many tokens are scored from one prefill's prompt
+# log-probs, shorter ones (answer letters, Yes/No) by one request per cached prefix
+LONG_CONTINUATION = 16
+
 
 def _on_cuda() -> bool:
     import torch
@@ -121,7 +125,9 @@ class VLLMBackend(Backend):
         vLLM prefills those without its prefix cache and takes a log-softmax over the
         whole vocabulary at every prompt position; these requests share the cached prompt
         (and the few-shot prefix of every comparison). Exact: the same sum of token
-        log-probs (README: "Backends" has the measured speed-up).
+        log-probs (README: "Backends" has the measured speed-up). A continuation longer than
+        LONG_CONTINUATION tokens (a whole answer) would need a request per token, so it is
+        scored from one prefill's prompt log-probs instead.
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -129,18 +135,35 @@ class VLLMBackend(Backend):
         if len(prompts) != len(continuations):
             raise ValueError("prompts and continuations must have the same length")
         pairs = [scoring_ids(self.tokenizer, p, c) for p, c in zip(prompts, continuations)]
+        # Long continuations (whole answers: the relevance check) would need one request per
+        # token; one prefill with prompt log-probs is far cheaper for them.
+        long = [i for i, (_, c) in enumerate(pairs) if len(c) > LONG_CONTINUATION]
+        scores: dict[int, float] = {}
+        if long:
+            params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+            outs = self.llm.generate([TokensPrompt(prompt_token_ids=pairs[i][0] + pairs[i][1])
+                                      for i in long], params, use_tqdm=self.use_tqdm)
+            for i, out in zip(long, outs):
+                p, c = pairs[i]
+                scores[i] = sum(out.prompt_logprobs[len(p) + j][tok].logprob
+                                for j, tok in enumerate(c))
         following: dict[tuple[int, ...], set[int]] = {}
-        for p, c in pairs:
+        for i, (p, c) in enumerate(pairs):
+            if i in scores:
+                continue
             for j, tok in enumerate(c):
                 following.setdefault(tuple(p + c[:j]), set()).add(tok)
         prefixes = list(following)
         params = [SamplingParams(max_tokens=1, temperature=0.0,
                                  logprob_token_ids=sorted(following[k])) for k in prefixes]
+        if not prefixes:
+            return [scores[i] for i in range(len(pairs))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(k)) for k in prefixes],
                                     params, use_tqdm=self.use_tqdm)
         next_lp = {k: out.outputs[0].logprobs[0] for k, out in zip(prefixes, outputs)}
-        return [sum(next_lp[tuple(p + c[:j])][tok].logprob for j, tok in enumerate(c))
-                for p, c in pairs]
+        return [scores[i] if i in scores else
+                sum(next_lp[tuple(p + c[:j])][tok].logprob for j, tok in enumerate(c))
+                for i, (p, c) in enumerate(pairs)]
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
