@@ -169,8 +169,9 @@ def plot_curve(train: list[tuple[float, float]], held: list[tuple[float, float]]
 def plot_reliability(bins: list[dict[str, float]]) -> str:
     fig, ax = _figure(4.6, 4.2)
     ax.plot([0.5, 1.0], [0.5, 1.0], ls="--", color="grey", label="perfect calibration")
-    widths = 0.5 / max(len(bins), 1)
-    ax.bar([b["confidence"] for b in bins], [b["accuracy"] for b in bins], width=widths * 0.9,
+    # the bins are tenths of [0.5, 1] (cai.train.reward.reliability_bins), the empty ones left
+    # out: one bin's width, not the span over the bins present
+    ax.bar([b["confidence"] for b in bins], [b["accuracy"] for b in bins], width=0.045,
            alpha=.7, label="observed accuracy", edgecolor="black")
     for b in bins:
         ax.annotate(f"{int(b['count'])}", (b["confidence"], b["accuracy"]), ha="center",
