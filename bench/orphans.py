@@ -32,8 +32,8 @@ def free_port() -> int:
 
 
 def command(mode: str, work: Path, port: int) -> list[str]:
-    # `cai.cli.app` rather than `-m cai`: trees from before `cai/__main__.py` run too
-    base = [sys.executable, "-c", "from cai.cli import app; app()"]
+    # `cai.cli.main` rather than `-m cai`: trees from before `cai/__main__.py` run too
+    base = [sys.executable, "-c", "from cai.cli import main; main()"]
     if mode == "generate":
         return base + ["generate", "--prompts", str(REPO / "pipelines/prompts/red_team_train.jsonl"),
                        "-o", str(work / "run"), "--backend", "vllm",
