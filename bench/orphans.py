@@ -91,9 +91,13 @@ def main() -> None:
         time.sleep(0.2)
     for c in root.children(recursive=True):
         tree[c.pid] = c
+    tree = alive(tree)  # short-lived helpers seen during the start are gone by now
     print(f"ready after {time.monotonic() - t0:.1f} s; tree of pid {proc.pid}:", flush=True)
     for pid, p in tree.items():
-        print(f"  {pid} ppid {p.ppid()} {p.name()!r} rss {p.memory_info().rss / 2**20:.0f} MiB")
+        try:
+            print(f"  {pid} ppid {p.ppid()} {p.name()!r} rss {p.memory_info().rss / 2**20:.0f} MiB")
+        except psutil.NoSuchProcess:
+            pass
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed = time.monotonic()
