@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_lifeline import _alive
 
 psutil = pytest.importorskip("psutil")
 pytest.importorskip("vllm")
@@ -42,17 +43,6 @@ def _env() -> dict[str, str]:
 def _ids(run: Path) -> list[str]:
     return [i for f in sorted((run / "revisions").glob("part-*.parquet"))
             for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
-
-
-def _alive(procs: list) -> list:
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def test_sigkilled_generate_leaves_no_engine_and_resumes(tmp_path, embedded_model_dir):
