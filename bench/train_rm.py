@@ -35,7 +35,7 @@ args = RewardConfig(output_dir=out, learning_rate=hp["lr"], num_train_epochs=hp[
     max_grad_norm=hp["max_grad_norm"], lr_scheduler_type="linear", warmup_steps=0,
     weight_decay=0.0, gradient_checkpointing=False, bf16=False, logging_steps=10,
     save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-    dataloader_num_workers=0, optim="adamw_torch")
+    dataloader_num_workers=0, optim="adamw_torch_fused")
 trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
 t = time.perf_counter(); trainer.train(); seconds = time.perf_counter() - t
 trainer.save_model(out)
@@ -78,6 +78,10 @@ def main() -> None:
     data = write_jsonl(out / "train.jsonl", train)
     py = trl_python(Path(a.venv))
 
+    import shutil
+
+    for d in ("ours", "trl"):  # a finished run would be a no-op, and time nothing
+        shutil.rmtree(out / d, ignore_errors=True)
     t = time.perf_counter()
     ours = run_rm(RMConfig(model=model_dir, data=[str(data)], out=str(out / "ours"),
                            eval_fraction=0.0, overlong="drop", save_every=None, log_every=10,

@@ -35,7 +35,7 @@ args = SFTConfig(output_dir=out, learning_rate=hp["lr"], num_train_epochs=hp["ep
     max_grad_norm=hp["max_grad_norm"], lr_scheduler_type="linear", warmup_steps=0,
     weight_decay=0.0, gradient_checkpointing=False, bf16=False, logging_steps=10,
     save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-    completion_only_loss=True, packing=False, dataloader_num_workers=0, optim="adamw_torch")
+    completion_only_loss=True, packing=False, dataloader_num_workers=0, optim="adamw_torch_fused")
 trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
 t = time.perf_counter(); trainer.train(); seconds = time.perf_counter() - t
 trainer.save_model(out)
@@ -94,6 +94,10 @@ def main() -> None:
                            [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows])
     py = trl_python(Path(a.venv))
 
+    import shutil
+
+    for d in ("ours", "trl"):  # a finished run would be a no-op, and time nothing
+        shutil.rmtree(out / d, ignore_errors=True)
     t = time.perf_counter()
     ours = run_sft(SFTConfig(model=model_dir, data=[str(ours_data)], out=str(out / "ours"),
                              save_every=None, log_every=10, lr=HP["lr"], epochs=HP["epochs"],

@@ -74,7 +74,7 @@ def sequence_logprobs(lm: Any, prompt_ids: Sequence[Sequence[int]],
                     # logits at t predict token t+1: response tokens sit at len(prompt)..len(s)-1
                     scored[row, len(prompt_ids[i]) - 1:len(s) - 1] = 1
                 ids, attn, scored = ids.to(device), attn.to(device), scored.to(device)
-                logits = lm(input_ids=ids, attention_mask=attn).logits[:, :-1]
+                logits = lm(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]
                 per_token = logprobs_from_logits(logits, ids[:, 1:])
                 for row, i in enumerate(idx):
                     out[i] = float(masked_sum(per_token[row], scored[row]))

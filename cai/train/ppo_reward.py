@@ -72,7 +72,7 @@ def per_token_values(model, input_ids, attention_mask, position_ids) -> torch.Te
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(base, base.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids).last_hidden_state
+                      position_ids=position_ids, use_cache=False).last_hidden_state
     return score_head(base)(hidden).squeeze(-1).float()
 
 

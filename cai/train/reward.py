@@ -69,7 +69,8 @@ def score_ids(model, sequences: Sequence[Sequence[int]], pad_id: int, *, batch_s
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             ids, mask = pad_right([sequences[i] for i in idx], pad_id)
-            rewards = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            rewards = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                            use_cache=False).logits
             for i, r in zip(idx, rewards[:, 0].float().tolist()):
                 out[i] = r
     return out

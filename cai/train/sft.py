@@ -185,7 +185,7 @@ def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
     def compute_loss(model, batch):
         # transformers' causal-LM loss: shifted, mean over the tokens whose label is not -100
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    labels=batch["labels"])
+                    labels=batch["labels"], use_cache=False)
         return out.loss, {}
 
     def evaluate(model):
@@ -195,7 +195,7 @@ def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
                 batch = collate(held[start:start + config.eval_batch_size])
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 n = int((batch["labels"][:, 1:] != -100).sum())
-                loss = model(**batch).loss
+                loss = model(**batch, use_cache=False).loss
                 total_loss += loss.item() * n
                 total_tokens += n
         return {"loss": total_loss / max(total_tokens, 1), "tokens": total_tokens}
