@@ -6,7 +6,7 @@ on one small real config, at equal work.
 Embedded model (SmolLM2-135M-Instruct), LoRA policy (r=16, all linear layers), a full value
 model initialised from the reward model (TRL trains its value model fully; ours is set to do
 the same here), 16 prompts x 64 new tokens per iteration, temperature 0.7, fixed β,
-PPO epochs x 2 minibatches of 8 (micro-batches of 4). Each runner runs in its own process;
+PPO epochs x 1 minibatch of 16 (micro-batches of 4, one optimizer step per minibatch). Each runner runs in its own process;
 TRL runs from a throwaway venv (/tmp/trl112-venv: `pip install --no-deps trl==1.12.0`, with a
 .pth onto the project's site-packages so torch/transformers/peft are the same builds).
 Prints seconds per iteration (rollout / score / update for ours; rollout / rest for TRL,
@@ -86,13 +86,14 @@ def run_ours(args) -> dict:
     cfg = PPOConfig(policy=args.policy or str(pull()), reward=args.reward, prompts=args.prompts, output_dir=str(out),
                     iterations=args.iterations, rollout_batch_size=16, max_new_tokens=64,
                     temperature=0.7, rollout_backend=args.backend, ppo_epochs=args.ppo_epochs,
-                    minibatch_size=8, micro_batch_size=4, learning_rate=3e-5, kl_coef=0.05,
+                    minibatch_size=16, micro_batch_size=4, learning_rate=3e-5, kl_coef=0.05,
                     lora=True, value_lora=False, missing_eos_penalty=1.0, save_every=10_000, cpu=True)
     run_ppo(cfg, progress=False)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return {"iterations": [{"total": r["time/iteration"], "rollout": r["time/rollout"],
                             "push": r["time/push_weights"], "score": r["time/score"],
-                            "update": r["time/update"], "reward": r["reward/raw"], "kl": r["kl"]}
+                            "update": r["time/update"], "reward": r["reward/raw"], "kl": r["kl"],
+                            "length": r["response/length"]}
                            for r in rows if "reward/raw" in r]}
 
 
@@ -110,6 +111,11 @@ def run_trl(args) -> dict:
 
     base = args.policy or str(pull())
     tok = AutoTokenizer.from_pretrained(base, padding_side="left")
+    # TRL's PPO masks every prompt token equal to the pad id; SmolLM2 pads with <|im_end|>,
+    # which the chat template puts in every prompt. A distinct pad token, as TRL's own PPO
+    # example adds, keeps the prompts intact (pad ids are replaced by 0 before the model).
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    eos = tok.eos_token_id
     prompts = [json.loads(x)["prompt"] for x in Path(args.prompts).read_text().splitlines()]
     ids = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                        add_generation_prompt=True), add_special_tokens=False)["input_ids"]
@@ -122,6 +128,12 @@ def run_trl(args) -> dict:
         t0 = time.perf_counter()
         result = original(*a, **k)
         timings["rollout"].append(time.perf_counter() - t0)
+        # response tokens up to and including the first EOS (what ours counts as response/length)
+        resp = result[0][:, a[1].shape[1]:]  # a[1]: the left-padded queries
+        is_eos = resp == eos
+        first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1,
+                            (resp != tok.pad_token_id).sum(1))
+        timings.setdefault("tokens", []).append(first.float().mean().item())
         return result
 
     ppo_mod.batch_generation = timed_generation
@@ -135,8 +147,11 @@ def run_trl(args) -> dict:
                 timings["scores"].append(logs["objective/scores"])
                 timings["step_end"].append(time.perf_counter())
 
+    # TRL 1.12's rollout batch is per_device_train_batch_size x gradient_accumulation_steps
+    # (num_mini_batches splits it; it does not multiply it): 4 x 4 = 16 prompts, one minibatch
+    # of 16 in micro-batches of 4, one optimizer step per minibatch, as ours is set up.
     cfg = PPOConfig(output_dir=str(Path(args.out) / "trl"), per_device_train_batch_size=4,
-                    gradient_accumulation_steps=2, num_mini_batches=2, num_ppo_epochs=args.ppo_epochs,
+                    gradient_accumulation_steps=4, num_mini_batches=1, num_ppo_epochs=args.ppo_epochs,
                     total_episodes=16 * args.iterations, local_rollout_forward_batch_size=16,
                     response_length=64, temperature=0.7, stop_token="eos", missing_eos_penalty=1.0,
                     learning_rate=3e-5, kl_coef=0.05, num_sample_generations=0, report_to="none",
@@ -154,8 +169,9 @@ def run_trl(args) -> dict:
     trainer.train()
     ends = timings["step_end"]
     starts = [t_start] + ends[:-1]
-    return {"iterations": [{"total": e - s, "rollout": r, "reward": sc}
-                           for s, e, r, sc in zip(starts, ends, timings["rollout"], timings["scores"])]}
+    return {"iterations": [{"total": e - s, "rollout": r, "reward": sc, "length": n}
+                           for s, e, r, sc, n in zip(starts, ends, timings["rollout"], timings["scores"],
+                                                     timings["tokens"])]}
 
 
 # ------------------------------------------------------------------ driver
@@ -180,6 +196,7 @@ def summarise(name: str, result: dict) -> dict:
     mean = lambda key: statistics.fmean(i[key] for i in steady) if key in steady[0] else float("nan")  # noqa: E731
     return {"runner": name, "s_per_iter": mean("total"), "rollout": mean("rollout"),
             "score": mean("score"), "update": mean("update"), "push": mean("push"),
+            "length": mean("length"),
             "reward_first": its[0]["reward"], "reward_last": its[-1]["reward"],
             "reward_gain": its[-1]["reward"] - its[0]["reward"], "iterations": len(its)}
 
@@ -218,10 +235,13 @@ def main() -> None:
     print(f"\nPPO, embedded model, LoRA, 16 prompts x 64 new tokens, {args.iterations} iterations, "
           f"{args.ppo_epochs} PPO epochs; seconds per iteration (mean of iterations 2..{args.iterations})")
     print(f"{'runner':<20}{'s/iter':>9}{'rollout':>9}{'(push)':>8}{'score':>8}{'update':>8}"
-          f"{'reward 1st':>12}{'last':>9}{'gain':>8}")
+          f"{'resp len':>10}{'reward 1st':>12}{'last':>9}{'gain':>8}")
     for r in rows:
         print(f"{r['runner']:<20}{r['s_per_iter']:>9.1f}{r['rollout']:>9.1f}{r['push']:>8.2f}{r['score']:>8.1f}"
-              f"{r['update']:>8.1f}{r['reward_first']:>12.3f}{r['reward_last']:>9.3f}{r['reward_gain']:>8.3f}")
+              f"{r['update']:>8.1f}{r['length']:>10.1f}{r['reward_first']:>12.3f}{r['reward_last']:>9.3f}"
+              f"{r['reward_gain']:>8.3f}")
+    print("resp len: mean response tokens (to the first EOS) per rollout; the work per iteration "
+          "scales with it, so compare speed at similar lengths")
     by = {r["runner"]: r for r in rows}
     if "trl" in by:
         for name in ("ours-transformers", "ours-vllm"):
