@@ -79,7 +79,7 @@ def run_ours(args) -> dict:
     from cai.models import pull
     from cai.train.ppo import PPOConfig, run_ppo
 
-    out = Path(args.out) / f"ours-{args.backend}"
+    out = Path(args.out) / args.child
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
@@ -87,7 +87,7 @@ def run_ours(args) -> dict:
                     iterations=args.iterations, rollout_batch_size=16, max_new_tokens=64,
                     temperature=0.7, rollout_backend=args.backend, ppo_epochs=args.ppo_epochs,
                     minibatch_size=16, micro_batch_size=4, learning_rate=3e-5, kl_coef=0.05,
-                    lora=True, value_lora=False, missing_eos_penalty=1.0, save_every=10_000, cpu=True)
+                    lora=True, value_lora=args.value_lora, missing_eos_penalty=1.0, save_every=10_000, cpu=True)
     run_ppo(cfg, progress=False)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return {"iterations": [{"total": r["time/iteration"], "rollout": r["time/rollout"],
@@ -203,7 +203,7 @@ def summarise(name: str, result: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--child", choices=["ours-transformers", "ours-vllm", "trl"])
+    ap.add_argument("--child", choices=["ours-transformers", "ours-vllm", "ours-lora-value", "trl"])
     ap.add_argument("--policy", default=None, help="policy dir (default: the embedded model; "
                                                    "a tiny model checks the runners quickly)")
     ap.add_argument("--reward", default=None, help="reward model dir (default: quick RM, see docstring)")
@@ -211,7 +211,10 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/cai-bench-ppo")
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--ppo-epochs", type=int, default=2)
-    ap.add_argument("--runners", default="ours-transformers,ours-vllm,trl")
+    ap.add_argument("--runners", default="ours-transformers,ours-vllm,trl",
+                    help="comma-separated, run in this order (repeat names to interleave runs); "
+                         "ours-lora-value is ours with a LoRA value model: ours' default with "
+                         "--lora, less work than TRL's fully trained value model")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +222,8 @@ def main() -> None:
         if args.child == "trl":
             result = run_trl(args)
         else:
-            args.backend = args.child.split("-", 1)[1]
+            args.backend = "transformers" if args.child == "ours-lora-value" else args.child.split("-", 1)[1]
+            args.value_lora = args.child == "ours-lora-value"
             result = run_ours(args)
         (out / f"{args.child}.json").write_text(json.dumps(result))
         return
@@ -242,11 +246,16 @@ def main() -> None:
               f"{r['reward_gain']:>8.3f}")
     print("resp len: mean response tokens (to the first EOS) per rollout; the work per iteration "
           "scales with it, so compare speed at similar lengths")
-    by = {r["runner"]: r for r in rows}
+    # a runner named more than once (interleaved runs, against the machine's drift): its mean
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        by.setdefault(r["runner"], []).append(r["s_per_iter"])
     if "trl" in by:
-        for name in ("ours-transformers", "ours-vllm"):
+        trl = statistics.fmean(by["trl"])
+        for name in ("ours-transformers", "ours-vllm", "ours-lora-value"):
             if name in by:
-                print(f"speed-up {name} vs TRL 1.12: {by['trl']['s_per_iter'] / by[name]['s_per_iter']:.2f}x")
+                print(f"speed-up {name} vs TRL 1.12: {trl / statistics.fmean(by[name]):.2f}x "
+                      f"(runs: {len(by[name])} vs {len(by['trl'])})")
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
 
 

@@ -25,9 +25,9 @@ import torch
 
 
 def default_rollout_backend() -> str:
-    """vLLM on CUDA. On CPU transformers: bench/ppo.py measured vLLM rollouts 1.6-1.9x faster there,
-    but the rollout is a sixth of a CPU iteration, so the whole iteration was within run-to-run
-    noise, while the engine needs the shared engine lock and ~8 GB of RAM for its KV cache."""
+    """vLLM on CUDA. On CPU transformers: bench/ppo.py measured vLLM rollouts 1.6x faster there,
+    but the rollout is a sixth to a quarter of a CPU iteration, and the whole iteration was level
+    (42.4 vs 43.1 s), while the engine needs the shared engine lock and ~8 GB of RAM for its KV cache."""
     return "vllm" if torch.cuda.is_available() else "transformers"
 
 
