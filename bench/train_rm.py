@@ -3,7 +3,10 @@ venv), on the embedded model, the same data, hyperparameters, epochs, max length
 size. Prints the throughput ratio ours/TRL (training time on the same tokens) and both
 models' held-out accuracy, scored by the same function (cai.train.reward.score).
 
-    flock /tmp/cai-heavy.lock .venv/bin/python bench/train_rm.py [--pairs 320] [--out DIR]
+    flock /tmp/cai-heavy.lock .venv/bin/python bench/train_rm.py [--pairs 320] [--out DIR] \
+        [--order ours-first|trl-first]
+
+The machine's speed drifts by 10-30% over minutes here: run both orders and report both.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=320)
     ap.add_argument("--out", default="/tmp/cai-bench-train-rm")
     ap.add_argument("--venv", default="/tmp/cai-trl-venv")
+    ap.add_argument("--order", choices=["ours-first", "trl-first"], default="ours-first")
     a = ap.parse_args()
     from cai.models import pull
     from cai.train.rm import RMConfig, run_rm
@@ -82,21 +86,33 @@ def main() -> None:
 
     for d in ("ours", "trl"):  # a finished run would be a no-op, and time nothing
         shutil.rmtree(out / d, ignore_errors=True)
-    t = time.perf_counter()
-    ours = run_rm(RMConfig(model=model_dir, data=[str(data)], out=str(out / "ours"),
-                           eval_fraction=0.0, overlong="drop", save_every=None, log_every=10,
-                           lr=HP["lr"], epochs=HP["epochs"], batch_size=HP["batch_size"],
-                           max_length=HP["max_length"], seed=HP["seed"],
-                           max_grad_norm=HP["max_grad_norm"], progress=False))
-    ours_wall = time.perf_counter() - t
-    t = time.perf_counter()
-    res = subprocess.run([str(py), "-c", TRL_SCRIPT, model_dir, str(data), str(out / "trl"),
-                          json.dumps(HP)], capture_output=True, text=True)
-    trl_wall = time.perf_counter() - t
-    line = [l for l in res.stdout.splitlines() if l.startswith("TRL_RESULT ")]
-    if res.returncode or not line:
-        sys.exit(f"TRL run failed:\n{res.stderr[-3000:]}")
-    trl = json.loads(line[0][len("TRL_RESULT "):])
+    def run_ours():
+        t = time.perf_counter()
+        summary = run_rm(RMConfig(model=model_dir, data=[str(data)], out=str(out / "ours"),
+                                  eval_fraction=0.0, overlong="drop", save_every=None, log_every=10,
+                                  lr=HP["lr"], epochs=HP["epochs"], batch_size=HP["batch_size"],
+                                  max_length=HP["max_length"], seed=HP["seed"],
+                                  max_grad_norm=HP["max_grad_norm"], progress=False))
+        return summary, time.perf_counter() - t
+
+    def run_trl():
+        t = time.perf_counter()
+        res = subprocess.run([str(py), "-c", TRL_SCRIPT, model_dir, str(data), str(out / "trl"),
+                              json.dumps(HP)], capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        line = [l for l in res.stdout.splitlines() if l.startswith("TRL_RESULT ")]
+        if res.returncode or not line:
+            sys.exit(f"TRL run failed:\n{res.stderr[-3000:]}")
+        return json.loads(line[0][len("TRL_RESULT "):]), wall
+
+    # the machine's speed drifts over minutes: run twice with the order swapped (--order) and
+    # compare the runs, rather than trust one order
+    if a.order == "trl-first":
+        trl, trl_wall = run_trl()
+        ours, ours_wall = run_ours()
+    else:
+        ours, ours_wall = run_ours()
+        trl, trl_wall = run_trl()
 
     acc = {name: {"synth": heldout_accuracy(d, heldout, HP["max_length"]),
                   "human": heldout_accuracy(d, human, HP["max_length"])}
@@ -104,7 +120,7 @@ def main() -> None:
     ratio = trl["seconds"] / ours["train_seconds"]
     print(f"data: {len(train)} synthesized training pairs (TRL kept {trl['pairs']}); held out "
           f"{len(heldout)} synthesized pairs on eval prompts + {len(human)} human_prefs pairs")
-    print(f"hyperparameters: {HP}")
+    print(f"hyperparameters: {HP}; order: {a.order}")
     print(f"training time   ours {ours['train_seconds']:.1f} s   TRL {trl['seconds']:.1f} s   "
           f"(wall incl. loading: ours {ours_wall:.1f} s, TRL {trl_wall:.1f} s)")
     print(f"throughput ratio ours/TRL: {ratio:.2f}  (target >= 1.0)")
