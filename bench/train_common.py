@@ -101,3 +101,17 @@ def trl_python(venv: Path) -> Path:
     version = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
     assert version == TRL_VERSION, version
     return py
+
+
+def run_trl_script(py: Path, script: str, *args: str) -> tuple[dict, float]:
+    """Run `script` with the throwaway venv's python; returns the JSON it printed after
+    "TRL_RESULT " and the wall seconds, or exits with the script's stderr."""
+    import time
+
+    t = time.perf_counter()
+    res = subprocess.run([str(py), "-c", script, *args], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    line = [l for l in res.stdout.splitlines() if l.startswith("TRL_RESULT ")]
+    if res.returncode or not line:
+        sys.exit(f"TRL run failed:\n{res.stderr[-3000:]}")
+    return json.loads(line[0][len("TRL_RESULT "):]), wall

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_common import human_pairs, synth_pairs, trl_python, write_jsonl  # noqa: E402
+from train_common import (human_pairs, run_trl_script, synth_pairs, trl_python,  # noqa: E402
+                          write_jsonl)
 
 HP = dict(lr=2e-5, epochs=1, batch_size=8, max_length=256, seed=0, max_grad_norm=1.0)
 
@@ -96,14 +96,7 @@ def main() -> None:
         return summary, time.perf_counter() - t
 
     def run_trl():
-        t = time.perf_counter()
-        res = subprocess.run([str(py), "-c", TRL_SCRIPT, model_dir, str(data), str(out / "trl"),
-                              json.dumps(HP)], capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        line = [l for l in res.stdout.splitlines() if l.startswith("TRL_RESULT ")]
-        if res.returncode or not line:
-            sys.exit(f"TRL run failed:\n{res.stderr[-3000:]}")
-        return json.loads(line[0][len("TRL_RESULT "):]), wall
+        return run_trl_script(py, TRL_SCRIPT, model_dir, str(data), str(out / "trl"), json.dumps(HP))
 
     # the machine's speed drifts over minutes: run twice with the order swapped (--order) and
     # compare the runs, rather than trust one order

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_common import synth_pairs, trl_python, write_jsonl  # noqa: E402
+from train_common import run_trl_script, synth_pairs, trl_python, write_jsonl  # noqa: E402
 
 HP = dict(lr=2e-5, epochs=1, batch_size=8, max_length=256, seed=0, max_grad_norm=1.0)
 
@@ -104,14 +103,8 @@ def main() -> None:
                              batch_size=HP["batch_size"], max_length=HP["max_length"],
                              seed=HP["seed"], max_grad_norm=HP["max_grad_norm"], progress=False))
     ours_wall = time.perf_counter() - t
-    t = time.perf_counter()
-    res = subprocess.run([str(py), "-c", TRL_SCRIPT, model_dir, str(trl_data), str(out / "trl"),
-                          json.dumps(HP)], capture_output=True, text=True)
-    trl_wall = time.perf_counter() - t
-    line = [l for l in res.stdout.splitlines() if l.startswith("TRL_RESULT ")]
-    if res.returncode or not line:
-        sys.exit(f"TRL run failed:\n{res.stderr[-3000:]}")
-    trl = json.loads(line[0][len("TRL_RESULT "):])
+    trl, trl_wall = run_trl_script(py, TRL_SCRIPT, model_dir, str(trl_data), str(out / "trl"),
+                                   json.dumps(HP))
     ratio = trl["seconds"] / ours["train_seconds"]
     held = [r["prompt"] + r["chosen"] for r in synth_pairs(["red_team_eval.jsonl",
                                                              "helpful_eval.jsonl"], seed=1)]
