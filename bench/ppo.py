@@ -31,6 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TRL_VENV = Path("/tmp/trl112-venv")
 PROMPTS = ROOT / "pipelines" / "prompts" / "helpful_train.jsonl"
+# our runners: (rollout backend, LoRA value model). ours-lora-value is ours' default with
+# --lora, less work than TRL's fully trained value model.
+OURS = {"ours-transformers": ("transformers", False), "ours-vllm": ("vllm", False),
+        "ours-lora-value": ("transformers", True)}
 
 
 def ensure_trl_venv() -> Path:
@@ -203,7 +207,7 @@ def summarise(name: str, result: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--child", choices=["ours-transformers", "ours-vllm", "ours-lora-value", "trl"])
+    ap.add_argument("--child", choices=[*OURS, "trl"])
     ap.add_argument("--policy", default=None, help="policy dir (default: the embedded model; "
                                                    "a tiny model checks the runners quickly)")
     ap.add_argument("--reward", default=None, help="reward model dir (default: quick RM, see docstring)")
@@ -212,9 +216,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--ppo-epochs", type=int, default=2)
     ap.add_argument("--runners", default="ours-transformers,ours-vllm,trl",
-                    help="comma-separated, run in this order (repeat names to interleave runs); "
-                         "ours-lora-value is ours with a LoRA value model: ours' default with "
-                         "--lora, less work than TRL's fully trained value model")
+                    help=f"comma-separated, from {', '.join([*OURS, 'trl'])}; run in this "
+                         "order (repeat names to interleave runs)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,8 +225,7 @@ def main() -> None:
         if args.child == "trl":
             result = run_trl(args)
         else:
-            args.backend = "transformers" if args.child == "ours-lora-value" else args.child.split("-", 1)[1]
-            args.value_lora = args.child == "ours-lora-value"
+            args.backend, args.value_lora = OURS[args.child]
             result = run_ours(args)
         (out / f"{args.child}.json").write_text(json.dumps(result))
         return
@@ -252,7 +254,7 @@ def main() -> None:
         by.setdefault(r["runner"], []).append(r["s_per_iter"])
     if "trl" in by:
         trl = statistics.fmean(by["trl"])
-        for name in ("ours-transformers", "ours-vllm", "ours-lora-value"):
+        for name in OURS:
             if name in by:
                 print(f"speed-up {name} vs TRL 1.12: {trl / statistics.fmean(by[name]):.2f}x "
                       f"(runs: {len(by[name])} vs {len(by['trl'])})")

@@ -86,6 +86,7 @@ def main() -> None:
 
     for d in ("ours", "trl"):  # a finished run would be a no-op, and time nothing
         shutil.rmtree(out / d, ignore_errors=True)
+
     def run_ours():
         t = time.perf_counter()
         summary = run_rm(RMConfig(model=model_dir, data=[str(data)], out=str(out / "ours"),
