@@ -4,7 +4,10 @@ size. Prints the throughput ratio ours/TRL (training time on the same tokens) an
 models' held-out accuracy, scored by the same function (cai.train.reward.score).
 
     flock /tmp/cai-heavy.lock .venv/bin/python bench/train_rm.py [--pairs 320] [--out DIR] \
-        [--order ours-first|trl-first]
+        [--order ours-first|trl-first] [--no-share-prompt]
+
+Ours runs each pair's prompt once (RMConfig.share_prompt, the default; the same loss from
+fewer tokens). --no-share-prompt runs chosen and rejected as separate sequences, as TRL does.
 
 The machine's speed drifts by 10-30% over minutes here: run both orders and report both.
 """
@@ -67,6 +70,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/cai-bench-train-rm")
     ap.add_argument("--venv", default="/tmp/cai-trl-venv")
     ap.add_argument("--order", choices=["ours-first", "trl-first"], default="ours-first")
+    ap.add_argument("--no-share-prompt", dest="share_prompt", action="store_false")
     a = ap.parse_args()
     from cai.models import pull
     from cai.train.rm import RMConfig, run_rm
@@ -93,7 +97,8 @@ def main() -> None:
                                   eval_fraction=0.0, overlong="drop", save_every=None, log_every=10,
                                   lr=HP["lr"], epochs=HP["epochs"], batch_size=HP["batch_size"],
                                   max_length=HP["max_length"], seed=HP["seed"],
-                                  max_grad_norm=HP["max_grad_norm"], progress=False))
+                                  max_grad_norm=HP["max_grad_norm"], progress=False,
+                                  share_prompt=a.share_prompt))
         return summary, time.perf_counter() - t
 
     def run_trl():
@@ -114,7 +119,7 @@ def main() -> None:
     ratio = trl["seconds"] / ours["train_seconds"]
     print(f"data: {len(train)} synthesized training pairs (TRL kept {trl['pairs']}); held out "
           f"{len(heldout)} synthesized pairs on eval prompts + {len(human)} human_prefs pairs")
-    print(f"hyperparameters: {HP}; order: {a.order}")
+    print(f"hyperparameters: {HP}; order: {a.order}; ours share_prompt={a.share_prompt}")
     print(f"training time   ours {ours['train_seconds']:.1f} s   TRL {trl['seconds']:.1f} s   "
           f"(wall incl. loading: ours {ours_wall:.1f} s, TRL {trl_wall:.1f} s)")
     print(f"throughput ratio ours/TRL: {ratio:.2f}  (target >= 1.0)")

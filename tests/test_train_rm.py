@@ -120,6 +120,65 @@ def test_reward_is_read_at_the_last_non_pad_token(tiny_model_dir):
                                                                                  abs=1e-5)
 
 
+def test_pack_pairs_layout_by_hand():
+    from cai.train.reward import pack_pairs, shared_prefix_length
+
+    assert shared_prefix_length([1, 2, 3, 4], [1, 2, 5]) == 2
+    assert shared_prefix_length([1, 2], [1, 2, 3]) == 1  # each side keeps its last token
+    b = pack_pairs([[1, 2, 3, 4], [7, 8]], [[1, 2, 5], [9]], pad_id=0)
+    # row 0: prefix [1 2], chosen rest [3 4], rejected rest [5]; row 1: no common prefix
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5], [7, 8, 9, 0, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 2], [0, 1, 0, 0, 0]]
+    assert b["chosen_index"].tolist() == [3, 1] and b["rejected_index"].tolist() == [4, 2]
+    assert b["tokens"] == 4 + 3 + 2 + 1
+    m = b["attention_mask"][:, 0].int().tolist()
+    assert m[0] == [[1, 0, 0, 0, 0],
+                    [1, 1, 0, 0, 0],
+                    [1, 1, 1, 0, 0],
+                    [1, 1, 1, 1, 0],
+                    [1, 1, 0, 0, 1]]  # the rejected token sees the prefix and itself
+    assert m[1] == [[1, 0, 0, 0, 0],
+                    [1, 1, 0, 0, 0],
+                    [0, 0, 1, 0, 0],
+                    [0, 0, 0, 1, 0],  # padding sees only itself
+                    [0, 0, 0, 0, 1]]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompt_gives_the_rewards_and_gradients_of_separate_sequences(tiny_model_dir,
+                                                                              attn):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from cai.train.modeling import load_tokenizer
+    from cai.train.reward import encode_for_reward
+    from cai.train.rm import collate_pairs, pair_rewards
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model_dir), num_labels=1, attn_implementation=attn)
+    model.config.pad_token_id = tok.pad_token_id
+    items = []
+    for q, c, r in [("Hi", "Hello there, how can I help?", "Go away."),
+                    ("What is 2+2?", "4", "It is four, of course, as everyone knows."),
+                    ("Name a colour.", "Blue.", "Blue!")]:
+        prompt = [{"role": "user", "content": q}]
+        items.append({"chosen": encode_for_reward(tok, prompt, c, 64)[0],
+                      "rejected": encode_for_reward(tok, prompt, r, 64)[0], "p": 1.0})
+    results = []
+    for share in (False, True):
+        batch = collate_pairs(tok.pad_token_id, share)(items)
+        model.zero_grad()
+        rc, rr = pair_rewards(model, batch)
+        (rc - 2 * rr).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((rc.detach(), rr.detach(), grads, batch["input_ids"].numel()))
+    (c0, r0, g0, n0), (c1, r1, g1, n1) = results
+    assert torch.allclose(c0, c1, atol=1e-5) and torch.allclose(r0, r1, atol=1e-5)
+    assert torch.allclose(g0, g1, atol=1e-5, rtol=1e-4)
+    assert n1 < 0.75 * n0  # the prompt ran once
+
+
 def test_over_long_pairs_keep_the_end_or_drop(tiny_model_dir, tmp_path):
     from cai.train.data import load_preferences
     from cai.train.modeling import load_tokenizer

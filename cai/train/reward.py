@@ -7,6 +7,8 @@
 - `score`: rewards of many (prompt, response) items in length-sorted, right-padded batches.
   The sequence-classification head reads the score at the last token that is not the pad
   id, which for right padding is the sequence's own last token.
+- `pack_pairs` + `token_rewards`: a batch of pairs with each pair's common prefix (the
+  prompt) run once, for training; see `pack_pairs`.
 - `pair_metrics`: TRL's names (accuracy, margin, rewards/chosen, rewards/rejected) plus
   ECE and the "prefer the longer answer" baseline.
 
@@ -81,6 +83,102 @@ def score(model, tokenizer, items: Sequence[tuple[Messages, str]], *, max_length
     """Rewards of (prompt messages, response text) items."""
     seqs = [encode_for_reward(tokenizer, p, r, max_length)[0] for p, r in items]
     return score_ids(model, seqs, tokenizer.pad_token_id, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- shared prompt
+
+
+def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix of two token sequences, leaving each at least its last
+    token (where its reward is read)."""
+    n, limit = 0, min(len(a), len(b)) - 1
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def pack_pairs(chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]],
+               pad_id: int) -> dict[str, Any]:
+    """One row per pair: [common prefix, chosen rest, rejected rest], right-padded.
+
+    Chosen and rejected share their prompt, and in a causal LM the prompt's hidden states do
+    not depend on what follows it, so the prompt is run once (prefix sharing, as in Wang et
+    al. 2024 for DPO). A 4D boolean mask (True = may attend) lets the rejected tokens see the
+    prefix and themselves but not the chosen tokens, and their position ids restart where
+    the prefix ends. Each token thus sees exactly what it sees in its own sequence, so the
+    rewards and their gradients are those of the two separate sequences, from fewer tokens.
+    Padding attends to itself only (no empty softmax rows).
+
+    Returns input_ids, position_ids, attention_mask (B, 1, T, T), chosen_index and
+    rejected_index (the column of each side's last token) and tokens (the pairs' tokens
+    as separate sequences, so tokens/s stays comparable with share_prompt off)."""
+    import torch
+
+    rows = []
+    for c, r in zip(chosen, rejected):
+        n = shared_prefix_length(c, r)
+        rows.append((list(c) + list(r[n:]), n, len(c), len(r) - n))
+    width = max(len(ids) for ids, *_ in rows)
+    b = len(rows)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((b, width), dtype=torch.long)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    mask = torch.zeros((b, 1, width, width), dtype=torch.bool)
+    chosen_index = torch.empty(b, dtype=torch.long)
+    rejected_index = torch.empty(b, dtype=torch.long)
+    for i, (ids, n, c_len, r_rest) in enumerate(rows):
+        total = c_len + r_rest
+        input_ids[i, :total] = torch.tensor(ids, dtype=torch.long)
+        position_ids[i, :c_len] = torch.arange(c_len)
+        position_ids[i, c_len:total] = torch.arange(n, n + r_rest)
+        mask[i, 0, :total, :total] = causal[:total, :total]
+        mask[i, 0, c_len:total, n:c_len] = False  # rejected tokens do not see chosen ones
+        idx = torch.arange(total, width)
+        mask[i, 0, idx, idx] = True
+        chosen_index[i], rejected_index[i] = c_len - 1, total - 1
+    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask,
+            "chosen_index": chosen_index, "rejected_index": rejected_index,
+            "tokens": sum(len(c) + len(r) for c, r in zip(chosen, rejected))}
+
+
+def _score_head(model):
+    """The scalar head module of a sequence-classification model, through DDP/peft wrappers."""
+    m = getattr(model, "module", model)  # DDP / accelerate wrappers
+    if hasattr(m, "get_base_model"):
+        m = m.get_base_model()  # peft
+    head = getattr(m, "score", None)
+    if head is None:
+        raise ValueError(f"{type(m).__name__} has no `score` head; train with "
+                         "share_prompt=false")
+    return head
+
+
+def token_rewards(model, batch: dict[str, Any]):
+    """(chosen rewards, rejected rewards) of a `pack_pairs` batch. The model runs through its
+    own forward (so DDP/FSDP hooks run); the head's per-token output is read with a forward
+    hook, because the model itself returns only the score at the last non-pad token."""
+    import torch
+
+    mask = batch["attention_mask"]
+    impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
+    if impl == "eager":  # eager attention adds the mask to the scores
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(dtype).min)
+    elif impl != "sdpa":
+        raise ValueError(f"attention implementation {impl!r} takes no custom 4D mask; train "
+                         "with share_prompt=false")
+    seen = []
+    handle = _score_head(model).register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=mask,
+              position_ids=batch["position_ids"], use_cache=False)
+    finally:
+        handle.remove()
+    per_token = seen[-1][..., 0]
+    rows = torch.arange(per_token.shape[0], device=per_token.device)
+    return (per_token[rows, batch["chosen_index"].to(per_token.device)],
+            per_token[rows, batch["rejected_index"].to(per_token.device)])
 
 
 # --------------------------------------------------------------------------- metrics

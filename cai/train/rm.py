@@ -36,6 +36,9 @@ class RMConfig(TrainingConfig):
     margin: float = Field(0.0, ge=0.0, description="Bradley-Terry margin")
     center_rewards_coefficient: float = Field(0.0, ge=0.0,
                                               description="weight of (r_c + r_r)^2, as in TRL")
+    share_prompt: bool = Field(
+        True, description="run each pair's common prompt once (chosen and rejected in one row "
+                          "with a 4D mask): the same loss from about a third fewer tokens")
     eval_batch_size: int = Field(16, ge=1)
     reward_stats_pairs: int = Field(2048, ge=1, description="training pairs scored for "
                                                             "reward_stats.json")
@@ -61,19 +64,38 @@ def tokenize_pairs(records, tokenizer, config: RMConfig) -> tuple[list[dict], di
     return out, counts
 
 
-def collate_pairs(pad_id: int) -> Callable[[list[dict]], dict]:
-    """One batch: chosen sequences first, then rejected, right-padded together."""
+def collate_pairs(pad_id: int, share_prompt: bool = False) -> Callable[[list[dict]], dict]:
+    """One batch: with share_prompt, one row per pair (`pack_pairs`); otherwise chosen
+    sequences first, then rejected, right-padded together."""
     import torch
 
-    from cai.train.reward import pad_right
+    from cai.train.reward import pack_pairs, pad_right
 
     def collate(items: list[dict]) -> dict:
-        ids, mask = pad_right([it["chosen"] for it in items] + [it["rejected"] for it in items],
-                              pad_id)
-        return {"input_ids": ids, "attention_mask": mask,
-                "p_chosen": torch.tensor([it["p"] for it in items], dtype=torch.float32)}
+        chosen, rejected = [it["chosen"] for it in items], [it["rejected"] for it in items]
+        if share_prompt:
+            batch = pack_pairs(chosen, rejected, pad_id)
+        else:
+            ids, mask = pad_right(chosen + rejected, pad_id)
+            batch = {"input_ids": ids, "attention_mask": mask, "tokens": int(mask.sum())}
+        batch["p_chosen"] = torch.tensor([it["p"] for it in items], dtype=torch.float32)
+        return batch
 
     return collate
+
+
+def pair_rewards(model, batch: dict) -> tuple[Any, Any]:
+    """(chosen rewards, rejected rewards) of a `collate_pairs` batch."""
+    if "chosen_index" in batch:
+        from cai.train.reward import token_rewards
+
+        return token_rewards(model, batch)
+    # use_cache=False: a one-pass forward has no use for a KV cache, and building one
+    # costs ~3% of a CPU step (TRL's RewardTrainer passes it too)
+    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    use_cache=False).logits[:, 0]
+    n = batch["p_chosen"].shape[0]
+    return rewards[:n], rewards[n:]
 
 
 def evaluate_pairs(model, tokenizer, pairs: list[dict], batch_size: int) -> dict[str, Any]:
@@ -141,17 +163,12 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     trainable, total = trainable_parameters(model)
-    loader = make_dataloader(train, batch_size=config.batch_size,
-                             collate_fn=collate_pairs(tokenizer.pad_token_id), shuffle=True,
+    collate = collate_pairs(tokenizer.pad_token_id, config.share_prompt)
+    loader = make_dataloader(train, batch_size=config.batch_size, collate_fn=collate, shuffle=True,
                              seed=config.seed)
 
     def compute_loss(model, batch):
-        # use_cache=False: a one-pass forward has no use for a KV cache, and building one
-        # costs ~3% of a CPU step (TRL's RewardTrainer passes it too)
-        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        use_cache=False).logits[:, 0]
-        n = batch["p_chosen"].shape[0]
-        rc, rr = rewards[:n], rewards[n:]
+        rc, rr = pair_rewards(model, batch)
         loss = bradley_terry_loss(rc, rr, batch["p_chosen"], margin=config.margin or None,
                                   center_coefficient=config.center_rewards_coefficient)
         with torch.no_grad():
@@ -163,7 +180,7 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
     result, model = run_loop(
         config, accelerator=accelerator, run_dir=run_dir, model=model, train_loader=loader,
         compute_loss=compute_loss, evaluate=evaluate,
-        count_tokens=lambda b: int(b["attention_mask"].sum()),
+        count_tokens=lambda b: b["tokens"],
         count_samples=lambda b: int(b["p_chosen"].shape[0]), desc="train rm",
         before_step=before_step)
 
