@@ -108,6 +108,8 @@ def rm_cmd(
     overlong: Optional[str] = O(None, help="truncate (keep the end) | drop"),
     margin: Optional[float] = O(None, help="Bradley-Terry margin"),
     center_rewards_coefficient: Optional[float] = O(None, help="weight of (r_c + r_r)^2"),
+    share_prompt: Optional[bool] = O(None, "--share-prompt/--no-share-prompt",
+                                     help="run each pair's prompt once (default on)"),
     lr: Optional[float] = O(None, help="learning rate (default 1e-5)"),
     epochs: Optional[int] = O(None), max_steps: Optional[int] = O(None),
     batch_size: Optional[int] = O(None, help="pairs per batch"), grad_accum: Optional[int] = O(None),
@@ -135,7 +137,8 @@ def rm_cmd(
                         eval_data, eval_fraction, eval_every, save_every, log_every, resume,
                         progress)
     overrides.update(data=data or None, overlong=overlong, margin=margin,
-                     center_rewards_coefficient=center_rewards_coefficient)
+                     center_rewards_coefficient=center_rewards_coefficient,
+                     share_prompt=share_prompt)
     _run("rm", RMConfig, run_rm, config, overrides)
 
 
