@@ -150,9 +150,9 @@ def _load_value_model(path: str, pad_token_id: int):
     config.pad_token_id = pad_token_id
     model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
     if fresh_head:  # a causal LM as init: start the value head at 0 rather than at random
-        from cai.train.ppo_reward import score_head
+        from cai.train.reward import scalar_head
 
-        torch.nn.init.zeros_(score_head(model).weight)
+        torch.nn.init.zeros_(scalar_head(model).weight)
     return model
 
 

@@ -56,24 +56,11 @@ def is_model_dir(spec: str) -> bool:
     return Path(spec).expanduser().is_dir()
 
 
-def score_head(model) -> torch.nn.Module:
-    """The linear head of a sequence-classification model (`score` in Llama/Qwen/Mistral,
-    `classifier` in BERT-likes)."""
-    for name in ("score", "classifier"):
-        head = getattr(model, name, None)
-        if head is not None:
-            return head
-    raise ValueError(f"{type(model).__name__} has no `score` or `classifier` head")
-
-
 def per_token_values(model, input_ids, attention_mask, position_ids) -> torch.Tensor:
-    """Run the backbone of a sequence-classification model and apply its scalar head at
-    every position: [B, L] values (the model's own forward would pool the last token)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(base, base.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids, use_cache=False).last_hidden_state
-    return score_head(base)(hidden).squeeze(-1).float()
+    """[B, L] values: the scalar head of a sequence-classification model at every position."""
+    from cai.train.reward import per_position_scores
+
+    return per_position_scores(model, input_ids, attention_mask, position_ids).float()
 
 
 class RewardModel:

@@ -141,41 +141,52 @@ def pack_pairs(chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]
             "tokens": sum(len(c) + len(r) for c, r in zip(chosen, rejected))}
 
 
-def _score_head(model):
-    """The scalar head module of a sequence-classification model, through DDP/peft wrappers."""
+def scalar_head(model):
+    """The linear head of a sequence-classification model (`score` in Llama/Qwen/Mistral,
+    `classifier` in BERT-likes), through DDP/accelerate and peft wrappers."""
     m = getattr(model, "module", model)  # DDP / accelerate wrappers
     if hasattr(m, "get_base_model"):
         m = m.get_base_model()  # peft
-    head = getattr(m, "score", None)
-    if head is None:
-        raise ValueError(f"{type(m).__name__} has no `score` head; train with "
-                         "share_prompt=false")
-    return head
+    for name in ("score", "classifier"):
+        head = getattr(m, name, None)
+        if head is not None:
+            return head
+    raise ValueError(f"{type(m).__name__} has no `score` or `classifier` head")
+
+
+def per_position_scores(model, input_ids, attention_mask, position_ids=None):
+    """The scalar head at every position, [B, T]. The model runs through its own forward, so
+    DDP/FSDP hooks run; the head's per-position output is read with a forward hook, because
+    the model itself returns only the score at the last non-pad token. A 4D boolean mask
+    (True = may attend) is turned into the additive form when the attention is eager."""
+    import torch
+
+    impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
+    if attention_mask.dim() == 4:
+        if impl == "eager":  # eager attention adds the mask to the scores
+            dtype = next(model.parameters()).dtype
+            attention_mask = torch.zeros(attention_mask.shape, dtype=dtype,
+                                         device=attention_mask.device).masked_fill(
+                ~attention_mask, torch.finfo(dtype).min)
+        elif impl != "sdpa":
+            raise ValueError(f"attention implementation {impl!r} takes no custom 4D mask; "
+                             "train with share_prompt=false")
+    seen = []
+    handle = scalar_head(model).register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+              use_cache=False)
+    finally:
+        handle.remove()
+    return seen[-1][..., 0]
 
 
 def token_rewards(model, batch: dict[str, Any]):
-    """(chosen rewards, rejected rewards) of a `pack_pairs` batch. The model runs through its
-    own forward (so DDP/FSDP hooks run); the head's per-token output is read with a forward
-    hook, because the model itself returns only the score at the last non-pad token."""
+    """(chosen rewards, rejected rewards) of a `pack_pairs` batch."""
     import torch
 
-    mask = batch["attention_mask"]
-    impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
-    if impl == "eager":  # eager attention adds the mask to the scores
-        dtype = next(model.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-            ~mask, torch.finfo(dtype).min)
-    elif impl != "sdpa":
-        raise ValueError(f"attention implementation {impl!r} takes no custom 4D mask; train "
-                         "with share_prompt=false")
-    seen = []
-    handle = _score_head(model).register_forward_hook(lambda _m, _i, out: seen.append(out))
-    try:
-        model(input_ids=batch["input_ids"], attention_mask=mask,
-              position_ids=batch["position_ids"], use_cache=False)
-    finally:
-        handle.remove()
-    per_token = seen[-1][..., 0]
+    per_token = per_position_scores(model, batch["input_ids"], batch["attention_mask"],
+                                    batch["position_ids"])
     rows = torch.arange(per_token.shape[0], device=per_token.device)
     return (per_token[rows, batch["chosen_index"].to(per_token.device)],
             per_token[rows, batch["rejected_index"].to(per_token.device)])
