@@ -192,15 +192,35 @@ class Batch:
         is_eos = torch.isin(r, eos) & present.bool()
         after_eos = (torch.cumsum(is_eos.long(), 1) - is_eos.long()) > 0
         self.mask = (present.bool() & ~after_eos).long().to(device)
+        self.prompt_lens = torch.tensor([len(p) for p in prompt_ids])
+        self.response_lens = self.mask.sum(1).cpu()  # the mask runs from column 0 unbroken
         self.has_eos = is_eos.any(1).to(device)
         self.input_ids = torch.cat([q, r], 1).to(device)
         self.attention_mask = torch.cat([qm, self.mask.cpu()], 1).to(device)
         # positions as generate() counts them: from each row's first real token
         self.position_ids = (self.attention_mask.cumsum(1) - 1).clamp(min=0)
 
-    def rows(self, idx) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids[idx], "attention_mask": self.attention_mask[idx],
-                "position_ids": self.position_ids[idx]}
+    def rows(self, idx) -> tuple[dict[str, torch.Tensor], int, int]:
+        """(model inputs of rows `idx`, their prompt width P', their response width R').
+        Columns that are padding in every one of these rows are left out (prompt padding on
+        the left, response padding and post-EOS tokens on the right): masked anyway, they
+        would cost compute and change nothing. Response token t stays at column P' + t."""
+        idx = torch.as_tensor(idx)
+        cpu = idx.cpu()
+        p = int(self.prompt_lens[cpu].max())
+        r = max(1, int(self.response_lens[cpu].max()))
+        cols = slice(self.P - p, self.P + r)
+        idx = idx.to(self.input_ids.device)
+        return ({"input_ids": self.input_ids[idx, cols],
+                 "attention_mask": self.attention_mask[idx, cols],
+                 "position_ids": self.position_ids[idx, cols]}, p, r)
+
+    def by_length(self, idx=None) -> torch.Tensor:
+        """Rows `idx` (default all) ordered by length, so that rows of similar length share
+        a micro-batch and little padding is left in it."""
+        idx = torch.arange(len(self.prompt_lens)) if idx is None else torch.as_tensor(idx).cpu()
+        total = self.prompt_lens[idx] + self.response_lens[idx]
+        return idx[torch.argsort(total, stable=True)]
 
 
 def response_logprobs(model, rows: dict, P: int, temperature: float, with_entropy: bool = False):
@@ -372,20 +392,23 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
     ref_model = policy_model if config.lora else reference
     micro = config.micro_batch_size
 
-    def score_batch(batch: Batch, idx_all: torch.Tensor, with_values: bool):
-        """Phase 2's forward passes, micro-batch by micro-batch, no gradients."""
-        logps, ref_logps, ents, vals = [], [], [], []
+    def score_batch(batch: Batch, with_values: bool):
+        """Phase 2's forward passes, micro-batch by micro-batch (rows grouped by length), no
+        gradients. Returns [n, R] tensors, zero beyond each micro-batch's R'."""
+        n = batch.input_ids.shape[0]
+        out = [torch.zeros(n, batch.R, device=device) for _ in range(4 if with_values else 3)]
+        order = batch.by_length()
         with torch.no_grad():
-            for i in range(0, len(idx_all), micro):
-                rows = batch.rows(idx_all[i:i + micro])
-                lp, ent = response_logprobs(policy, rows, batch.P, config.temperature, with_entropy=True)
+            for i in range(0, n, micro):
+                idx = order[i:i + micro].to(device)
+                rows, P, r = batch.rows(idx)
+                lp, ent = response_logprobs(policy, rows, P, config.temperature, with_entropy=True)
                 with ref_context():
-                    rlp, _ = response_logprobs(ref_model, rows, batch.P, config.temperature)
-                logps.append(lp), ref_logps.append(rlp), ents.append(ent)
-                if with_values:
-                    vals.append(response_values(value_model, rows, batch.P))
-        cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
-        return cat(logps), cat(ref_logps), cat(ents), cat(vals)
+                    rlp, _ = response_logprobs(ref_model, rows, P, config.temperature)
+                parts = [lp, rlp, ent] + ([response_values(value_model, rows, P)] if with_values else [])
+                for t, part in zip(out, parts):
+                    t[idx, :r] = part
+        return tuple(out) if with_values else (*out, None)
 
     def evaluate(iteration: int) -> dict:
         """Held-out prompts: mean reward and KL of (greedy or fixed-seed) responses."""
@@ -395,7 +418,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
                                     temperature=config.eval_temperature, seed=config.seed + 1,
                                     iteration=0, batch_size=micro * 4)
         batch = Batch(eval_ids, responses, tokenizer.pad_token_id, eos_ids, device)
-        lp, rlp, _, _ = score_batch(batch, torch.arange(len(eval_ids)), with_values=False)
+        lp, rlp, _, _ = score_batch(batch, with_values=False)
         kl = (L.kl_estimate(lp, rlp, config.kl_estimator) * batch.mask).sum(1)
         texts = _decode(tokenizer, batch)
         raw = torch.tensor(reward(eval_messages, texts), dtype=torch.float32)
@@ -431,7 +454,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
         # == 2. score ================================================================
         t0 = time.perf_counter()
         n = len(batch_prompts)
-        logp, ref_logp, entropy, values = score_batch(batch, torch.arange(n), with_values=True)
+        logp, ref_logp, entropy, values = score_batch(batch, with_values=True)
         mask = batch.mask.float()
         texts = _decode(tokenizer, batch)
         raw = torch.tensor(reward(batch_messages, texts), dtype=torch.float32, device=device)
@@ -466,17 +489,21 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
         for _ in range(config.ppo_epochs):
             order = torch.randperm(n, generator=shuffle)
             for mb in range(0, n, config.minibatch_size):
-                for mi in range(mb, mb + config.minibatch_size, micro):
-                    rows_idx = order[mi:mi + micro].to(device)
-                    rows = batch.rows(rows_idx)
-                    m = mask[rows_idx]
+                # within a minibatch, micro-batches only split the work of one step: group
+                # rows of similar length so that less padding is computed
+                mb_order = batch.by_length(order[mb:mb + config.minibatch_size])
+                for mi in range(0, len(mb_order), micro):
+                    rows_idx = mb_order[mi:mi + micro].to(device)
+                    rows, P, r = batch.rows(rows_idx)
+                    m = mask[rows_idx, :r]
                     with accelerator.accumulate(policy, value_model):
-                        new_logp, _ = response_logprobs(policy, rows, batch.P, config.temperature)
+                        new_logp, _ = response_logprobs(policy, rows, P, config.temperature)
                         pg_loss, clipfrac, approx_kl = L.policy_loss(
-                            new_logp, logp[rows_idx], advantages[rows_idx], m, config.clip_range)
-                        new_values = response_values(value_model, rows, batch.P)
+                            new_logp, logp[rows_idx, :r], advantages[rows_idx, :r], m, config.clip_range)
+                        new_values = response_values(value_model, rows, P)
                         vf_loss, vf_clipfrac = L.value_loss(
-                            new_values, values[rows_idx], returns[rows_idx], m, config.value_clip_range)
+                            new_values, values[rows_idx, :r], returns[rows_idx, :r], m,
+                            config.value_clip_range)
                         accelerator.backward(pg_loss + vf_loss)  # disjoint parameters: two separate losses
                         if accelerator.sync_gradients:
                             accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)

@@ -1,0 +1,59 @@
+"""PPO's batch layout: rows of a micro-batch leave out the columns that are padding in all of
+them, and give the log-probs and values the full-width rows give (tiny random Llama)."""
+
+from __future__ import annotations
+
+import torch
+
+from cai.train.ppo import Batch, response_logprobs, response_values
+
+EOS = 2
+
+
+def _full_rows(batch: Batch, idx):
+    return {"input_ids": batch.input_ids[idx], "attention_mask": batch.attention_mask[idx],
+            "position_ids": batch.position_ids[idx]}
+
+
+def test_rows_leave_out_shared_padding_by_hand():
+    prompts = [[11, 12, 13], [21, 22, 23, 24, 25], [31, 32]]
+    responses = [[41, EOS, 43, 44], [51, 52], [61, 62, 63, 64]]  # row 0 stops at its EOS
+    b = Batch(prompts, responses, pad=0, eos_ids=[EOS], device="cpu")
+    assert (b.P, b.R) == (5, 4)
+    assert b.response_lens.tolist() == [2, 2, 4]
+    rows, P, r = b.rows(torch.tensor([0, 1]))
+    assert (P, r) == (5, 2)  # row 1's prompt is 5 wide; both responses end by column 2
+    assert rows["input_ids"].tolist() == [[0, 0, 11, 12, 13, 41, EOS], [21, 22, 23, 24, 25, 51, 52]]
+    rows, P, r = b.rows(torch.tensor([0, 2]))
+    assert (P, r) == (3, 4)
+    assert rows["input_ids"].tolist() == [[11, 12, 13, 41, EOS, 43, 44], [0, 31, 32, 61, 62, 63, 64]]
+    assert rows["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1]]
+    assert rows["position_ids"].tolist() == [[0, 1, 2, 3, 4, 4, 4], [0, 0, 1, 2, 3, 4, 5]]
+    assert b.by_length().tolist() == [0, 2, 1]  # lengths 3+2, 5+2, 2+4
+    assert b.by_length(torch.tensor([1, 2])).tolist() == [2, 1]
+
+
+def test_trimmed_micro_batches_give_the_full_width_numbers(embedded_tokenizer):
+    from conftest import build_tiny_llama
+    from transformers import LlamaForSequenceClassification
+
+    policy = build_tiny_llama(embedded_tokenizer)
+    torch.manual_seed(1)
+    value = LlamaForSequenceClassification(policy.config).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(10, 500, (n,), generator=g).tolist() for n in (3, 9, 5, 12)]
+    responses = [torch.randint(10, 500, (n,), generator=g).tolist() for n in (6, 2, 8, 4)]
+    responses[1] = responses[1] + [EOS, 77, 78]  # tokens after EOS are masked
+    b = Batch(prompts, responses, pad=0, eos_ids=[EOS], device="cpu")
+    with torch.no_grad():
+        full_lp, _ = response_logprobs(policy, _full_rows(b, torch.arange(4)), b.P, 0.7)
+        full_v = response_values(value, _full_rows(b, torch.arange(4)), b.P)
+        for idx in (torch.tensor([0, 2]), torch.tensor([1, 3]), torch.tensor([1])):
+            rows, P, r = b.rows(idx)
+            assert rows["input_ids"].shape[1] < b.P + b.R
+            lp, _ = response_logprobs(policy, rows, P, 0.7)
+            v = response_values(value, rows, P)
+            m = b.mask[idx, :r].bool()
+            assert lp.shape == (len(idx), r) and v.shape == (len(idx), r)
+            assert torch.allclose(lp[m], full_lp[idx, :r][m], atol=1e-5)
+            assert torch.allclose(v[m], full_v[idx, :r][m], atol=1e-5)
