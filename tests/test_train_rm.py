@@ -144,9 +144,9 @@ def test_pack_pairs_layout_by_hand():
                     [0, 0, 0, 0, 1]]
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn,lora", [("sdpa", False), ("eager", False), ("sdpa", True)])
 def test_shared_prompt_gives_the_rewards_and_gradients_of_separate_sequences(tiny_model_dir,
-                                                                              attn):
+                                                                              attn, lora):
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -158,6 +158,11 @@ def test_shared_prompt_gives_the_rewards_and_gradients_of_separate_sequences(tin
     model = AutoModelForSequenceClassification.from_pretrained(
         str(tiny_model_dir), num_labels=1, attn_implementation=attn)
     model.config.pad_token_id = tok.pad_token_id
+    if lora:  # the head is then peft's trainable copy, found through the wrapper
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                 task_type="SEQ_CLS"))
     items = []
     for q, c, r in [("Hi", "Hello there, how can I help?", "Go away."),
                     ("What is 2+2?", "4", "It is four, of course, as everyone knows."),
