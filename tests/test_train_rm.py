@@ -184,6 +184,25 @@ def test_shared_prompt_gives_the_rewards_and_gradients_of_separate_sequences(tin
     assert n1 < 0.75 * n0  # the prompt ran once
 
 
+def test_shared_prompt_falls_back_where_the_attention_takes_no_4d_mask(tiny_model_dir, tmp_path,
+                                                                        monkeypatch):
+    from cai.train import reward
+    from cai.train.modeling import load_reward_model, load_tokenizer
+
+    model = load_reward_model(str(tiny_model_dir), load_tokenizer(str(tiny_model_dir)))
+    assert reward.takes_shared_prompt(model) is None
+    model.config._attn_implementation = "flash_attention_2"
+    assert "'flash_attention_2' takes no custom 4D mask" in reward.takes_shared_prompt(model)
+    # run_rm then says so and trains on separate sequences
+    monkeypatch.setattr(reward, "takes_shared_prompt", lambda m: "no 4D mask here")
+    printed = []
+    data = write_marker_pairs(tmp_path / "pairs.jsonl", 16)
+    summary = run_rm(rm_config(tiny_model_dir, data, tmp_path / "rm", eval_fraction=0.0,
+                               max_steps=1), echo=printed.append)
+    assert "share_prompt off: no 4D mask here; chosen and rejected run as separate sequences" \
+        in printed and summary["steps"] == 1
+
+
 def test_over_long_pairs_keep_the_end_or_drop(tiny_model_dir, tmp_path):
     from cai.train.data import load_preferences
     from cai.train.modeling import load_tokenizer

@@ -154,6 +154,18 @@ def scalar_head(model):
     raise ValueError(f"{type(m).__name__} has no `score` or `classifier` head")
 
 
+def takes_shared_prompt(model) -> str | None:
+    """None when `pack_pairs` rows can run on `model`, else why not."""
+    impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
+    if impl not in ("sdpa", "eager"):
+        return f"attention implementation {impl!r} takes no custom 4D mask"
+    try:
+        scalar_head(model)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def per_position_scores(model, input_ids, attention_mask, position_ids=None):
     """The scalar head at every position, [B, T]. The model runs through its own forward, so
     DDP/FSDP hooks run; the head's per-position output is read with a forward hook, because

@@ -163,7 +163,14 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     trainable, total = trainable_parameters(model)
-    collate = collate_pairs(tokenizer.pad_token_id, config.share_prompt)
+    share_prompt = config.share_prompt
+    if share_prompt:
+        from cai.train.reward import takes_shared_prompt
+
+        if (why := takes_shared_prompt(model)) is not None:
+            echo(f"share_prompt off: {why}; chosen and rejected run as separate sequences")
+            share_prompt = False
+    collate = collate_pairs(tokenizer.pad_token_id, share_prompt)
     loader = make_dataloader(train, batch_size=config.batch_size, collate_fn=collate, shuffle=True,
                              seed=config.seed)
 
