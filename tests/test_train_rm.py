@@ -184,6 +184,22 @@ def test_shared_prompt_gives_the_rewards_and_gradients_of_separate_sequences(tin
     assert n1 < 0.75 * n0  # the prompt ran once
 
 
+def test_score_pairs_equals_scoring_each_sequence(tiny_model_dir):
+    from cai.train.modeling import load_reward_model, load_tokenizer
+    from cai.train.reward import encode_for_reward, score_ids, score_pairs
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = load_reward_model(str(tiny_model_dir), tok).eval()
+    chosen, rejected = [], []
+    for i in range(7):
+        prompt = [{"role": "user", "content": "Question number " + "very " * i + f"{i}?"}]
+        chosen.append(encode_for_reward(tok, prompt, "Yes. " * (i + 1), 64)[0])
+        rejected.append(encode_for_reward(tok, prompt, "No" + "!" * (7 - i), 64)[0])
+    c, r = score_pairs(model, chosen, rejected, tok.pad_token_id, batch_size=4)
+    each = score_ids(model, chosen + rejected, tok.pad_token_id, batch_size=3)
+    assert c == pytest.approx(each[:7], abs=1e-5) and r == pytest.approx(each[7:], abs=1e-5)
+
+
 def test_shared_prompt_falls_back_where_the_attention_takes_no_4d_mask(tiny_model_dir, tmp_path,
                                                                         monkeypatch):
     from cai.train import reward

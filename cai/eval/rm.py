@@ -43,7 +43,7 @@ def load_scoring_model(path: str):
 def run_eval_rm(config: EvalRMConfig, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
     from cai.io import DataError
     from cai.train.data import read_preference_source
-    from cai.train.reward import pair_metrics, score
+    from cai.train.reward import encode_for_reward, pair_metrics, score_pairs
 
     records, rejects = read_preference_source(config.data)
     for r in rejects[:3]:
@@ -54,13 +54,16 @@ def run_eval_rm(config: EvalRMConfig, *, echo: Callable[[str], None] = print) ->
         raise DataError(f"{config.data}: no usable preference pairs")
     t0 = time.perf_counter()
     model, tokenizer = load_scoring_model(config.model)
-    items = []
+    chosen, rejected = [], []
     for rec in records:
         prompt = [m.model_dump() for m in rec.prompt]
-        items += [(prompt, rec.chosen[-1].content), (prompt, rec.rejected[-1].content)]
-    rewards = score(model, tokenizer, items, max_length=config.max_length,
-                    batch_size=config.batch_size)
-    metrics = pair_metrics(rewards[0::2], rewards[1::2], [r.p_chosen for r in records],
+        chosen.append(encode_for_reward(tokenizer, prompt, rec.chosen[-1].content,
+                                        config.max_length)[0])
+        rejected.append(encode_for_reward(tokenizer, prompt, rec.rejected[-1].content,
+                                          config.max_length)[0])
+    rewards_c, rewards_r = score_pairs(model, chosen, rejected, tokenizer.pad_token_id,
+                                       batch_size=config.batch_size)
+    metrics = pair_metrics(rewards_c, rewards_r, [r.p_chosen for r in records],
                            [len(r.chosen[-1].content) for r in records],
                            [len(r.rejected[-1].content) for r in records])
     return {**metrics, "rejected": len(rejects), "model": config.model, "data": config.data,

@@ -193,6 +193,32 @@ def per_position_scores(model, input_ids, attention_mask, position_ids=None):
     return seen[-1][..., 0]
 
 
+def score_pairs(model, chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]],
+                pad_id: int, *, batch_size: int = 16) -> tuple[list[float], list[float]]:
+    """Rewards of tokenised (chosen, rejected) pairs, no gradients. Each pair's common prompt
+    runs once (`pack_pairs`, batch_size // 2 pairs a batch, shortest first) where the model
+    takes it, else the sequences are scored one by one (`score_ids`)."""
+    import torch
+
+    n = len(chosen)
+    if takes_shared_prompt(model) is not None:
+        r = score_ids(model, list(chosen) + list(rejected), pad_id, batch_size=batch_size)
+        return r[:n], r[n:]
+    device = next(model.parameters()).device
+    order = sorted(range(n), key=lambda i: len(chosen[i]) + len(rejected[i]))
+    out_c, out_r = [0.0] * n, [0.0] * n
+    step = max(1, batch_size // 2)
+    with torch.no_grad():
+        for start in range(0, n, step):
+            idx = order[start:start + step]
+            batch = pack_pairs([chosen[i] for i in idx], [rejected[i] for i in idx], pad_id)
+            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+            rc, rr = token_rewards(model, batch)
+            for i, c, r in zip(idx, rc.float().tolist(), rr.float().tolist()):
+                out_c[i], out_r[i] = c, r
+    return out_c, out_r
+
+
 def token_rewards(model, batch: dict[str, Any]):
     """(chosen rewards, rejected rewards) of a `pack_pairs` batch."""
     import torch

@@ -99,12 +99,12 @@ def pair_rewards(model, batch: dict) -> tuple[Any, Any]:
 
 
 def evaluate_pairs(model, tokenizer, pairs: list[dict], batch_size: int) -> dict[str, Any]:
-    from cai.train.reward import pair_metrics, score_ids
+    from cai.train.reward import pair_metrics, score_pairs
 
-    seqs = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    rewards = score_ids(model, seqs, tokenizer.pad_token_id, batch_size=batch_size)
-    n = len(pairs)
-    return pair_metrics(rewards[:n], rewards[n:], [p["p"] for p in pairs],
+    chosen, rejected = score_pairs(model, [p["chosen"] for p in pairs],
+                                   [p["rejected"] for p in pairs], tokenizer.pad_token_id,
+                                   batch_size=batch_size)
+    return pair_metrics(chosen, rejected, [p["p"] for p in pairs],
                         [p["chosen_len"] for p in pairs], [p["rejected_len"] for p in pairs])
 
 
@@ -194,10 +194,12 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
     # Normalisation stats for PPO: rewards of the training prompts' responses.
     model.eval()
     sample = train[: config.reward_stats_pairs]
-    from cai.train.reward import score_ids
+    from cai.train.reward import score_pairs
 
-    rewards = score_ids(model, [p["chosen"] for p in sample] + [p["rejected"] for p in sample],
-                        tokenizer.pad_token_id, batch_size=config.eval_batch_size)
+    chosen, rejected = score_pairs(model, [p["chosen"] for p in sample],
+                                   [p["rejected"] for p in sample], tokenizer.pad_token_id,
+                                   batch_size=config.eval_batch_size)
+    rewards = chosen + rejected
     stats = {"mean": statistics.fmean(rewards),
              "std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
              "n": len(rewards), "pairs": len(sample),
