@@ -173,16 +173,15 @@ def per_position_scores(model, input_ids, attention_mask, position_ids=None):
     (True = may attend) is turned into the additive form when the attention is eager."""
     import torch
 
-    impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
     if attention_mask.dim() == 4:
-        if impl == "eager":  # eager attention adds the mask to the scores
+        if (why := takes_shared_prompt(model)) is not None:
+            raise ValueError(f"{why}; train with share_prompt=false")
+        if getattr(model, "module", model).config._attn_implementation == "eager":
+            # eager attention adds the mask to the scores
             dtype = next(model.parameters()).dtype
             attention_mask = torch.zeros(attention_mask.shape, dtype=dtype,
                                          device=attention_mask.device).masked_fill(
                 ~attention_mask, torch.finfo(dtype).min)
-        elif impl != "sdpa":
-            raise ValueError(f"attention implementation {impl!r} takes no custom 4D mask; "
-                             "train with share_prompt=false")
     seen = []
     handle = scalar_head(model).register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
