@@ -91,7 +91,8 @@ def run_ours(args) -> dict:
                     iterations=args.iterations, rollout_batch_size=16, max_new_tokens=64,
                     temperature=0.7, rollout_backend=args.backend, ppo_epochs=args.ppo_epochs,
                     minibatch_size=16, micro_batch_size=4, learning_rate=3e-5, kl_coef=0.05,
-                    lora=True, value_lora=args.value_lora, missing_eos_penalty=1.0, save_every=10_000, cpu=True)
+                    lora=True, value_lora=args.value_lora, missing_eos_penalty=1.0, save_every=10_000, cpu=True,
+                    mixed_precision=args.mixed_precision)
     run_ppo(cfg, progress=False)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return {"iterations": [{"total": r["time/iteration"], "rollout": r["time/rollout"],
@@ -159,7 +160,8 @@ def run_trl(args) -> dict:
                     total_episodes=16 * args.iterations, local_rollout_forward_batch_size=16,
                     response_length=64, temperature=0.7, stop_token="eos", missing_eos_penalty=1.0,
                     learning_rate=3e-5, kl_coef=0.05, num_sample_generations=0, report_to="none",
-                    save_strategy="no", use_cpu=True, logging_steps=1, seed=0, lr_scheduler_type="constant")
+                    save_strategy="no", use_cpu=True, logging_steps=1, seed=0, lr_scheduler_type="constant",
+                    bf16=args.mixed_precision == "bf16")
     policy = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     reward = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1, dtype=torch.float32)
     value = AutoModelForSequenceClassification.from_pretrained(args.reward, num_labels=1, dtype=torch.float32)
@@ -183,7 +185,8 @@ def run_trl(args) -> dict:
 def child(runner: str, args, python: str) -> dict:
     out = Path(args.out) / f"{runner}.json"
     cmd = [python, __file__, "--child", runner, "--reward", args.reward, "--prompts", args.prompts,
-           "--out", args.out, *(["--policy", args.policy] if args.policy else []), "--iterations", str(args.iterations), "--ppo-epochs", str(args.ppo_epochs)]
+           "--out", args.out, *(["--policy", args.policy] if args.policy else []), "--iterations", str(args.iterations), "--ppo-epochs", str(args.ppo_epochs),
+           "--mixed-precision", args.mixed_precision]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -215,10 +218,17 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/cai-bench-ppo")
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--ppo-epochs", type=int, default=2)
+    ap.add_argument("--mixed-precision", choices=["no", "bf16"], default=None,
+                    help="both sides: fp32, or bf16 autocast with fp32 weights (TRL: bf16=True). "
+                         "Default: what ours picks for this machine (bf16 on CPUs with AMX)")
     ap.add_argument("--runners", default="ours-transformers,ours-vllm,trl",
                     help=f"comma-separated, from {', '.join([*OURS, 'trl'])}; run in this "
                          "order (repeat names to interleave runs)")
     args = ap.parse_args()
+    if args.mixed_precision is None:
+        from cai.train.accel import pick_mixed_precision
+
+        args.mixed_precision = pick_mixed_precision("auto", cpu=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.child:
@@ -239,7 +249,7 @@ def main() -> None:
         print(f"running {runner} ...", flush=True)
         rows.append(summarise(runner, child(runner, args, python)))
     print(f"\nPPO, embedded model, LoRA, 16 prompts x 64 new tokens, {args.iterations} iterations, "
-          f"{args.ppo_epochs} PPO epochs; seconds per iteration (mean of iterations 2..{args.iterations})")
+          f"{args.ppo_epochs} PPO epochs, mixed precision {args.mixed_precision} on both sides; seconds per iteration (mean of iterations 2..{args.iterations})")
     print(f"{'runner':<20}{'s/iter':>9}{'rollout':>9}{'(push)':>8}{'score':>8}{'update':>8}"
           f"{'resp len':>10}{'reward 1st':>12}{'last':>9}{'gain':>8}")
     for r in rows:

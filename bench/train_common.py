@@ -115,3 +115,15 @@ def run_trl_script(py: Path, script: str, *args: str) -> tuple[dict, float]:
     if res.returncode or not line:
         sys.exit(f"TRL run failed:\n{res.stderr[-3000:]}")
     return json.loads(line[0][len("TRL_RESULT "):]), wall
+
+
+def add_precision_flag(ap) -> None:
+    ap.add_argument("--mixed-precision", choices=["no", "bf16"], default=None,
+                    help="both sides: fp32, or bf16 autocast with fp32 weights (TRL: bf16=True). "
+                         "Default: what ours picks for this machine (bf16 on CPUs with AMX)")
+
+
+def resolve_precision(requested: str | None) -> str:
+    from cai.train.accel import pick_mixed_precision
+
+    return requested or pick_mixed_precision("auto", cpu=True)

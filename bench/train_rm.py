@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_common import (human_pairs, run_trl_script, synth_pairs, trl_python,  # noqa: E402
-                          write_jsonl)
+from train_common import (add_precision_flag, human_pairs, resolve_precision,  # noqa: E402
+                          run_trl_script, synth_pairs, trl_python, write_jsonl)
 
 HP = dict(lr=2e-5, epochs=1, batch_size=8, max_length=256, seed=0, max_grad_norm=1.0)
 
@@ -39,7 +39,7 @@ ds = load_dataset("json", data_files=data, split="train")
 args = RewardConfig(output_dir=out, learning_rate=hp["lr"], num_train_epochs=hp["epochs"],
     per_device_train_batch_size=hp["batch_size"], max_length=hp["max_length"], seed=hp["seed"],
     max_grad_norm=hp["max_grad_norm"], lr_scheduler_type="linear", warmup_steps=0,
-    weight_decay=0.0, gradient_checkpointing=False, bf16=False, logging_steps=10,
+    weight_decay=0.0, gradient_checkpointing=False, bf16=hp["mixed_precision"] == "bf16", use_cpu=True, logging_steps=10,
     save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
     dataloader_num_workers=0, optim="adamw_torch_fused")
 trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
@@ -71,7 +71,9 @@ def main() -> None:
     ap.add_argument("--venv", default="/tmp/cai-trl-venv")
     ap.add_argument("--order", choices=["ours-first", "trl-first"], default="ours-first")
     ap.add_argument("--no-share-prompt", dest="share_prompt", action="store_false")
+    add_precision_flag(ap)
     a = ap.parse_args()
+    HP["mixed_precision"] = resolve_precision(a.mixed_precision)
     from cai.models import pull
     from cai.train.rm import RMConfig, run_rm
 
@@ -98,7 +100,8 @@ def main() -> None:
                                   lr=HP["lr"], epochs=HP["epochs"], batch_size=HP["batch_size"],
                                   max_length=HP["max_length"], seed=HP["seed"],
                                   max_grad_norm=HP["max_grad_norm"], progress=False,
-                                  share_prompt=a.share_prompt))
+                                  share_prompt=a.share_prompt,
+                                  mixed_precision=HP["mixed_precision"]))
         return summary, time.perf_counter() - t
 
     def run_trl():

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_common import run_trl_script, synth_pairs, trl_python, write_jsonl  # noqa: E402
+from train_common import (add_precision_flag, resolve_precision, run_trl_script,  # noqa: E402
+                          synth_pairs, trl_python, write_jsonl)
 
 HP = dict(lr=2e-5, epochs=1, batch_size=8, max_length=256, seed=0, max_grad_norm=1.0)
 
@@ -32,7 +33,7 @@ ds = load_dataset("json", data_files=data, split="train")
 args = SFTConfig(output_dir=out, learning_rate=hp["lr"], num_train_epochs=hp["epochs"],
     per_device_train_batch_size=hp["batch_size"], max_length=hp["max_length"], seed=hp["seed"],
     max_grad_norm=hp["max_grad_norm"], lr_scheduler_type="linear", warmup_steps=0,
-    weight_decay=0.0, gradient_checkpointing=False, bf16=False, logging_steps=10,
+    weight_decay=0.0, gradient_checkpointing=False, bf16=hp["mixed_precision"] == "bf16", use_cpu=True, logging_steps=10,
     save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
     completion_only_loss=True, packing=False, dataloader_num_workers=0, optim="adamw_torch_fused")
 trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
@@ -76,7 +77,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--out", default="/tmp/cai-bench-train-sft")
     ap.add_argument("--venv", default="/tmp/cai-trl-venv")
+    add_precision_flag(ap)
     a = ap.parse_args()
+    HP["mixed_precision"] = resolve_precision(a.mixed_precision)
     from cai.models import pull
     from cai.train.sft import SFTConfig, run_sft
 
@@ -101,7 +104,8 @@ def main() -> None:
     ours = run_sft(SFTConfig(model=model_dir, data=[str(ours_data)], out=str(out / "ours"),
                              save_every=None, log_every=10, lr=HP["lr"], epochs=HP["epochs"],
                              batch_size=HP["batch_size"], max_length=HP["max_length"],
-                             seed=HP["seed"], max_grad_norm=HP["max_grad_norm"], progress=False))
+                             seed=HP["seed"], max_grad_norm=HP["max_grad_norm"], progress=False,
+                             mixed_precision=HP["mixed_precision"]))
     ours_wall = time.perf_counter() - t
     trl, trl_wall = run_trl_script(py, TRL_SCRIPT, model_dir, str(trl_data), str(out / "trl"),
                                    json.dumps(HP))

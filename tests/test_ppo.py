@@ -187,11 +187,34 @@ def test_vllm_rollouts_sample_from_the_pushed_weights(exclaiming_policy_dir_vllm
     """One in-process engine; before each rollout the LoRA policy is merged, pushed and
     unmerged. The engine's log-prob of every sampled token then equals our rescoring of it
     (both at temperature T), at iteration 1 (start weights) and after updates (pushed weights)."""
+    # fp32 scoring, as the engine samples in fp32: the gap then measures the push alone
     cfg = _config(exclaiming_policy_dir_vllm, prompts_file, tmp_path / "vllm", iterations=3, eval_every=0,
-                  eval_size=0, rollout_backend="vllm", lora=True, learning_rate=3e-3)
+                  eval_size=0, rollout_backend="vllm", lora=True, learning_rate=3e-3,
+                  mixed_precision="no")
     summary = run_ppo(cfg, progress=False)
     rows = _train_rows(tmp_path / "vllm")
     assert summary["rollout_backend"] == "vllm"
     gaps = [rows[i]["rollout/engine_logprob_gap"] for i in (1, 2, 3)]
     assert rows[3]["kl"] != 0.0  # the policy did move away from the reference
     assert max(gaps) < 1e-3, gaps
+
+
+def test_bf16_scores_policy_and_reference_alike_and_samples_in_fp32(exclaiming_policy_dir, prompts_file,
+                                                                     tmp_path):
+    """Mixed precision covers scoring and the update, for the policy and for a separate
+    (non-LoRA, unprepared) reference alike: before any update their log-probs are then equal
+    and the KL is exactly 0, as in fp32; a reference left in fp32 would show bf16 rounding as
+    KL. Rollouts sample in the weights' dtype, so both runs sample the same responses."""
+    kw = dict(iterations=1, eval_every=0, eval_size=0, lora=False)
+    run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "fp32", mixed_precision="no", **kw),
+            progress=False)
+    run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "bf16", mixed_precision="bf16", **kw),
+            progress=False)
+    fp32, bf16 = _train_rows(tmp_path / "fp32")[1], _train_rows(tmp_path / "bf16")[1]
+    assert fp32["kl"] == 0.0 and bf16["kl"] == 0.0
+    assert bf16["response/length"] == fp32["response/length"]
+    assert bf16["reward/raw"] == fp32["reward/raw"]  # the same sampled text
+    # ... scored in another precision: close, not equal
+    assert bf16["entropy"] != fp32["entropy"]
+    assert bf16["entropy"] == pytest.approx(fp32["entropy"], rel=0.05)
+

@@ -43,8 +43,10 @@ def write_marker_pairs(path: Path, n: int, seed: int = 0) -> Path:
 
 
 def rm_config(model_dir, data, out, **kw) -> RMConfig:
+    # fp32: these tests check numbers and thresholds set in fp32; auto would pick bf16 on a
+    # CPU with AMX (test_bf16_training_is_autocast_around_the_same_loss covers that path)
     base = dict(model=str(model_dir), data=[str(data)], out=str(out), lr=1e-3, batch_size=8,
-                max_length=64, log_every=1, save_every=None, progress=False)
+                max_length=64, log_every=1, save_every=None, progress=False, mixed_precision="no")
     base.update(kw)
     return RMConfig(**base)
 
@@ -391,3 +393,16 @@ def test_bad_inputs_get_located_errors(tiny_model_dir, tmp_path):
 def test_format_for_reward_uses_the_models_template(embedded_tokenizer):
     text = format_for_reward(embedded_tokenizer, [{"role": "user", "content": "Q?"}], "A.")
     assert text.endswith("<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\nA.<|im_end|>\n")
+
+
+def test_bf16_training_is_autocast_around_the_same_loss(tiny_model_dir, tmp_path):
+    """mixed_precision bf16 on CPU: the first step's loss is computed with bf16 matmuls (so
+    it differs from fp32's in the low digits) around the same value, and training runs."""
+    data = write_marker_pairs(tmp_path / "pairs.jsonl", 16)
+    runs = {}
+    for mp in ("no", "bf16"):
+        run_rm(rm_config(tiny_model_dir, data, tmp_path / mp, max_steps=2, eval_fraction=0.0,
+                         mixed_precision=mp))
+        runs[mp] = losses(tmp_path / mp)
+    assert runs["bf16"][1] != runs["no"][1]
+    assert runs["bf16"][1] == pytest.approx(runs["no"][1], abs=0.02)

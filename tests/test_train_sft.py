@@ -143,3 +143,18 @@ def test_vllm_loads_the_sft_output(embedded_model_dir, tmp_path):
     finally:
         backend.close()
     assert "Paris" in gens[0].text
+
+
+def test_auto_mixed_precision_follows_the_device(monkeypatch):
+    import torch
+
+    from cai.train import accel
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert accel.pick_mixed_precision("auto", cpu=True) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert accel.pick_mixed_precision("auto", cpu=True) == "no"
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert accel.pick_mixed_precision("auto", cpu=True) == "no"
+    assert accel.pick_mixed_precision("no", cpu=True) == "no"
+    assert accel.pick_mixed_precision("bf16", cpu=True) == "bf16"

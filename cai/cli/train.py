@@ -33,6 +33,8 @@ O = typer.Option
 MODEL = O(None, "--model", "-m", help="registry name, HF directory or hub id (default: embedded)")
 OUT = O(None, "--out", "-o", help="output directory (model, metrics.jsonl, tensorboard/, checkpoints/)")
 CONFIG = O(None, "--config", help="pipeline YAML; its `sft:` / `rm:` section, flags on top")
+MIXED = O(None, "--mixed-precision", help="auto | no | bf16 | fp16; auto: bf16 autocast on a CUDA "
+                                          "GPU with bf16 or a CPU with AMX, else fp32")
 
 
 def _run(stage: str, cls, run, config_path, overrides) -> None:
@@ -85,6 +87,7 @@ def sft_cmd(
     log_every: Optional[int] = O(None),
     resume: bool = O(False, "--resume", help="continue from the last checkpoint in -o"),
     progress: Optional[bool] = O(None, "--progress/--no-progress"),
+    mixed_precision: Optional[str] = MIXED,
 ) -> None:
     """Supervised fine-tuning on conversations (SL-CAI): loss on assistant tokens only, with
     the model's own chat template. -o becomes a HF model directory (cai chat, vLLM)."""
@@ -95,7 +98,8 @@ def sft_cmd(
                         gradient_checkpointing, lora_r, lora_alpha, lora_dropout, merge_lora, seed,
                         eval_data, eval_fraction, eval_every, save_every, log_every, resume,
                         progress)
-    overrides.update(data=data or None, messages_field=messages_field, overlong=overlong)
+    overrides.update(data=data or None, messages_field=messages_field, overlong=overlong,
+                     mixed_precision=mixed_precision)
     _run("sft", SFTConfig, run_sft, config, overrides)
 
 
@@ -127,6 +131,7 @@ def rm_cmd(
     log_every: Optional[int] = O(None),
     resume: bool = O(False, "--resume", help="continue from the last checkpoint in -o"),
     progress: Optional[bool] = O(None, "--progress/--no-progress"),
+    mixed_precision: Optional[str] = MIXED,
 ) -> None:
     """Train a reward model (scalar head) with the soft-label Bradley-Terry loss."""
     from cai.train.rm import RMConfig, run_rm
@@ -138,7 +143,7 @@ def rm_cmd(
                         progress)
     overrides.update(data=data or None, overlong=overlong, margin=margin,
                      center_rewards_coefficient=center_rewards_coefficient,
-                     share_prompt=share_prompt)
+                     share_prompt=share_prompt, mixed_precision=mixed_precision)
     _run("rm", RMConfig, run_rm, config, overrides)
 
 
@@ -167,6 +172,7 @@ def ppo_cmd(
     seed: Optional[int] = O(None),
     resume: bool = O(False, "--resume", help="continue from the last checkpoint in -o"),
     progress: bool = O(True, "--progress/--no-progress"),
+    mixed_precision: Optional[str] = MIXED,
 ) -> None:
     """KL-regularised PPO of a policy against a reward model (RL-CAI's last stage)."""
     from cai.config import ConfigError, load_section
@@ -184,7 +190,7 @@ def ppo_cmd(
                      minibatch_size=minibatch_size, micro_batch_size=micro_batch_size,
                      learning_rate=learning_rate, kl_coef=kl_coef, adaptive_kl=adaptive_kl,
                      kl_target=kl_target, kl_estimator=kl_estimator, lora=lora, lora_r=lora_r,
-                     seed=seed)
+                     seed=seed, mixed_precision=mixed_precision)
     try:
         cfg = load_section(config, "ppo", PPOConfig, overrides)
         summary = run_ppo(cfg, resume=resume, progress=progress)

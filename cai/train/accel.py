@@ -1,5 +1,6 @@
-"""The accelerate setup every training stage uses: devices, mixed precision (fp32 on CPU,
-bf16 on a GPU that has it), gradient accumulation, seeded data order, TensorBoard."""
+"""The accelerate setup every training stage uses: devices, mixed precision (bf16 where the
+device multiplies in bf16 natively, else fp32), gradient accumulation, seeded data order,
+TensorBoard."""
 
 from __future__ import annotations
 
@@ -7,14 +8,41 @@ import os
 from pathlib import Path
 
 
-def pick_mixed_precision(requested: str) -> str:
+def cpu_has_bf16_matmul() -> bool:
+    """True on CPUs with AMX tiles (Intel Sapphire Rapids and later), where oneDNN multiplies
+    bf16 matrices several times faster than fp32 (bench/precision.py). avx512_bf16 alone only
+    converts and dots faster; it is not enough to make autocast pay."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe and probe())
+    except Exception:  # a private API: absent or failing means no
+        return False
+
+
+def pick_mixed_precision(requested: str, cpu: bool = False) -> str:
+    """auto: bf16 on a CUDA GPU that supports it, and on a CPU with native bf16 matmul
+    (weights stay fp32; autocast runs the matmuls in bf16), else fp32 ("no")."""
     if requested != "auto":
         return requested
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
+    if not cpu and torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_bf16_matmul() else "no"
+
+
+def allow_precision(mixed_precision: str) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses an Accelerator whose
+    mixed precision differs from the first one's. One process may run several stages (`cai
+    run`, tests), each with its own precision: drop the old state, keeping the process
+    group and device (PartialState), before building a stage's Accelerator."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def make_accelerator(config, out: str | os.PathLike):
@@ -26,8 +54,10 @@ def make_accelerator(config, out: str | os.PathLike):
 
     set_seed(config.seed)
     project = ProjectConfiguration(project_dir=str(out), logging_dir=str(Path(out) / "tensorboard"))
+    precision = pick_mixed_precision(config.mixed_precision)
+    allow_precision(precision)
     return Accelerator(
-        mixed_precision=pick_mixed_precision(config.mixed_precision),
+        mixed_precision=precision,
         gradient_accumulation_steps=config.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         project_config=project,

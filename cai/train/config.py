@@ -43,7 +43,8 @@ class TrainingConfig(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="clip; None switches it off")
     gradient_checkpointing: bool = False
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on a GPU that supports it, else fp32")
+        "auto", description="bf16/fp16 autocast with fp32 weights. auto: bf16 on a CUDA GPU "
+                            "that supports it and on a CPU with AMX (native bf16 matmul), else fp32")
     seed: int = 0
     # LoRA (peft); off when lora_r is None
     lora_r: int | None = Field(None, ge=1)
