@@ -220,7 +220,7 @@ def main() -> None:
     ap.add_argument("--ppo-epochs", type=int, default=2)
     ap.add_argument("--mixed-precision", choices=["no", "bf16"], default=None,
                     help="both sides: fp32, or bf16 autocast with fp32 weights (TRL: bf16=True). "
-                         "Default: what ours picks for this machine (bf16 on CPUs with AMX)")
+                         "Default: what ours picks for this machine (auto: fp32 on CPU)")
     ap.add_argument("--runners", default="ours-transformers,ours-vllm,trl",
                     help=f"comma-separated, from {', '.join([*OURS, 'trl'])}; run in this "
                          "order (repeat names to interleave runs)")

@@ -43,8 +43,8 @@ def write_marker_pairs(path: Path, n: int, seed: int = 0) -> Path:
 
 
 def rm_config(model_dir, data, out, **kw) -> RMConfig:
-    # fp32: these tests check numbers and thresholds set in fp32; auto would pick bf16 on a
-    # CPU with AMX (test_bf16_training_is_autocast_around_the_same_loss covers that path)
+    # fp32, named: these tests check numbers and thresholds set in fp32, whatever auto picks
+    # (test_bf16_training_is_autocast_around_the_same_loss covers bf16)
     base = dict(model=str(model_dir), data=[str(data)], out=str(out), lr=1e-3, batch_size=8,
                 max_length=64, log_every=1, save_every=None, progress=False, mixed_precision="no")
     base.update(kw)
