@@ -28,6 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_common import add_precision_flag, resolve_precision  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 TRL_VENV = Path("/tmp/trl112-venv")
 PROMPTS = ROOT / "pipelines" / "prompts" / "helpful_train.jsonl"
@@ -218,17 +221,12 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/cai-bench-ppo")
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--ppo-epochs", type=int, default=2)
-    ap.add_argument("--mixed-precision", choices=["no", "bf16"], default=None,
-                    help="both sides: fp32, or bf16 autocast with fp32 weights (TRL: bf16=True). "
-                         "Default: what ours picks for this machine (auto: fp32 on CPU)")
+    add_precision_flag(ap)
     ap.add_argument("--runners", default="ours-transformers,ours-vllm,trl",
                     help=f"comma-separated, from {', '.join([*OURS, 'trl'])}; run in this "
                          "order (repeat names to interleave runs)")
     args = ap.parse_args()
-    if args.mixed_precision is None:
-        from cai.train.accel import pick_mixed_precision
-
-        args.mixed_precision = pick_mixed_precision("auto", cpu=True)
+    args.mixed_precision = resolve_precision(args.mixed_precision)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.child:

@@ -57,3 +57,15 @@ def test_trimmed_micro_batches_give_the_full_width_numbers(embedded_tokenizer):
             assert lp.shape == (len(idx), r) and v.shape == (len(idx), r)
             assert torch.allclose(lp[m], full_lp[idx, :r][m], atol=1e-5)
             assert torch.allclose(v[m], full_v[idx, :r][m], atol=1e-5)
+
+
+def test_resume_check_names_changed_fields_and_takes_new_ones_at_their_default():
+    """A run saved before a field existed ran at that field's default: resuming with the
+    default is no change; with another value it is, by name."""
+    from cai.train.ppo import PPOConfig, _config_diff
+
+    current = PPOConfig(policy="p", reward="r", prompts="x.jsonl", output_dir="o").model_dump()
+    saved = {k: v for k, v in current.items() if k != "mixed_precision"}
+    assert _config_diff(saved, current) == []
+    assert _config_diff(saved, {**current, "mixed_precision": "bf16"}) == ["mixed_precision"]
+    assert _config_diff({**saved, "learning_rate": 1.0}, current) == ["learning_rate"]

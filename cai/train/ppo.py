@@ -248,7 +248,11 @@ def response_values(value_model, rows: dict, P: int) -> torch.Tensor:
 
 
 def _config_diff(saved: dict, current: dict) -> list[str]:
-    return [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    """Fields whose value changed. A field the saved config lacks (added to PPOConfig after
+    the run started) ran at its default."""
+    defaults = {k: f.default for k, f in PPOConfig.model_fields.items() if not f.is_required()}
+    return [k for k in sorted(set(saved) | set(current))
+            if saved.get(k, defaults.get(k)) != current.get(k)]
 
 
 def _checkpoints(out: Path) -> list[Path]:
