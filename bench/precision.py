@@ -1,6 +1,6 @@
 """fp32 against bf16 autocast on this machine's CPU: one matmul of the embedded model's MLP
 shape, then a forward and a forward+backward of the embedded model itself: what
-`--mixed-precision bf16` buys on a CPU with AMX (auto stays fp32 on CPU; see the README).
+`mixed_precision: auto` buys on a CPU with AMX, where it picks bf16.
 
     flock /tmp/cai-heavy.lock .venv/bin/python bench/precision.py [--tokens 112] [--rows 4]
 

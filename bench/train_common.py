@@ -120,7 +120,7 @@ def run_trl_script(py: Path, script: str, *args: str) -> tuple[dict, float]:
 def add_precision_flag(ap) -> None:
     ap.add_argument("--mixed-precision", choices=["no", "bf16"], default=None,
                     help="both sides: fp32, or bf16 autocast with fp32 weights (TRL: bf16=True). "
-                         "Default: what ours picks for this machine (auto: fp32 on CPU)")
+                         "Default: what ours picks for this machine (auto: bf16 on a CPU with AMX)")
 
 
 def resolve_precision(requested: str | None) -> str:

@@ -146,8 +146,8 @@ def test_vllm_loads_the_sft_output(embedded_model_dir, tmp_path):
 
 
 def test_auto_mixed_precision_follows_the_device(monkeypatch):
-    """auto: bf16 on a CUDA GPU with bf16; fp32 on CPU, AMX or not (bf16 there is opt-in);
-    a named precision is kept."""
+    """auto: bf16 on a CUDA GPU with bf16 and on a CPU with AMX, else fp32; a named
+    precision is kept."""
     import torch
 
     from cai.train import accel
@@ -155,14 +155,15 @@ def test_auto_mixed_precision_follows_the_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert accel.pick_mixed_precision("auto") == "bf16"
-    assert accel.pick_mixed_precision("auto", cpu=True) == "no"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert accel.pick_mixed_precision("auto") == "no"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert accel.pick_mixed_precision("auto") == "no"
-    assert accel.cpu_has_bf16_matmul()
+    assert accel.pick_mixed_precision("auto") == "bf16"
+    assert accel.pick_mixed_precision("auto", cpu=True) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert accel.pick_mixed_precision("auto", cpu=True) == "no"
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    assert not accel.cpu_has_bf16_matmul()
+    assert accel.pick_mixed_precision("auto", cpu=True) == "no"
     assert accel.pick_mixed_precision("bf16", cpu=True) == "bf16"
     assert accel.pick_mixed_precision("no") == "no"

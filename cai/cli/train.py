@@ -34,7 +34,7 @@ MODEL = O(None, "--model", "-m", help="registry name, HF directory or hub id (de
 OUT = O(None, "--out", "-o", help="output directory (model, metrics.jsonl, tensorboard/, checkpoints/)")
 CONFIG = O(None, "--config", help="pipeline YAML; its `sft:` / `rm:` section, flags on top")
 MIXED = O(None, "--mixed-precision", help="auto | no | bf16 | fp16; auto: bf16 autocast on a CUDA "
-                                          "GPU with bf16, else fp32 (bf16 on CPU: faster with AMX)")
+                                          "GPU with bf16 or a CPU with AMX, else fp32")
 
 
 def _run(stage: str, cls, run, config_path, overrides) -> None:

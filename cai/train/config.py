@@ -44,7 +44,7 @@ class TrainingConfig(BaseModel):
     gradient_checkpointing: bool = False
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="bf16/fp16 autocast with fp32 weights. auto: bf16 on a CUDA GPU "
-                            "that supports it, else fp32 (bf16 on a CPU with AMX is faster; ask for it)")
+                            "that supports it and on a CPU with AMX (native bf16 matmul), else fp32")
     seed: int = 0
     # LoRA (peft); off when lora_r is None
     lora_r: int | None = Field(None, ge=1)

@@ -108,8 +108,8 @@ class PPOConfig(BaseModel):
     cpu: bool = Field(False, description="train on CPU even when CUDA is there")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="autocast for scoring and the update (rollouts sample in the weights' "
-                            "dtype); fp32 master weights. auto: bf16 on a CUDA GPU that has it, "
-                            "else fp32 (bf16 on a CPU with AMX is faster; ask for it)")
+                            "dtype); fp32 master weights. auto: bf16 on a CUDA GPU that has it "
+                            "and on a CPU with AMX, else fp32")
 
     def fingerprint_fields(self) -> dict[str, Any]:
         return self.model_dump()
