@@ -69,3 +69,24 @@ def test_resume_check_names_changed_fields_and_takes_new_ones_at_their_default()
     assert _config_diff(saved, current) == []
     assert _config_diff(saved, {**current, "mixed_precision": "bf16"}) == ["mixed_precision"]
     assert _config_diff({**saved, "learning_rate": 1.0}, current) == ["learning_rate"]
+    # a moved run directory, or other checkpoint settings, still resume
+    assert _config_diff(saved, {**current, "output_dir": "elsewhere", "save_every": 5,
+                                "keep_checkpoints": 9}) == []
+
+
+def test_default_rollout_backend_needs_vllm_installed_as_well_as_cuda(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from cai.train.ppo_rollout import default_rollout_backend
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    assert default_rollout_backend() == "transformers"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert default_rollout_backend() == "vllm"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_rollout_backend() == "transformers"

@@ -247,12 +247,17 @@ def response_values(value_model, rows: dict, P: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 
 
+# Where the run lives and how often it checkpoints do not change its curve: a run directory
+# may be moved, or resumed with other checkpoint settings.
+PPO_RUN_ONLY_FIELDS = frozenset({"output_dir", "save_every", "keep_checkpoints"})
+
+
 def _config_diff(saved: dict, current: dict) -> list[str]:
     """Fields whose value changed. A field the saved config lacks (added to PPOConfig after
     the run started) ran at its default."""
     defaults = {k: f.default for k, f in PPOConfig.model_fields.items() if not f.is_required()}
     return [k for k in sorted(set(saved) | set(current))
-            if saved.get(k, defaults.get(k)) != current.get(k)]
+            if k not in PPO_RUN_ONLY_FIELDS and saved.get(k, defaults.get(k)) != current.get(k)]
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -577,7 +582,8 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
     engine.close()
     final = _save_final(accelerator, policy, value_model, tokenizer, out, config.merge_lora)
     summary = {"output_dir": str(out), "iterations": config.iterations, "last": record,
-               "rollout_backend": backend, **final}
+               "rollout_backend": backend, "device": str(accelerator.device),
+               "mixed_precision": accelerator.mixed_precision, **final}
     atomic_write_json(out / "summary.json", summary)
     return summary
 

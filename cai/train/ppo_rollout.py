@@ -27,8 +27,13 @@ import torch
 def default_rollout_backend() -> str:
     """vLLM on CUDA. On CPU transformers: bench/ppo.py measured vLLM rollouts 1.6x faster there,
     but the rollout is a sixth to a quarter of a CPU iteration, and the whole iteration was level
-    (42.4 vs 43.1 s), while the engine needs the shared engine lock and ~8 GB of RAM for its KV cache."""
-    return "vllm" if torch.cuda.is_available() else "transformers"
+    (42.4 vs 43.1 s), while the engine needs the shared engine lock and ~8 GB of RAM for its KV cache.
+    A CUDA machine without vLLM installed (training-only images) gets transformers, not an error."""
+    import importlib.util
+
+    if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
+        return "vllm"
+    return "transformers"
 
 
 def _sampling_seed(seed: int, iteration: int) -> int:

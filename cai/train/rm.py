@@ -206,6 +206,7 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
              "note": "rewards of chosen and rejected responses to training prompts"}
     summary = {
         "stage": "rm", "model": model_path, "out": str(run_dir.path),
+        "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
         "train_pairs": len(train), "eval_pairs": len(held), "rejected_pairs": len(rejects),
         "overlong": {"train": train_counts, "eval": eval_counts, "policy": config.overlong},
         "mix": mix, "steps": result.state.global_step, "epochs": config.epochs,

@@ -208,6 +208,7 @@ def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
         before_step=before_step)
     summary = {
         "stage": "sft", "model": model_path, "out": str(run_dir.path),
+        "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
         "train_conversations": len(train), "eval_conversations": len(held),
         "rejected_rows": len(rejects), "steps": result.state.global_step,
         "epochs": config.epochs, "trainable_parameters": trainable, "parameters": total,
