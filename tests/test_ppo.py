@@ -140,7 +140,8 @@ def test_sigkill_then_resume_continues_the_same_curve(exclaiming_policy_dir, pro
     run_ppo(full, progress=False)
 
     cut = _config(exclaiming_policy_dir, prompts_file, tmp_path / "cut", **kw)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                                    os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, cut.model_dump_json()], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = tmp_path / "cut" / "checkpoints" / "iter-000002" / "ppo_state.json"

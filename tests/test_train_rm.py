@@ -304,7 +304,8 @@ def test_resume_after_sigkill_matches_uninterrupted_training(tiny_model_dir, tmp
     assert sorted(expected) == list(range(1, 9))
 
     cut = rm_config(tiny_model_dir, data, tmp_path / "cut", **common)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                    os.environ.get("PYTHONPATH")]))}
     child = subprocess.Popen([sys.executable, "-c", _CHILD, cut.model_dump_json(), "0.3"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "cut" / "checkpoints" / "step-00000004" / "trainer_state.json"

@@ -167,3 +167,36 @@ def test_auto_mixed_precision_follows_the_device(monkeypatch):
     assert accel.pick_mixed_precision("auto", cpu=True) == "no"
     assert accel.pick_mixed_precision("bf16", cpu=True) == "bf16"
     assert accel.pick_mixed_precision("no") == "no"
+
+
+def test_a_cpu_stage_after_a_gpu_stage_gets_a_fresh_state(monkeypatch):
+    """accelerate refuses `cpu=True` once its state sits on a GPU; `cai run` may train one stage
+    on the GPU and the next on the CPU, so the state is dropped, process group and all, when
+    the device changes in a single process (and kept when only the precision changes)."""
+    import torch
+    from accelerate.state import AcceleratorState, PartialState
+
+    from cai.train.accel import allow_precision
+
+    def fake(device: str, precision: str):
+        monkeypatch.setattr(PartialState, "_shared_state",
+                            {"device": torch.device(device), "num_processes": 1})
+        monkeypatch.setattr(AcceleratorState, "_shared_state",
+                            {"device": torch.device(device), "_mixed_precision": precision})
+
+    fake("cuda", "bf16")
+    allow_precision("no", cpu=True)
+    assert PartialState._shared_state == {} and AcceleratorState._shared_state == {}
+    fake("cpu", "bf16")
+    allow_precision("no", cpu=True)  # same device, other precision: keep the process group
+    assert PartialState._shared_state and AcceleratorState._shared_state == {}
+    fake("cpu", "no")
+    allow_precision("no", cpu=True)  # nothing changes
+    assert AcceleratorState._shared_state
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    allow_precision("no")  # a GPU is there now and the stage does not ask for the CPU
+    assert PartialState._shared_state == {}
+    PartialState._shared_state["num_processes"] = 2
+    PartialState._shared_state["device"] = torch.device("cuda")
+    with pytest.raises(RuntimeError, match="distributed"):
+        allow_precision("no", cpu=True)

@@ -33,13 +33,28 @@ def pick_mixed_precision(requested: str, cpu: bool = False) -> str:
     return "bf16" if cpu_has_bf16_matmul() else "no"
 
 
-def allow_precision(mixed_precision: str) -> None:
+def allow_precision(mixed_precision: str, cpu: bool = False) -> None:
     """accelerate keeps one AcceleratorState per process and refuses an Accelerator whose
-    mixed precision differs from the first one's. One process may run several stages (`cai
-    run`, tests), each with its own precision: drop the old state, keeping the process
-    group and device (PartialState), before building a stage's Accelerator."""
-    from accelerate.state import AcceleratorState
+    mixed precision differs from the first one's, or that asks for the CPU after a GPU stage.
+    One process may run several stages (`cai run`, tests), each with its own precision and
+    device: drop the old state before building a stage's Accelerator. The process group
+    (PartialState) is kept unless the device changes, which a single process alone may do."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import parse_flag_from_env
 
+    partial = PartialState._shared_state
+    device = partial.get("device") if partial else None
+    wants_cpu = cpu or parse_flag_from_env("ACCELERATE_USE_CPU")
+    device_changes = device is not None and (wants_cpu != (device.type == "cpu"))
+    if device_changes and not wants_cpu:
+        import torch  # a CPU state where no GPU is there is no change
+
+        device_changes = torch.cuda.is_available()
+    if device_changes:
+        if partial.get("num_processes", 1) > 1:
+            raise RuntimeError("a distributed run cannot switch between CPU and GPU between stages")
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)

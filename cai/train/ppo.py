@@ -333,7 +333,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
         raise ValueError("rollout_batch_size must be a multiple of minibatch_size, "
                          "and minibatch_size a multiple of micro_batch_size")
     precision = pick_mixed_precision(config.mixed_precision, cpu=config.cpu)
-    allow_precision(precision)
+    allow_precision(precision, cpu=config.cpu)
     accelerator = Accelerator(gradient_accumulation_steps=mb_per_step, cpu=config.cpu, mixed_precision=precision)
     device = accelerator.device
     set_seed(config.seed)
