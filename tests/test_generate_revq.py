@@ -151,13 +151,23 @@ def test_route_auto_end_to_end(tmp_path):
     assert recs["meth"]["route"] == "drugs-dangerous-activities"
     assert recs["meth"]["principle_ids"] == ["drugs-dangerous-activities"] * 2
     assert recs["meth"]["route_score"] == pytest.approx(4.0)
-    assert recs["code"]["route"] == "benign"
-    assert set(recs["code"]["principle_ids"]) <= {"no-preaching", "no-needless-refusal"}
+    # a benign prompt's answer is kept as answered by default, as the paper does
+    assert recs["code"]["route"] == "benign" and recs["code"]["status"] == "ok:unchanged"
+    assert recs["code"]["principle_ids"] == [] and "routed benign" in recs["code"]["reason"]
     assert recs["tagged"]["route"] == "tags" and recs["tagged"]["principle_ids"] == ["privacy"] * 2
     assert recs["tagged"]["route_score"] is None
     cats = summary["report"]["categories"]
     assert set(cats) == {"drugs-dangerous-activities", "benign", "privacy_doxxing"}
-    assert cats["benign"]["pairs"] == 1
+    assert (cats["benign"]["pairs"], cats["benign"]["unchanged"]) == (0, 1)
+    assert summary["report"]["unchanged"] == 1
+
+    # --revise-benign: critiqued and revised under the benign-tagged principles only
+    summary = run_generate(cfg.model_copy(update={"out": str(tmp_path / "revised"),
+                                                  "revise_benign": True}), backend=ScoringBackend())
+    recs = _records(tmp_path / "revised")
+    assert recs["code"]["route"] == "benign" and recs["code"]["status"] == "ok"
+    assert set(recs["code"]["principle_ids"]) <= {"no-preaching", "no-needless-refusal"}
+    assert summary["report"]["categories"]["benign"]["pairs"] == 1
 
 
 def test_new_options_enter_the_fingerprint_only_when_they_change_the_run():
@@ -167,6 +177,9 @@ def test_new_options_enter_the_fingerprint_only_when_they_change_the_run():
     assert not {"route", "route_threshold", "unchanged_threshold", "min_relevance"} & set(fields)
     default = fingerprint_fields(GenerateConfig(**base), HARMLESS)
     assert default["route"] == "auto" and default["unchanged_threshold"] == 0.5
+    assert default["revise_benign"] is False
+    revised = fingerprint_fields(GenerateConfig(**base, revise_benign=True), HARMLESS)
+    assert "revise_benign" not in revised  # what route auto did before the option existed
     assert fingerprint(default) != fingerprint(fields)
     tags = GenerateConfig(**base, principle_tags_field="c", route="tags", unchanged_threshold=None,
                           min_relevance=None)
@@ -180,7 +193,8 @@ def test_unchanged_answer_is_kept(tmp_path):
     rows = [{"id": "fine", "prompt": "[case:fine] explain this python code"},
             {"id": "bad", "prompt": "[case:ok] how do I cook meth"},
             {"id": "later", "prompt": "[case:fine-after] how do I hack a server"}]
-    cfg = _config(tmp_path, _write(tmp_path, rows), rounds=2, min_relevance=None)
+    # revise_benign: the verdict, not routing, is what keeps "fine" here
+    cfg = _config(tmp_path, _write(tmp_path, rows), rounds=2, min_relevance=None, revise_benign=True)
     summary = run_generate(cfg, backend=ScoringBackend())
     recs = _records(tmp_path / "run")
     keep = 1 / (1 + math.exp(-2.9))  # each order: keep -0.1 vs change -3.0 nats
@@ -257,7 +271,7 @@ def test_unresponsive_revisions_are_flagged(tmp_path):
             {"id": "second", "prompt": "[case:second] explain python dictionaries"},
             {"id": "good", "prompt": "[case:ok] explain python generators"}]
     cfg = _config(tmp_path, _write(tmp_path, rows), unchanged_threshold=None,
-                  revision_candidates=2)
+                  revision_candidates=2, revise_benign=True)
     backend = ScoringBackend()
     run_generate(cfg, backend=backend)
     # Only the candidate that would be kept is scored (2 prefixes each: own prompt, other):
@@ -287,7 +301,7 @@ def test_unresponsive_revisions_are_flagged(tmp_path):
 def test_empty_preferences_load_with_datasets(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = [{"id": "m", "prompt": "[case:meta] explain python tuples"}]
-    cfg = _config(tmp_path, _write(tmp_path, rows), unchanged_threshold=None)
+    cfg = _config(tmp_path, _write(tmp_path, rows), unchanged_threshold=None, revise_benign=True)
     summary = run_generate(cfg, backend=ScoringBackend())
     assert summary["preferences"] == 0 and summary["sft"] == 0
     for part in ("preferences", "sft"):

@@ -44,3 +44,33 @@ def test_engine_output_goes_to_the_log_and_ours_to_the_terminal(tmp_path):
                  "child warning", "vllm WARNING line", "transformers warning", "hf LOAD REPORT",
                  "a library UserWarning"):
         assert line in text, line
+
+
+def test_stage_commands_keep_engine_output_off_the_terminal(tmp_path, tiny_model_dir):
+    """`cai generate --json > file` must give a file of JSON: library output (transformers'
+    loading bar here, vLLM's warnings with the vLLM backend) goes to $CAI_HOME/logs, unless
+    `cai --verbose`."""
+    import json
+    import os
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Say hi."}\n')
+    env = {**os.environ, "CAI_HOME": str(tmp_path / "home")}
+
+    def generate(*flags: str, out: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cai", *flags, "generate", "--prompts", str(prompts),
+             "--out", str(tmp_path / out), "--model", str(tiny_model_dir), "--backend",
+             "transformers", "--max-tokens", "4", "--route", "random", "--unchanged-threshold",
+             "off", "--min-relevance", "off", "--no-progress", "--json"],
+            capture_output=True, text=True, env=env, timeout=300)
+
+    quiet = generate(out="quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    assert json.loads(quiet.stdout)["records"] == 1  # stdout is the summary alone
+    assert "Loading weights" not in quiet.stderr  # the bar is switched off, as in `cai run`
+    assert (tmp_path / "home" / "logs" / "generate.log").is_file()
+
+    loud = generate("--verbose", out="loud")
+    assert loud.returncode == 0, loud.stderr
+    assert "Loading weights" in loud.stderr

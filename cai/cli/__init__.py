@@ -9,6 +9,7 @@ config, calls the stage's `run_x`, and prints the result.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -38,6 +39,47 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+# Commands that load models or engines. Their engine and library output (vLLM's warnings,
+# C-level prints, loading bars) goes to $CAI_HOME/logs/<command>.log, so the terminal (and
+# `--json` on stdout) keeps only what cai prints; `cai --verbose <command>` shows it all.
+# `cai run` keeps its own log in the run directory; `cai serve` shows its server's log.
+QUIET_COMMANDS = frozenset({"generate", "label", "sample", "score", "eval", "train", "chat"})
+LOG_BYTES_KEPT = 20 * 2**20  # a log past this size is started afresh
+
+
+@app.callback()
+def _root(ctx: typer.Context,
+          verbose: bool = typer.Option(False, "--verbose", "-v",
+                                       help="show engine and library logs on the terminal "
+                                            "instead of in $CAI_HOME/logs/<command>.log")) -> None:
+    if verbose or ctx.resilient_parsing or ctx.invoked_subcommand not in QUIET_COMMANDS:
+        return
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        return
+    from cai.models import cai_home
+
+    log = cai_home() / "logs" / f"{ctx.invoked_subcommand}.log"
+    ctx.with_resource(_engine_output_to(log))
+
+
+@contextlib.contextmanager
+def _engine_output_to(log):
+    from cai.pipeline.logs import engine_logs_to_file
+
+    with contextlib.suppress(OSError):
+        if log.stat().st_size > LOG_BYTES_KEPT:
+            log.unlink()
+    try:
+        with engine_logs_to_file(log):
+            yield
+    except BaseException as e:  # after the terminal is restored: say where the details are
+        code = getattr(e, "exit_code", getattr(e, "code", 1))
+        if code not in (0, None):
+            print(f"engine and library output: {log} (`cai --verbose ...` prints it here)",
+                  file=sys.stderr)
+        raise
+
+
 for _module, _name, _help in COMMANDS:
     if _name is None:
         app.add_typer(_module.app)

@@ -40,6 +40,7 @@ def generate(
     revision_candidates: Optional[int] = override(G, "revision_candidates"),
     route: Optional[str] = override(G, "route"),
     route_threshold: Optional[float] = override(G, "route_threshold"),
+    revise_benign: Optional[bool] = override(G, "revise_benign", "--revise-benign/--keep-benign"),
     unchanged_threshold: Optional[str] = override(
         G, "unchanged_threshold", help="keep an answer the model judges to need no change at "
         "P >= this (status ok:unchanged; default 0.5); 'off' always revises"),
@@ -76,6 +77,7 @@ def generate(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
         few_shot=few_shot, principle_tags_field=principle_tags_field,
         revision_candidates=revision_candidates, route=route, route_threshold=route_threshold,
+        revise_benign=revise_benign,
         unchanged_threshold=unchanged_threshold, min_relevance=min_relevance, field=field, messages_field=messages_field,
         id_field=id_field, max_prompt_tokens=max_prompt_tokens, chunk_size=chunk_size, progress=progress)
     try:

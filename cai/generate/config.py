@@ -81,6 +81,12 @@ class GenerateConfig(BaseModel):
     route_threshold: float = Field(
         2.0, description="auto routing: a prompt whose best principle scores below this "
                          "(log-prob gain of the tag words over an empty prompt, nats) is benign")
+    revise_benign: bool = Field(
+        False, description="route auto: critique and revise answers to prompts routed benign "
+                           "too (under the constitution's benign-tagged principles). Off: they "
+                           "are kept as answered (ok:unchanged: an SFT row, no pair), as the CAI "
+                           "paper revises red-team answers only and trains on helpful answers "
+                           "unrevised")
     unchanged_threshold: float | None = Field(
         0.5, ge=0.0, le=1.0,
         description="before each critique, the model judges whether the answer violates the "
@@ -183,6 +189,8 @@ def routing_and_check_fields(config: GenerateConfig) -> dict[str, Any]:
         out["route"] = route
     if route == "auto":
         out["route_threshold"] = config.route_threshold
+        if not config.revise_benign:  # before it existed, benign answers were revised
+            out["revise_benign"] = False
     if config.unchanged_threshold is not None:
         out["unchanged_threshold"] = config.unchanged_threshold
     if config.min_relevance is not None:

@@ -214,6 +214,12 @@ def route(run: Run, chains: list[Chain]) -> None:
         for ch in group:
             ch.route, ch.route_tags, ch.route_score = r.label, r.tags, r.score
             ch.timings["route"] = seconds
+            if r.label == routing.BENIGN and not run.config.revise_benign:
+                # The paper revises red-team answers only; rewriting a good answer to a benign
+                # prompt under some principle is how revisions get worse (README).
+                ch.settled, ch.status = True, "ok:unchanged"
+                ch.reason = (f"routed benign (best harm principle {r.score:.2f} nats < "
+                             f"{run.config.route_threshold}): kept as answered")
 
 
 def principle_for(run: Run, chain: Chain, round_index: int) -> Principle:
