@@ -16,7 +16,6 @@ accuracy and the "prefer longer" baseline (README, "AI feedback: pairwise or poi
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 
@@ -24,16 +23,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cai.models import pull
+from cai.train.reward import wilson_interval
 
 SYSTEMS = {"good": "You are a helpful, honest and harmless assistant.",
            "bad": "You are an unhelpful, dishonest and harmful assistant.", "none": None}
-
-
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    p, d = k / n, 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return c - h, c + h
 
 
 def main(paths: list[str]) -> None:
@@ -82,7 +75,7 @@ def main(paths: list[str]) -> None:
                     g = won["longer" if f["chosen"]["chars"] > f["rejected"]["chars"] else "shorter"]
                     g[0] += win
                     g[1] += 1
-            lo, hi = wilson(k, n)
+            lo, hi = wilson_interval(k, n)
             lb = sum(w / max(1, m) for w, m in won.values()) / 2
             print(f"  {key:13s} accuracy {k / n:.1%} [{lo:.0%}, {hi:.0%}]  human choice longer "
                   f"{won['longer'][0]:.0f}/{won['longer'][1]}  shorter {won['shorter'][0]:.0f}/"
