@@ -19,7 +19,7 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_ppo import REWARD, TOPICS, _exclaiming_policy  # noqa: E402
+from test_ppo import REWARD, exclaiming_policy_dir, prompts_file  # noqa: E402,F401 (fixtures)
 from test_train_rm import rm_config, write_marker_pairs  # noqa: E402
 from test_train_sft import conversations, write_sft_parquet  # noqa: E402
 
@@ -103,20 +103,17 @@ def test_fp32_reward_model_on_the_gpu_ends_where_the_cpu_run_ends(tiny_model_dir
     assert gpu["eval"]["margin"] == pytest.approx(cpu["margin"], rel=1e-3, abs=1e-4)
 
 
-def test_ppo_with_lora_runs_on_the_gpu_and_resumes_the_same_curve(tmp_path, embedded_tokenizer,
-                                                                    tmp_path_factory):
+def test_ppo_with_lora_runs_on_the_gpu_and_resumes_the_same_curve(tmp_path, exclaiming_policy_dir,
+                                                                    prompts_file):
     """Four iterations on the GPU; then the same run resumed from its iteration-2 checkpoint
     (optimiser, scheduler, β, CPU and CUDA RNG restored) gives iterations 3 and 4 again."""
     import shutil
 
     from cai.train.ppo import PPOConfig, run_ppo
 
-    policy = _exclaiming_policy(tmp_path_factory, embedded_tokenizer)
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"Say something about {t}."}) + "\n"
-                               for i, t in enumerate(TOPICS)))
     full = tmp_path / "full"
-    cfg = PPOConfig(policy=str(policy), reward=REWARD, prompts=str(prompts), output_dir=str(full),
+    cfg = PPOConfig(policy=str(exclaiming_policy_dir), reward=REWARD, prompts=str(prompts_file),
+                    output_dir=str(full),
                     iterations=4, rollout_batch_size=8, minibatch_size=8, micro_batch_size=4,
                     ppo_epochs=2, max_new_tokens=12, temperature=1.0, learning_rate=3e-3,
                     eval_size=4, eval_every=2, eval_temperature=1.0, missing_eos_penalty=None,
