@@ -6,7 +6,8 @@ on one small real config, at equal work.
 Embedded model (SmolLM2-135M-Instruct), LoRA policy (r=16, all linear layers), a full value
 model initialised from the reward model (TRL trains its value model fully; ours is set to do
 the same here), 16 prompts x 64 new tokens per iteration, temperature 0.7, fixed β,
-PPO epochs x 1 minibatch of 16 (micro-batches of 4, one optimizer step per minibatch). Each runner runs in its own process;
+PPO epochs x 1 minibatch of 16 (micro-batches of 4, one optimizer step per minibatch; no-grad
+scoring passes of 16 rows on both sides). Each runner runs in its own process;
 TRL runs from a throwaway venv (/tmp/trl112-venv: `pip install --no-deps trl==1.12.0`, with a
 .pth onto the project's site-packages so torch/transformers/peft are the same builds).
 Prints seconds per iteration (rollout / score / update for ours; rollout / rest for TRL,
@@ -34,10 +35,11 @@ from train_common import add_precision_flag, resolve_precision  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TRL_VENV = Path("/tmp/trl112-venv")
 PROMPTS = ROOT / "pipelines" / "prompts" / "helpful_train.jsonl"
-# our runners: (rollout backend, LoRA value model). ours-lora-value is ours' default with
-# --lora, less work than TRL's fully trained value model.
-OURS = {"ours-transformers": ("transformers", False), "ours-vllm": ("vllm", False),
-        "ours-lora-value": ("transformers", True)}
+# our runners: (rollout backend, LoRA value model, attention). ours-lora-value is ours' default
+# with --lora, less work than TRL's fully trained value model. ours-sdpa keeps the models'
+# default attention kernel (SDPA), as TRL does, where ours picks eager on a CPU (`auto`).
+OURS = {"ours-transformers": ("transformers", False, "auto"), "ours-vllm": ("vllm", False, "auto"),
+        "ours-lora-value": ("transformers", True, "auto"), "ours-sdpa": ("transformers", False, "sdpa")}
 
 
 def ensure_trl_venv() -> Path:
@@ -93,7 +95,8 @@ def run_ours(args) -> dict:
     cfg = PPOConfig(policy=args.policy or str(pull()), reward=args.reward, prompts=args.prompts, output_dir=str(out),
                     iterations=args.iterations, rollout_batch_size=16, max_new_tokens=64,
                     temperature=0.7, rollout_backend=args.backend, ppo_epochs=args.ppo_epochs,
-                    minibatch_size=16, micro_batch_size=4, learning_rate=3e-5, kl_coef=0.05,
+                    minibatch_size=16, micro_batch_size=4, forward_batch_size=16,
+                    attn_implementation=args.attn, learning_rate=3e-5, kl_coef=0.05,
                     lora=True, value_lora=args.value_lora, missing_eos_penalty=1.0, save_every=10_000, cpu=True,
                     mixed_precision=args.mixed_precision)
     run_ppo(cfg, progress=False)
@@ -233,7 +236,7 @@ def main() -> None:
         if args.child == "trl":
             result = run_trl(args)
         else:
-            args.backend, args.value_lora = OURS[args.child]
+            args.backend, args.value_lora, args.attn = OURS[args.child]
             result = run_ours(args)
         (out / f"{args.child}.json").write_text(json.dumps(result))
         return

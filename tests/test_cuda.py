@@ -8,7 +8,6 @@ rollout -> score -> update loop on the GPU (transformers rollouts where vLLM is 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 sys.path.insert(0, str(Path(__file__).parent))
+from child_env import child_env  # noqa: E402
 from test_ppo import REWARD, exclaiming_policy_dir, prompts_file  # noqa: E402,F401 (fixtures)
 from test_train_rm import rm_config, write_marker_pairs  # noqa: E402
 from test_train_sft import conversations, write_sft_parquet  # noqa: E402
@@ -92,7 +92,7 @@ def test_fp32_reward_model_on_the_gpu_ends_where_the_cpu_run_ends(tiny_model_dir
                            max_length=48))
     assert gpu["device"].startswith("cuda") and gpu["mixed_precision"] == "no"
     # accelerate keeps one device per process: the CPU run is a child told to use the CPU
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
+    env = child_env(ACCELERATE_USE_CPU="true", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-c", _CPU_CHILD, str(tiny_model_dir), str(data),
                            str(Path(__file__).parent), str(tmp_path / "cpu")],
                           capture_output=True, text=True, env=env, timeout=600)

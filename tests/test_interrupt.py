@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from child_env import child_env
 
 from cai.generate.checkpoint import RunLockedError, RunStore
 
@@ -31,7 +32,7 @@ def _args(model_dir: Path, out: Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    return child_env(PYTHONUNBUFFERED="1")
 
 
 def _ids(run: Path) -> list[str]:

@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from child_env import child_env
 
 psutil = pytest.importorskip("psutil")
 
-REPO = Path(__file__).parents[1]
 
 PARENT = r"""
 import multiprocessing as mp, threading, time, sys
@@ -71,7 +70,7 @@ def _alive(procs) -> list:
 def test_children_die_within_seconds_of_a_sigkilled_parent(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     parent = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
     tree: list = []
     try:

@@ -5,7 +5,6 @@ SIGKILL mid-run + --resume continues the same curve; held-out evaluation is logg
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from child_env import child_env
 import torch
 
 from cai.train.ppo import PPOConfig, run_ppo
@@ -140,8 +140,7 @@ def test_sigkill_then_resume_continues_the_same_curve(exclaiming_policy_dir, pro
     run_ppo(full, progress=False)
 
     cut = _config(exclaiming_policy_dir, prompts_file, tmp_path / "cut", **kw)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                    os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, cut.model_dump_json()], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = tmp_path / "cut" / "checkpoints" / "iter-000002" / "ppo_state.json"
@@ -200,13 +199,12 @@ def test_vllm_rollouts_sample_from_the_pushed_weights(exclaiming_policy_dir_vllm
     assert max(gaps) < 1e-3, gaps
 
 
-def test_bf16_scores_policy_and_reference_alike_and_samples_in_fp32(exclaiming_policy_dir, prompts_file,
-                                                                     tmp_path):
+def test_bf16_scores_policy_and_reference_alike(exclaiming_policy_dir, prompts_file, tmp_path):
     """Mixed precision covers scoring and the update, for the policy and for a separate
     (non-LoRA, unprepared) reference alike: before any update their log-probs are then equal
     and the KL is exactly 0, as in fp32; a reference left in fp32 would show bf16 rounding as
-    KL. Rollouts sample in the weights' dtype, so both runs sample the same responses."""
-    kw = dict(iterations=1, eval_every=0, eval_size=0, lora=False)
+    KL. With rollout_dtype=policy both runs sample in the weights' dtype, so the same responses."""
+    kw = dict(iterations=1, eval_every=0, eval_size=0, lora=False, rollout_dtype="policy")
     run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "fp32", mixed_precision="no", **kw),
             progress=False)
     run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "bf16", mixed_precision="bf16", **kw),
@@ -219,3 +217,46 @@ def test_bf16_scores_policy_and_reference_alike_and_samples_in_fp32(exclaiming_p
     assert bf16["entropy"] != fp32["entropy"]
     assert bf16["entropy"] == pytest.approx(fp32["entropy"], rel=0.05)
 
+
+
+def test_transformers_rollout_copy_holds_the_merged_policy(exclaiming_policy_dir, embedded_tokenizer):
+    """push_weights loads the policy's current weights, LoRA merged, into the sampling copy in
+    its dtype, every time; the policy itself is left unmerged."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cai.train.ppo_rollout import TransformersRollout
+
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(exclaiming_policy_dir),
+                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    layer = policy.base_model.model.model.layers[0].self_attn.q_proj
+    engine = TransformersRollout(embedded_tokenizer, [embedded_tokenizer.eos_token_id], dtype=torch.bfloat16)
+    copy_q = lambda: engine.copy.model.layers[0].self_attn.q_proj.weight  # noqa: E731
+    for step in range(2):
+        with torch.no_grad():  # an "update": the adapter moves
+            layer.lora_B["default"].weight.normal_(std=0.5)
+        engine.push_weights(policy)
+        delta = layer.lora_B["default"].weight @ layer.lora_A["default"].weight * layer.scaling["default"]
+        merged = layer.base_layer.weight + delta
+        assert copy_q().dtype == torch.bfloat16
+        assert torch.equal(copy_q(), merged.to(torch.bfloat16)), step
+        assert not layer.merged and delta.abs().max() > 0.01
+    # the tied output embedding came along too
+    assert torch.equal(engine.copy.lm_head.weight, policy.base_model.model.lm_head.weight.to(torch.bfloat16))
+
+
+def test_transformers_rollouts_report_the_samplers_logprob_gap(exclaiming_policy_dir, prompts_file, tmp_path):
+    """The sampler's log-prob of each drawn token against the trainer's rescoring: 0 up to
+    float rounding when the fp32 policy samples and scores itself; small with the bf16 copy
+    (bf16 rounding), and no larger after updates, since the copy is refreshed each iteration."""
+    kw = dict(iterations=3, eval_every=0, eval_size=0, lora=True, learning_rate=3e-3)
+    run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "fp32", mixed_precision="no",
+                    rollout_dtype="policy", **kw), progress=False)
+    run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "bf16", mixed_precision="bf16",
+                    rollout_dtype="bf16", **kw), progress=False)
+    fp32, bf16 = _train_rows(tmp_path / "fp32"), _train_rows(tmp_path / "bf16")
+    assert bf16[3]["kl"] > 0.01  # the policy moved
+    assert max(fp32[i]["rollout/engine_logprob_gap"] for i in (1, 2, 3)) < 1e-4
+    gaps = [bf16[i]["rollout/engine_logprob_gap"] for i in (1, 2, 3)]
+    print("bf16 copy gaps", gaps)
+    assert 0 < max(gaps) < 0.05, gaps

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from child_env import child_env
 
 from cai.io import DataError
 from cai.models import ModelError
@@ -304,8 +304,7 @@ def test_resume_after_sigkill_matches_uninterrupted_training(tiny_model_dir, tmp
     assert sorted(expected) == list(range(1, 9))
 
     cut = rm_config(tiny_model_dir, data, tmp_path / "cut", **common)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                    os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     child = subprocess.Popen([sys.executable, "-c", _CHILD, cut.model_dump_json(), "0.3"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "cut" / "checkpoints" / "step-00000004" / "trainer_state.json"

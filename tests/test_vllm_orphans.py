@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from child_env import child_env
 from test_lifeline import _alive
 
 psutil = pytest.importorskip("psutil")
@@ -37,7 +38,7 @@ def _cmd(model_dir: Path, out: Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return child_env(PYTHONUNBUFFERED="1")
 
 
 def _ids(run: Path) -> list[str]:

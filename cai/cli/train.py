@@ -165,6 +165,9 @@ def ppo_cmd(
     rollout_backend: Optional[str] = O(None, help="auto | transformers | vllm"),
     ppo_epochs: Optional[int] = O(None), minibatch_size: Optional[int] = O(None),
     micro_batch_size: Optional[int] = O(None), learning_rate: Optional[float] = O(None, "--lr"),
+    forward_batch_size: Optional[int] = O(None, help="rows per no-grad scoring pass (default 16)"),
+    attn_implementation: Optional[str] = O(None, help="auto | eager | sdpa (auto: eager on CPU "
+                                                      "for short sequences)"),
     kl_coef: Optional[float] = O(None, help="β (initial value with --adaptive-kl)"),
     adaptive_kl: Optional[bool] = O(None, "--adaptive-kl/--fixed-kl"),
     kl_target: Optional[float] = O(None), kl_estimator: Optional[str] = O(None, help="k1 | k3"),
@@ -188,6 +191,7 @@ def ppo_cmd(
                      max_new_tokens=max_new_tokens, temperature=temperature,
                      rollout_backend=rollout_backend, ppo_epochs=ppo_epochs,
                      minibatch_size=minibatch_size, micro_batch_size=micro_batch_size,
+                     forward_batch_size=forward_batch_size, attn_implementation=attn_implementation,
                      learning_rate=learning_rate, kl_coef=kl_coef, adaptive_kl=adaptive_kl,
                      kl_target=kl_target, kl_estimator=kl_estimator, lora=lora, lora_r=lora_r,
                      seed=seed, mixed_precision=mixed_precision)

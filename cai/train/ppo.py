@@ -68,12 +68,19 @@ class PPOConfig(BaseModel):
     temperature: float = Field(0.7, gt=0.0)
     rollout_backend: Literal["auto", "transformers", "vllm"] = "auto"
     vllm_lora_push: Literal["merge", "adapter"] = "merge"
+    rollout_dtype: Literal["auto", "policy", "bf16", "fp16"] = Field(
+        "auto", description="transformers rollouts: sample with the policy itself (policy) or "
+                            "with a copy in bf16/fp16, LoRA merged, refreshed each iteration; "
+                            "auto: the mixed-precision dtype when there is one")
     vllm_gpu_memory_utilization: float = Field(0.1, gt=0.0, le=0.95, description="share of "
                                                "GPU memory (of RAM on CPU) for the KV cache")
 
     ppo_epochs: int = Field(4, ge=1)
     minibatch_size: int = Field(8, ge=1)
     micro_batch_size: int = Field(4, ge=1, description="per forward pass; minibatch/micro = grad accumulation")
+    forward_batch_size: int = Field(16, ge=1, description="rows per no-grad forward pass when "
+                                    "scoring (policy, reference, value and reward model); "
+                                    "TRL's local_rollout_forward_batch_size")
     learning_rate: float = Field(1e-5, gt=0.0)
     value_learning_rate: float | None = Field(None, description="default: learning_rate")
     lr_scheduler: str = "constant"
@@ -106,6 +113,10 @@ class PPOConfig(BaseModel):
     save_every: int = Field(1, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     cpu: bool = Field(False, description="train on CPU even when CUDA is there")
+    attn_implementation: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="attention kernel of the policy, reference and value model. auto: "
+                            "eager on a CPU when sequences are short (prompt + response ≤ 1024 "
+                            "tokens), where its backward is faster than SDPA's; else the model's default")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="autocast for scoring and the update (rollouts sample in the weights' "
                             "dtype); fp32 master weights. auto: bf16 on a CUDA GPU that has it "
@@ -136,15 +147,25 @@ def _load_prompt_ids(path: str, config: PPOConfig, tokenizer) -> tuple[list, lis
     return [i.messages for i in items], ids
 
 
-def _load_causal_lm(path: str):
+def _load_causal_lm(path: str, attn_implementation: str | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
     zero_dropout(config)
-    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
+                                                attn_implementation=attn_implementation)
 
 
-def _load_value_model(path: str, pad_token_id: int):
+def pick_attn_implementation(requested: str, device: torch.device, max_len: int) -> str | None:
+    """None = the model's default (SDPA). On a CPU, at PPO's short lengths, eager attention's
+    backward beats SDPA's (bench/ppo.py); eager keeps a [heads, T, T] score matrix per layer
+    for the backward, so long sequences keep SDPA."""
+    if requested != "auto":
+        return requested
+    return "eager" if device.type == "cpu" and max_len <= 1024 else None
+
+
+def _load_value_model(path: str, pad_token_id: int, attn_implementation: str | None = None):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(path)
@@ -153,7 +174,8 @@ def _load_value_model(path: str, pad_token_id: int):
         a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     config.num_labels = 1
     config.pad_token_id = pad_token_id
-    model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32,
+                                                               attn_implementation=attn_implementation)
     if fresh_head:  # a causal LM as init: start the value head at 0 rather than at random
         from cai.train.reward import scalar_head
 
@@ -344,15 +366,18 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     eos_ids = sorted({tokenizer.eos_token_id} | set(_as_list(_generation_eos(policy_path))))
-    policy = _load_causal_lm(policy_path)
+    attn = pick_attn_implementation(config.attn_implementation, device,
+                                    config.max_prompt_tokens + config.max_new_tokens)
+    policy = _load_causal_lm(policy_path, attn)
     reference = None
     if config.lora:
         policy = _lora(policy, config, "CAUSAL_LM")
     else:
-        reference = _load_causal_lm(policy_path).to(device).eval().requires_grad_(False)
-    reward, rm_mean, rm_std, rm_path = load_reward(reward_fn or config.reward, device)
+        reference = _load_causal_lm(policy_path, attn).to(device).eval().requires_grad_(False)
+    reward, rm_mean, rm_std, rm_path = load_reward(reward_fn or config.reward, device,
+                                                   config.forward_batch_size)
     value_path = config.value_model or rm_path or policy_path
-    value_model = _load_value_model(resolve_model(value_path), tokenizer.pad_token_id)
+    value_model = _load_value_model(resolve_model(value_path), tokenizer.pad_token_id, attn)
     if config.lora if config.value_lora is None else config.value_lora:
         value_model = _lora(value_model, config, "SEQ_CLS")
 
@@ -401,30 +426,31 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
     else:
         from cai.train.ppo_rollout import TransformersRollout
 
-        engine = TransformersRollout(tokenizer, eos_ids)
+        engine = TransformersRollout(tokenizer, eos_ids, dtype=_rollout_dtype(config.rollout_dtype, precision))
 
     # Mixed precision is applied per phase (accelerator.autocast() around scoring and the
     # update's forward passes), not by accelerate's autocast-wrapped forward, which would also
     # cover generate(): there every decoded token would re-cast every frozen weight to bf16,
     # costing more than the bf16 matmuls save (bench/ppo.py, CPU: 18.8 vs 10.8 s per rollout).
-    # Rollouts sample in the weights' dtype.
+    # Rollouts sample from a copy already in that dtype (`rollout_dtype`) or in the weights' own.
     policy_model = accelerator.unwrap_model(policy, keep_fp32_wrapper=False)
     ref_context = (policy_model.disable_adapter if config.lora else nullcontext)
     ref_model = policy_model if config.lora else reference
     micro = config.micro_batch_size
 
     def score_batch(batch: Batch, with_values: bool):
-        """Phase 2's forward passes, micro-batch by micro-batch (rows grouped by length), no
-        gradients. Returns [n, R] tensors, zero beyond each micro-batch's R'."""
+        """Phase 2's forward passes, `forward_batch_size` rows at a time (grouped by length), no
+        gradients. Returns [n, R] tensors, zero beyond each group's R'."""
         n = batch.input_ids.shape[0]
         out = [torch.zeros(n, batch.R, device=device) for _ in range(4 if with_values else 3)]
         order = batch.by_length()
+        step = config.forward_batch_size
         # autocast here too: the reference (a separate model without LoRA) is not prepared by
         # accelerate, and policy and reference must compute in the same precision or β·KL
         # measures rounding
         with torch.no_grad(), accelerator.autocast():
-            for i in range(0, n, micro):
-                idx = order[i:i + micro].to(device)
+            for i in range(0, n, step):
+                idx = order[i:i + step].to(device)
                 rows, P, r = batch.rows(idx)
                 lp, ent = response_logprobs(policy, rows, P, config.temperature, with_entropy=True)
                 with ref_context():
@@ -491,8 +517,9 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
             scores = L.whiten_scores(scores)
         engine_gap = None
         if engine.last_logprobs is not None:
-            # vLLM sampled these tokens with the weights pushed at this iteration's start: its
-            # log-probs must match our rescoring, up to kernel rounding
+            # the sampler (vLLM, or the transformers copy) drew these tokens with the weights
+            # pushed at this iteration's start: its log-probs must match our rescoring, up to
+            # rounding (precision and kernels)
             eng = torch.zeros_like(logp)
             for i, row in enumerate(engine.last_logprobs):
                 k = min(len(row), eng.shape[1])
@@ -583,6 +610,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
     final = _save_final(accelerator, policy, value_model, tokenizer, out, config.merge_lora)
     summary = {"output_dir": str(out), "iterations": config.iterations, "last": record,
                "rollout_backend": backend, "device": str(accelerator.device),
+               "attn_implementation": policy_model.config._attn_implementation,
                "mixed_precision": accelerator.mixed_precision, **final}
     atomic_write_json(out / "summary.json", summary)
     return summary
@@ -592,6 +620,13 @@ def _default_backend(device) -> str:
     from cai.train.ppo_rollout import default_rollout_backend
 
     return default_rollout_backend() if device.type != "cpu" else "transformers"
+
+
+def _rollout_dtype(requested: str, precision: str) -> torch.dtype | None:
+    """The dtype of the transformers rollout's sampling copy; None: sample with the policy."""
+    if requested == "auto":
+        requested = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "policy")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "policy": None}[requested]
 
 
 def _sampling_seed(seed: int, iteration: int) -> int:
