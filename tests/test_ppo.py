@@ -227,11 +227,11 @@ def test_transformers_rollout_copy_holds_the_merged_policy(exclaiming_policy_dir
 
     from cai.train.ppo_rollout import TransformersRollout
 
-    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(exclaiming_policy_dir),
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(exclaiming_policy_dir, attn_implementation="eager"),
                             LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     layer = policy.base_model.model.model.layers[0].self_attn.q_proj
     engine = TransformersRollout(embedded_tokenizer, [embedded_tokenizer.eos_token_id], dtype=torch.bfloat16)
-    copy_q = lambda: engine.copy.model.layers[0].self_attn.q_proj.weight  # noqa: E731
+    copy_q = lambda: engine.sampling_model.model.layers[0].self_attn.q_proj.weight  # noqa: E731
     for step in range(2):
         with torch.no_grad():  # an "update": the adapter moves
             layer.lora_B["default"].weight.normal_(std=0.5)
@@ -241,8 +241,11 @@ def test_transformers_rollout_copy_holds_the_merged_policy(exclaiming_policy_dir
         assert copy_q().dtype == torch.bfloat16
         assert torch.equal(copy_q(), merged.to(torch.bfloat16)), step
         assert not layer.merged and delta.abs().max() > 0.01
+    # the copy decodes with SDPA; the policy keeps the attention the trainer chose for it
+    assert engine.sampling_model.config._attn_implementation == "sdpa"
+    assert policy.config._attn_implementation == "eager"
     # the tied output embedding came along too
-    assert torch.equal(engine.copy.lm_head.weight, policy.base_model.model.lm_head.weight.to(torch.bfloat16))
+    assert torch.equal(engine.sampling_model.lm_head.weight, policy.base_model.model.lm_head.weight.to(torch.bfloat16))
 
 
 def test_transformers_rollouts_report_the_samplers_logprob_gap(exclaiming_policy_dir, prompts_file, tmp_path):

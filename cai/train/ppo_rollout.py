@@ -19,6 +19,7 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -56,7 +57,7 @@ class TransformersRollout:
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.dtype = dtype
-        self.copy = None
+        self.sampling_model = None
         self.last_logprobs: list[list[float]] | None = None
 
     def generate(self, model, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float,
@@ -69,7 +70,7 @@ class TransformersRollout:
             top_k=None if greedy else 0, max_new_tokens=max_new_tokens,
             eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
             return_dict_in_generate=True, output_logits=not greedy)
-        sampler = self.copy if self.copy is not None else model
+        sampler = self.sampling_model if self.sampling_model is not None else model
         torch.manual_seed(_sampling_seed(seed, iteration))
         device = next(sampler.parameters()).device
         out: list[list[int]] = []
@@ -102,29 +103,34 @@ class TransformersRollout:
         start = time.perf_counter()
         is_peft = hasattr(model, "peft_config")
         base = model.get_base_model() if is_peft else model
-        if self.copy is None:
+        if self.sampling_model is None:
             from transformers import AutoModelForCausalLM
 
-            self.copy = AutoModelForCausalLM.from_config(
-                base.config, dtype=self.dtype,
-                attn_implementation=base.config._attn_implementation).to(base.device).eval()
+            # SDPA where the model has it: the copy never runs a backward, and SDPA decodes
+            # faster than eager attention (which the trainer may pick for its backward)
+            attn = "sdpa" if getattr(base, "_supports_sdpa", False) else base.config._attn_implementation
+            # a config of its own: from_config sets the attention on the config it is given,
+            # and the policy reads its attention from its config at every forward
+            config = copy.deepcopy(base.config)
+            self.sampling_model = AutoModelForCausalLM.from_config(
+                config, dtype=self.dtype, attn_implementation=attn).to(base.device).eval()
         if is_peft:
             model.merge_adapter()
         try:
             weights = {_hf_name(k): v for k, v in model.state_dict().items() if "lora_" not in k}
             # load_state_dict copies each tensor into the copy's own, casting it
-            missing, unexpected = self.copy.load_state_dict(weights, strict=False)
+            missing, unexpected = self.sampling_model.load_state_dict(weights, strict=False)
         finally:
             if is_peft:
                 model.unmerge_adapter()
-        tied = set(getattr(self.copy, "_tied_weights_keys", None) or [])
+        tied = set(getattr(self.sampling_model, "_tied_weights_keys", None) or [])
         if unexpected or set(missing) - tied:
             raise RuntimeError(f"rollout copy does not match the policy: missing {missing}, "
                                f"unexpected {unexpected}")
         return time.perf_counter() - start
 
     def close(self) -> None:
-        self.copy = None
+        self.sampling_model = None
 
 
 class VLLMRollout:
