@@ -269,6 +269,16 @@ def main() -> None:
             if name in by:
                 print(f"speed-up {name} vs TRL 1.12: {trl / statistics.fmean(by[name]):.2f}x "
                       f"(runs: {len(by[name])} vs {len(by['trl'])})")
+                # the machine's speed drifts between runs: each of our runs against the TRL run
+                # next to it (the one after, else the one before) says more than the means do
+                pairs = [rows[j]["s_per_iter"] / r["s_per_iter"] for i, r in enumerate(rows)
+                         if r["runner"] == name
+                         for j in [next((j for j in (i + 1, i - 1)
+                                         if 0 <= j < len(rows) and rows[j]["runner"] == "trl"), None)]
+                         if j is not None]
+                if len(pairs) > 1:
+                    print(f"  adjacent pairs: {', '.join(f'{x:.2f}x' for x in pairs)}; "
+                          f"median {statistics.median(pairs):.2f}x")
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
 
 
