@@ -61,6 +61,7 @@ def test_sft_run_saves_a_model_that_cai_loads_and_answers(tiny_model_dir, tmp_pa
     assert train_losses[-1] < train_losses[0]  # it learns
     assert summary["eval_conversations"] == 5 and "loss" in summary["eval"]
     assert summary["trainable_parameters"] < summary["parameters"] / 10  # LoRA
+    assert summary["attn_implementation"] == "eager"  # auto, on the CPU, short rows
     assert (out / "DONE").is_file() and not (out / "checkpoints").exists()
     assert not list(out.glob("adapter_*"))  # merged: a plain model directory
     assert (out / "tensorboard").is_dir()
@@ -200,3 +201,29 @@ def test_a_cpu_stage_after_a_gpu_stage_gets_a_fresh_state(monkeypatch):
     PartialState._shared_state["device"] = torch.device("cuda")
     with pytest.raises(RuntimeError, match="distributed"):
         allow_precision("no", cpu=True)
+
+
+def test_attention_pick_follows_device_and_the_saved_weights_budget(tiny_model_dir):
+    """auto: eager on a CPU while rows × heads × T² × 4 bytes × layers fits the budget (its
+    backward is the faster one there), else the model's default; an explicit choice stands."""
+    from cai.train.modeling import EAGER_ATTENTION_BUDGET, pick_attn_implementation
+
+    pick = lambda req="auto", cpu=True, rows=8, T=512: pick_attn_implementation(  # noqa: E731
+        req, str(tiny_model_dir), on_cpu=cpu, rows=rows, max_len=T)
+    assert pick() == "eager"
+    assert pick(cpu=False) is None
+    assert pick("sdpa") == "sdpa" and pick("eager", cpu=False) == "eager"
+    # the tiny Llama: 4 heads, 2 layers -> 32 bytes per row per T²
+    T = int((EAGER_ATTENTION_BUDGET / 32) ** 0.5)
+    assert pick(rows=1, T=T) == "eager" and pick(rows=1, T=T + 1) is None
+
+
+def test_a_field_added_after_a_run_started_counts_at_its_default(tmp_path):
+    from cai.train.config import config_changes
+
+    cfg = SFTConfig(data=["x.parquet"], out=str(tmp_path / "o"))
+    saved = cfg.model_dump(mode="json")
+    del saved["attn_implementation"]  # a run started before the field existed
+    assert config_changes(saved, cfg) == []
+    assert config_changes(saved, cfg.model_copy(update={"attn_implementation": "sdpa"})) == [
+        "attn_implementation (was 'auto', now 'sdpa')"]

@@ -45,6 +45,10 @@ class TrainingConfig(BaseModel):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="bf16/fp16 autocast with fp32 weights. auto: bf16 on a CUDA GPU "
                             "that supports it and on a CPU with AMX (native bf16 matmul), else fp32")
+    attn_implementation: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="attention kernel. auto: eager on a CPU when its saved attention "
+                            "weights stay under 2 GiB (its backward beats SDPA's there), else "
+                            "the model's default")
     seed: int = 0
     # LoRA (peft); off when lora_r is None
     lora_r: int | None = Field(None, ge=1)
@@ -77,12 +81,17 @@ RUN_ONLY_FIELDS = frozenset({"out", "resume", "progress", "log_every", "eval_eve
 def config_changes(saved: dict[str, Any], current: BaseModel) -> list[str]:
     """Names of the fields (beyond RUN_ONLY_FIELDS) whose values differ, with both values."""
     now = current.model_dump(mode="json")
+    fields = type(current).model_fields
     out = []
     for key in sorted(set(saved) | set(now)):
         if key in RUN_ONLY_FIELDS:
             continue
-        if saved.get(key) != now.get(key):
-            out.append(f"{key} (was {saved.get(key)!r}, now {now.get(key)!r})")
+        # a field the saved config lacks was added after the run started: it ran at the default
+        was = saved[key] if key in saved else (
+            fields[key].get_default(call_default_factory=True)
+            if key in fields and not fields[key].is_required() else None)
+        if was != now.get(key):
+            out.append(f"{key} (was {was!r}, now {now.get(key)!r})")
     return out
 
 

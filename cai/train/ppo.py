@@ -36,6 +36,7 @@ from cai.train import losses as L
 from cai.train.accel import allow_precision, pick_mixed_precision
 from cai.train.loop import adamw
 from cai.train.metrics import check_finite
+from cai.train.modeling import pick_attn_implementation
 from cai.train.ppo_reward import RewardFn, load_reward, per_token_values, zero_dropout
 
 STATE_FILE = "ppo_state.json"  # written last in a checkpoint: a directory without it is incomplete
@@ -115,8 +116,9 @@ class PPOConfig(BaseModel):
     cpu: bool = Field(False, description="train on CPU even when CUDA is there")
     attn_implementation: Literal["auto", "eager", "sdpa"] = Field(
         "auto", description="attention kernel of the policy, reference and value model. auto: "
-                            "eager on a CPU when sequences are short (prompt + response ≤ 1024 "
-                            "tokens), where its backward is faster than SDPA's; else the model's default")
+                            "eager on a CPU when its saved attention weights (micro-batch × heads "
+                            "× (prompt + response)² × layers) stay under 2 GiB, where its backward "
+                            "is faster than SDPA's; else the model's default")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="autocast for scoring and the update (rollouts sample in the weights' "
                             "dtype); fp32 master weights. auto: bf16 on a CUDA GPU that has it "
@@ -154,15 +156,6 @@ def _load_causal_lm(path: str, attn_implementation: str | None = None):
     zero_dropout(config)
     return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32,
                                                 attn_implementation=attn_implementation)
-
-
-def pick_attn_implementation(requested: str, device: torch.device, max_len: int) -> str | None:
-    """None = the model's default (SDPA). On a CPU, at PPO's short lengths, eager attention's
-    backward beats SDPA's (bench/ppo.py); eager keeps a [heads, T, T] score matrix per layer
-    for the backward, so long sequences keep SDPA."""
-    if requested != "auto":
-        return requested
-    return "eager" if device.type == "cpu" and max_len <= 1024 else None
 
 
 def _load_value_model(path: str, pad_token_id: int, attn_implementation: str | None = None):
@@ -366,8 +359,9 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     eos_ids = sorted({tokenizer.eos_token_id} | set(_as_list(_generation_eos(policy_path))))
-    attn = pick_attn_implementation(config.attn_implementation, device,
-                                    config.max_prompt_tokens + config.max_new_tokens)
+    attn = pick_attn_implementation(config.attn_implementation, policy_path, on_cpu=device.type == "cpu",
+                                    rows=config.micro_batch_size,
+                                    max_len=config.max_prompt_tokens + config.max_new_tokens)
     policy = _load_causal_lm(policy_path, attn)
     reference = None
     if config.lora:

@@ -130,8 +130,8 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
     from cai.train.losses import bradley_terry_loss
     from cai.train.loop import run_loop
     from cai.train.modeling import (apply_lora, enable_gradient_checkpointing,
-                                    load_reward_model, load_tokenizer, resolve_training_model,
-                                    save_hf_model, trainable_parameters)
+                                    load_reward_model, load_tokenizer, pick_attn_implementation,
+                                    resolve_training_model, save_hf_model, trainable_parameters)
     from cai.train.data import load_preferences
 
     run_dir = RunDir(config.out)
@@ -158,7 +158,13 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
          f"(split by prompt: {mix['test_prompts']} of {mix['prompts']} prompts)")
 
     accelerator = make_accelerator(config, run_dir.path)
-    model = load_reward_model(model_path, tokenizer)
+    # with share_prompt a pair is one row holding prompt, chosen and rejected
+    rows = config.batch_size if config.share_prompt else 2 * config.batch_size
+    longest = max((len(x["chosen"]) + len(x["rejected"]) if config.share_prompt
+                   else max(len(x["chosen"]), len(x["rejected"]))) for x in train + held)
+    attn = pick_attn_implementation(config.attn_implementation, model_path,
+                                    on_cpu=accelerator.device.type == "cpu", rows=rows, max_len=longest)
+    model = load_reward_model(model_path, tokenizer, attn)
     model = apply_lora(model, config, task_type="SEQ_CLS")
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -207,6 +213,7 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
     summary = {
         "stage": "rm", "model": model_path, "out": str(run_dir.path),
         "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+        "attn_implementation": accelerator.unwrap_model(model).config._attn_implementation,
         "train_pairs": len(train), "eval_pairs": len(held), "rejected_pairs": len(rejects),
         "overlong": {"train": train_counts, "eval": eval_counts, "policy": config.overlong},
         "mix": mix, "steps": result.state.global_step, "epochs": config.epochs,

@@ -135,8 +135,8 @@ def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
     from cai.train.data import read_conversations
     from cai.train.loop import run_loop
     from cai.train.modeling import (apply_lora, enable_gradient_checkpointing, load_causal_lm,
-                                    load_tokenizer, resolve_training_model, save_hf_model,
-                                    trainable_parameters)
+                                    load_tokenizer, pick_attn_implementation,
+                                    resolve_training_model, save_hf_model, trainable_parameters)
 
     run_dir = RunDir(config.out)
     if (finished := run_dir.finished(config)) is not None:
@@ -173,7 +173,10 @@ def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
     echo(f"sft: {len(train)} conversations, {len(held)} held out")
 
     accelerator = make_accelerator(config, run_dir.path)
-    model = load_causal_lm(model_path, tokenizer)
+    attn = pick_attn_implementation(config.attn_implementation, model_path,
+                                    on_cpu=accelerator.device.type == "cpu", rows=config.batch_size,
+                                    max_len=max(len(x["input_ids"]) for x in train + held))
+    model = load_causal_lm(model_path, tokenizer, attn)
     model = apply_lora(model, config, task_type="CAUSAL_LM")
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -209,6 +212,7 @@ def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
     summary = {
         "stage": "sft", "model": model_path, "out": str(run_dir.path),
         "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+        "attn_implementation": model.config._attn_implementation,
         "train_conversations": len(train), "eval_conversations": len(held),
         "rejected_rows": len(rejects), "steps": result.state.global_step,
         "epochs": config.epochs, "trainable_parameters": trainable, "parameters": total,
