@@ -120,8 +120,8 @@ class PPOConfig(BaseModel):
                             "× (prompt + response)² × layers) stay under 2 GiB, where its backward "
                             "is faster than SDPA's; else the model's default")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="autocast for scoring and the update (rollouts sample in the weights' "
-                            "dtype); fp32 master weights. auto: bf16 on a CUDA GPU that has it "
+        "auto", description="autocast for scoring and the update (rollouts: see rollout_dtype); "
+                            "fp32 master weights. auto: bf16 on a CUDA GPU that has it "
                             "and on a CPU with AMX, else fp32")
 
     def fingerprint_fields(self) -> dict[str, Any]:

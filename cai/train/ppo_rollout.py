@@ -86,9 +86,11 @@ class TransformersRollout:
             tokens = gen.sequences[:, width:]
             out += [row.tolist() for row in tokens]
             if not greedy:
-                # the processed log-prob (after temperature, with top-k/top-p off) of each drawn token
-                logits = torch.stack(gen.logits, 1).float() / temperature
-                lp = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+                # the processed log-prob (after temperature, with top-k/top-p off) of each drawn
+                # token, one step at a time: a [rows, steps, vocab] float copy would be large
+                lp = torch.stack([torch.log_softmax(step.float() / temperature, -1)
+                                  .gather(-1, tokens[:, t, None]).squeeze(-1)
+                                  for t, step in enumerate(gen.logits)], 1)
                 logprobs += lp.tolist()
         # generate() pads rows that stopped early; the trainer masks them
         self.last_logprobs = logprobs if not greedy else None
