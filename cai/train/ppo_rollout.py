@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -116,15 +117,9 @@ class TransformersRollout:
             config = copy.deepcopy(base.config)
             self.sampling_model = AutoModelForCausalLM.from_config(
                 config, dtype=self.dtype, attn_implementation=attn).to(base.device).eval()
-        if is_peft:
-            model.merge_adapter()
-        try:
-            weights = {_hf_name(k): v for k, v in model.state_dict().items() if "lora_" not in k}
+        with merged_weights(model) as weights:
             # load_state_dict copies each tensor into the copy's own, casting it
-            missing, unexpected = self.sampling_model.load_state_dict(weights, strict=False)
-        finally:
-            if is_peft:
-                model.unmerge_adapter()
+            missing, unexpected = self.sampling_model.load_state_dict(dict(weights), strict=False)
         tied = set(getattr(self.sampling_model, "_tied_weights_keys", None) or [])
         if unexpected or set(missing) - tied:
             raise RuntimeError(f"rollout copy does not match the policy: missing {missing}, "
@@ -183,16 +178,7 @@ class VLLMRollout:
             model.save_pretrained(path)
             self._lora_request = LoRARequest(f"policy-{self._pushes}", self._pushes, path)
             return time.perf_counter() - start
-        if is_peft:
-            model.merge_adapter()
-            try:
-                weights = [(_hf_name(k), v.detach()) for k, v in model.state_dict().items()
-                           if "lora_" not in k]
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
-            finally:
-                model.unmerge_adapter()
-        else:
-            weights = [(k, v.detach()) for k, v in model.state_dict().items()]
+        with merged_weights(model) as weights:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
         self.llm.reset_prefix_cache()
         return time.perf_counter() - start
@@ -216,6 +202,21 @@ class VLLMRollout:
 
     def close(self) -> None:
         self.backend.close()
+
+
+@contextmanager
+def merged_weights(model):
+    """The policy's weights under the base model's names, [(name, tensor)], with a LoRA adapter
+    merged into them for the duration of the block and unmerged afterwards."""
+    is_peft = hasattr(model, "peft_config")
+    if is_peft:
+        model.merge_adapter()
+    try:
+        yield [(_hf_name(k) if is_peft else k, v.detach()) for k, v in model.state_dict().items()
+               if not (is_peft and "lora_" in k)]
+    finally:
+        if is_peft:
+            model.unmerge_adapter()
 
 
 def _hf_name(peft_key: str) -> str:
