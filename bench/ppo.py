@@ -211,7 +211,8 @@ def summarise(name: str, result: dict) -> dict:
             "score": mean("score"), "update": mean("update"), "push": mean("push"),
             "length": mean("length"),
             "reward_first": its[0]["reward"], "reward_last": its[-1]["reward"],
-            "reward_gain": its[-1]["reward"] - its[0]["reward"], "iterations": len(its)}
+            "reward_gain": its[-1]["reward"] - its[0]["reward"], "iterations": len(its),
+            "wall": result.get("wall", float("nan"))}
 
 
 def main() -> None:
@@ -252,13 +253,15 @@ def main() -> None:
     print(f"\nPPO, embedded model, LoRA, 16 prompts x 64 new tokens, {args.iterations} iterations, "
           f"{args.ppo_epochs} PPO epochs, mixed precision {args.mixed_precision} on both sides; seconds per iteration (mean of iterations 2..{args.iterations})")
     print(f"{'runner':<20}{'s/iter':>9}{'rollout':>9}{'(push)':>8}{'score':>8}{'update':>8}"
-          f"{'resp len':>10}{'reward 1st':>12}{'last':>9}{'gain':>8}")
+          f"{'resp len':>10}{'reward 1st':>12}{'last':>9}{'gain':>8}{'run wall':>10}")
     for r in rows:
         print(f"{r['runner']:<20}{r['s_per_iter']:>9.1f}{r['rollout']:>9.1f}{r['push']:>8.2f}{r['score']:>8.1f}"
               f"{r['update']:>8.1f}{r['length']:>10.1f}{r['reward_first']:>12.3f}{r['reward_last']:>9.3f}"
-              f"{r['reward_gain']:>8.3f}")
+              f"{r['reward_gain']:>8.3f}{r['wall']:>10.0f}")
     print("resp len: mean response tokens (to the first EOS) per rollout; the work per iteration "
           "scales with it, so compare speed at similar lengths")
+    print("run wall: the whole child process, seconds (imports, model loading, the vLLM engine's "
+          "start, every iteration)")
     # a runner named more than once (interleaved runs, against the machine's drift): its mean
     by: dict[str, list[float]] = {}
     for r in rows:

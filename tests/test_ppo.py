@@ -15,6 +15,7 @@ import pytest
 from child_env import child_env
 import torch
 
+from cai.train.accel import cpu_has_bf16_matmul
 from cai.train.ppo import PPOConfig, run_ppo
 
 # ~45 s of CPU each, but minutes of wall time when the shared machine is busy
@@ -183,20 +184,29 @@ def test_cli_reads_the_ppo_yaml_section_with_flags_on_top(exclaiming_policy_dir,
 
 
 @pytest.mark.vllm
-def test_vllm_rollouts_sample_from_the_pushed_weights(exclaiming_policy_dir_vllm, prompts_file, tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_vllm_rollouts_sample_from_the_pushed_weights(exclaiming_policy_dir_vllm, prompts_file, tmp_path,
+                                                      precision):
     """One in-process engine; before each rollout the LoRA policy is merged, pushed and
-    unmerged. The engine's log-prob of every sampled token then equals our rescoring of it
-    (both at temperature T), at iteration 1 (start weights) and after updates (pushed weights)."""
-    # fp32 scoring, as the engine samples in fp32: the gap then measures the push alone
+    unmerged. The engine samples in the rollout dtype (the autocast dtype under mixed
+    precision, else the policy's). Its log-prob of every sampled token then equals our
+    rescoring of it (both at temperature T), at iteration 1 (start weights) and after updates
+    (pushed weights): to 1e-3 in fp32, to bf16 rounding (< 0.05 nats/token) in bf16."""
+    if precision == "bf16" and not cpu_has_bf16_matmul():
+        pytest.skip("vLLM's CPU bf16 kernels want AVX512-BF16/AMX")
     cfg = _config(exclaiming_policy_dir_vllm, prompts_file, tmp_path / "vllm", iterations=3, eval_every=0,
                   eval_size=0, rollout_backend="vllm", lora=True, learning_rate=3e-3,
-                  mixed_precision="no")
+                  mixed_precision=precision)
     summary = run_ppo(cfg, progress=False)
     rows = _train_rows(tmp_path / "vllm")
     assert summary["rollout_backend"] == "vllm"
+    assert summary["rollout_dtype"] == {"no": "torch.float32", "bf16": "torch.bfloat16"}[precision]
     gaps = [rows[i]["rollout/engine_logprob_gap"] for i in (1, 2, 3)]
     assert rows[3]["kl"] != 0.0  # the policy did move away from the reference
-    assert max(gaps) < 1e-3, gaps
+    if precision == "no":
+        assert max(gaps) < 1e-3, gaps
+    else:  # rounding, not stale weights: a missed push would show the policy's whole move
+        assert 0 < min(gaps) and max(gaps) < 0.05, gaps
 
 
 def test_bf16_scores_policy_and_reference_alike(exclaiming_policy_dir, prompts_file, tmp_path):

@@ -74,7 +74,7 @@ def test_resume_check_names_changed_fields_and_takes_new_ones_at_their_default()
                                 "keep_checkpoints": 9}) == []
 
 
-def test_default_rollout_backend_needs_vllm_installed_as_well_as_cuda(monkeypatch):
+def test_default_rollout_backend_is_vllm_where_it_is_installed(monkeypatch):
     import importlib.util
 
     import torch
@@ -85,8 +85,11 @@ def test_default_rollout_backend_needs_vllm_installed_as_well_as_cuda(monkeypatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
-    assert default_rollout_backend() == "transformers"
+    assert default_rollout_backend("cuda") == "transformers"  # a training-only image
+    assert default_rollout_backend("cpu") == "transformers"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
-    assert default_rollout_backend() == "vllm"
+    assert default_rollout_backend("cuda") == "vllm"
+    assert default_rollout_backend("cpu") == "vllm"  # faster per iteration on CPU too (bench/ppo.py)
+    assert default_rollout_backend("mps") == "transformers"  # no vLLM platform there
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert default_rollout_backend() == "transformers"
+    assert default_rollout_backend("cuda") == "transformers"

@@ -70,9 +70,10 @@ class PPOConfig(BaseModel):
     rollout_backend: Literal["auto", "transformers", "vllm"] = "auto"
     vllm_lora_push: Literal["merge", "adapter"] = "merge"
     rollout_dtype: Literal["auto", "policy", "bf16", "fp16"] = Field(
-        "auto", description="transformers rollouts: sample with the policy itself (policy) or "
-                            "with a copy in bf16/fp16, LoRA merged, refreshed each iteration; "
-                            "auto: the mixed-precision dtype when there is one")
+        "auto", description="the dtype rollouts sample in: the policy's weights' own (policy) or "
+                            "bf16/fp16 (transformers: a copy of the policy, LoRA merged, "
+                            "refreshed each iteration; vllm: the engine's dtype); auto: the "
+                            "mixed-precision dtype when there is one")
     vllm_gpu_memory_utilization: float = Field(0.1, gt=0.0, le=0.95, description="share of "
                                                "GPU memory (of RAM on CPU) for the KV cache")
 
@@ -414,9 +415,10 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
     if backend == "vllm":
         from cai.train.ppo_rollout import VLLMRollout
 
+        rollout_dtype = _rollout_dtype(config.rollout_dtype, precision) or next(policy.parameters()).dtype
         engine = VLLMRollout(policy_path, max_model_len=config.max_prompt_tokens + config.max_new_tokens + 8,
                              gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-                             seed=config.seed, lora_push=config.vllm_lora_push)
+                             seed=config.seed, lora_push=config.vllm_lora_push, dtype=rollout_dtype)
     else:
         from cai.train.ppo_rollout import TransformersRollout
 
@@ -603,7 +605,8 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
     engine.close()
     final = _save_final(accelerator, policy, value_model, tokenizer, out, config.merge_lora)
     summary = {"output_dir": str(out), "iterations": config.iterations, "last": record,
-               "rollout_backend": backend, "device": str(accelerator.device),
+               "rollout_backend": backend, "rollout_dtype": str(engine.dtype or policy_model.dtype),
+               "device": str(accelerator.device),
                "attn_implementation": policy_model.config._attn_implementation,
                "mixed_precision": accelerator.mixed_precision, **final}
     atomic_write_json(out / "summary.json", summary)
@@ -613,11 +616,12 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
 def _default_backend(device) -> str:
     from cai.train.ppo_rollout import default_rollout_backend
 
-    return default_rollout_backend() if device.type != "cpu" else "transformers"
+    return default_rollout_backend(device.type)
 
 
 def _rollout_dtype(requested: str, precision: str) -> torch.dtype | None:
-    """The dtype of the transformers rollout's sampling copy; None: sample with the policy."""
+    """The dtype rollouts sample in (the transformers copy's, the vLLM engine's); None: the
+    policy's own."""
     if requested == "auto":
         requested = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "policy")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "policy": None}[requested]
