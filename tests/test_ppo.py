@@ -171,7 +171,8 @@ def test_cli_reads_the_ppo_yaml_section_with_flags_on_top(exclaiming_policy_dir,
     yaml_path = tmp_path / "pipeline.yaml"
     yaml_path.write_text(f"ppo:\n  policy: {exclaiming_policy_dir}\n  reward: {REWARD}\n"
                          f"  prompts: {prompts_file}\n  iterations: 5\n  rollout_batch_size: 4\n"
-                         "  minibatch_size: 4\n  ppo_epochs: 1\n  max_new_tokens: 4\n")
+                         "  minibatch_size: 4\n  ppo_epochs: 1\n  max_new_tokens: 4\n"
+                         "  rollout_backend: transformers\n")  # the default is vLLM where installed
     out = tmp_path / "cli-run"
     result = CliRunner().invoke(app, ["train", "ppo", "--config", str(yaml_path), "-o", str(out),
                                       "--iterations", "1", "--no-progress"])

@@ -93,3 +93,17 @@ def test_default_rollout_backend_is_vllm_where_it_is_installed(monkeypatch):
     assert default_rollout_backend("mps") == "transformers"  # no vLLM platform there
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert default_rollout_backend("cuda") == "transformers"
+
+
+def test_vllm_kv_cache_is_sized_for_the_rollout_batch(tmp_path):
+    """Keys and values, every layer, every KV head: 2 x 2 layers x 2 heads x 16 dims x 4 bytes
+    = 512 bytes a token in fp32, half in bf16."""
+    import torch
+    from transformers import LlamaConfig
+
+    from cai.train.ppo_rollout import kv_cache_bytes
+
+    LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                intermediate_size=128, vocab_size=100).save_pretrained(tmp_path)
+    assert kv_cache_bytes(str(tmp_path), torch.float32, 10) == 5120
+    assert kv_cache_bytes(str(tmp_path), torch.bfloat16, 10) == 2560

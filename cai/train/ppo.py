@@ -75,7 +75,8 @@ class PPOConfig(BaseModel):
                             "refreshed each iteration; vllm: the engine's dtype); auto: the "
                             "mixed-precision dtype when there is one")
     vllm_gpu_memory_utilization: float = Field(0.1, gt=0.0, le=0.95, description="share of "
-                                               "GPU memory (of RAM on CPU) for the KV cache")
+                                               "GPU memory vLLM may claim at its start (the "
+                                               "KV cache itself is sized for the rollout batch)")
 
     ppo_epochs: int = Field(4, ge=1)
     minibatch_size: int = Field(8, ge=1)
@@ -263,9 +264,10 @@ def response_values(value_model, rows: dict, P: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 
 
-# Where the run lives and how often it checkpoints do not change its curve: a run directory
-# may be moved, or resumed with other checkpoint settings.
-PPO_RUN_ONLY_FIELDS = frozenset({"output_dir", "save_every", "keep_checkpoints"})
+# Where the run lives, how often it checkpoints and how much memory the engine may claim do
+# not change its curve: a run directory may be moved, or resumed with other such settings.
+PPO_RUN_ONLY_FIELDS = frozenset({"output_dir", "save_every", "keep_checkpoints",
+                                 "vllm_gpu_memory_utilization"})
 
 
 def _config_diff(saved: dict, current: dict) -> list[str]:
@@ -417,6 +419,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
 
         rollout_dtype = _rollout_dtype(config.rollout_dtype, precision) or next(policy.parameters()).dtype
         engine = VLLMRollout(policy_path, max_model_len=config.max_prompt_tokens + config.max_new_tokens + 8,
+                             max_seqs=max(config.rollout_batch_size, len(eval_ids)),
                              gpu_memory_utilization=config.vllm_gpu_memory_utilization,
                              seed=config.seed, lora_push=config.vllm_lora_push, dtype=rollout_dtype)
     else:

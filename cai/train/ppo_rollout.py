@@ -34,8 +34,8 @@ def default_rollout_backend(device_type: str = "cuda") -> str:
     On this project's 2-core CPU, bench/ppo.py (embedded model, LoRA, 16 x 64 tokens, bf16)
     measured vLLM rollouts in the autocast dtype at 3.3 s against 6.0 s for the transformers
     bf16 copy, 22.3-23.2 against 25.0-25.1 s per iteration, and the same wall time for a whole
-    4-iteration run, the engine's start included; the engine holds `vllm_gpu_memory_utilization`
-    of RAM for its KV cache (0.1 by default)."""
+    4-iteration run, the engine's start included; its KV cache is sized for one rollout batch
+    (`kv_cache_bytes`)."""
     import importlib.util
 
     if device_type not in ("cuda", "cpu") or importlib.util.find_spec("vllm") is None:
@@ -140,7 +140,7 @@ class VLLMRollout:
     name = "vllm"
     last_logprobs: list[list[float]] | None = None
 
-    def __init__(self, model_dir: str, *, max_model_len: int, gpu_memory_utilization: float = 0.3,
+    def __init__(self, model_dir: str, *, max_model_len: int, max_seqs: int, gpu_memory_utilization: float = 0.3,
                  seed: int = 0, lora_push: str = "merge", dtype: torch.dtype = torch.float32) -> None:
         from cai.backends.vllm_backend import VLLMBackend
 
@@ -158,6 +158,8 @@ class VLLMRollout:
             self.backend = VLLMBackend(model_dir, gpu_memory_utilization=gpu_memory_utilization,
                                        max_model_len=max_model_len, seed=seed,
                                        dtype=str(dtype).removeprefix("torch."),
+                                       kv_cache_memory_bytes=kv_cache_bytes(model_dir, dtype,
+                                                                            max_seqs * max_model_len),
                                        enable_prefix_caching=False,
                                        logprobs_mode="processed_logprobs", **extra)
         finally:
@@ -210,6 +212,23 @@ class VLLMRollout:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def kv_cache_bytes(model_dir: str, dtype: torch.dtype, tokens: int) -> int:
+    """The KV cache `tokens` tokens need: keys and values of every layer, at `dtype`.
+
+    PPO's engine is sized for its rollout batch instead of by `gpu_memory_utilization`: vLLM's
+    CPU worker gives the KV cache that share of RAM *minus the process's resident memory*, and
+    in a training process (policy, reference, value and reward model, and in `cai run` what the
+    earlier stages left allocated) that went negative (the demo, 2026-11-28: -4.13 GiB)."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_dir)
+    c = getattr(c, "text_config", None) or c
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    per_token = 2 * c.num_hidden_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+    return per_token * tokens
 
 
 @contextmanager
