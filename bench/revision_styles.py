@@ -12,10 +12,13 @@ hand: no style gave an explicit refusal; answers that turned into a safe redirec
 of 14 for critique -> revision, 0 for the direct revision, 2 for the generic system prompt and
 0 for the principle's; the rest complied, drifted into nonsense or talked about "the response".
 """
-import json, sys, random
-from cai.backends import load_backend, SamplingConfig
+import json
+import random
+import sys
+
+from cai.backends import SamplingConfig, load_backend
 from cai.constitution import load_constitution
-from cai.prompting import response_messages, critique_messages, revision_messages, clean_output
+from cai.prompting import clean_output, critique_messages, response_messages, revision_messages
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 12
 rows = [json.loads(l) for l in open("pipelines/prompts/red_team_train.jsonl")]

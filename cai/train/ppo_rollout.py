@@ -161,6 +161,9 @@ class VLLMRollout:
                                        kv_cache_memory_bytes=kv_cache_bytes(model_dir, dtype,
                                                                             max_seqs * max_model_len),
                                        enable_prefix_caching=False,
+                                       # in this process, its bar would land on the trainer's
+                                       # terminal (engine output belongs in the log file)
+                                       use_tqdm_on_load=False,
                                        logprobs_mode="processed_logprobs", **extra)
         finally:
             if previous is None:
