@@ -47,6 +47,14 @@ def load_tokenizer(path: str):
 EAGER_ATTENTION_BUDGET = 2 * 2**30
 
 
+def text_config(path: str):
+    """The model's config, or its language model's for a multimodal one (`text_config`)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    return getattr(config, "text_config", None) or config
+
+
 def pick_attn_implementation(requested: str, path: str, *, on_cpu: bool, rows: int,
                              max_len: int) -> str | None:
     """The attention kernel to train with; None = the model's default (SDPA). `auto`: eager
@@ -56,10 +64,7 @@ def pick_attn_implementation(requested: str, path: str, *, on_cpu: bool, rows: i
         return requested
     if not on_cpu:
         return None
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
-    text = getattr(config, "text_config", None) or config
+    text = text_config(path)
     heads = getattr(text, "num_attention_heads", None)
     layers = getattr(text, "num_hidden_layers", None)
     if not heads or not layers:

