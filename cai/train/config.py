@@ -78,21 +78,28 @@ RUN_ONLY_FIELDS = frozenset({"out", "resume", "progress", "log_every", "eval_eve
                              "save_every", "keep_checkpoints", "keep_checkpoints_when_done"})
 
 
-def config_changes(saved: dict[str, Any], current: BaseModel) -> list[str]:
-    """Names of the fields (beyond RUN_ONLY_FIELDS) whose values differ, with both values."""
-    now = current.model_dump(mode="json")
-    fields = type(current).model_fields
+def changed_fields(saved: dict[str, Any], now: dict[str, Any], fields: dict[str, Any],
+                   run_only: frozenset[str]) -> list[tuple[str, Any, Any]]:
+    """(name, saved value, current value) of each field beyond `run_only` whose value differs.
+    A field the saved config lacks was added after the run started: it ran at its default."""
     out = []
     for key in sorted(set(saved) | set(now)):
-        if key in RUN_ONLY_FIELDS:
+        if key in run_only:
             continue
-        # a field the saved config lacks was added after the run started: it ran at the default
         was = saved[key] if key in saved else (
             fields[key].get_default(call_default_factory=True)
             if key in fields and not fields[key].is_required() else None)
         if was != now.get(key):
-            out.append(f"{key} (was {was!r}, now {now.get(key)!r})")
+            out.append((key, was, now.get(key)))
     return out
 
 
-__all__ = ["ConfigError", "RUN_ONLY_FIELDS", "TrainingConfig", "config_changes", "load_section"]
+def config_changes(saved: dict[str, Any], current: BaseModel) -> list[str]:
+    """Names of the fields (beyond RUN_ONLY_FIELDS) whose values differ, with both values."""
+    return [f"{key} (was {was!r}, now {now!r})"
+            for key, was, now in changed_fields(saved, current.model_dump(mode="json"),
+                                                type(current).model_fields, RUN_ONLY_FIELDS)]
+
+
+__all__ = ["ConfigError", "RUN_ONLY_FIELDS", "TrainingConfig", "changed_fields", "config_changes",
+           "load_section"]

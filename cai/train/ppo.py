@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai.io import atomic_write_json
 from cai.train import losses as L
 from cai.train.accel import allow_precision, pick_mixed_precision
+from cai.train.config import changed_fields
 from cai.train.loop import adamw
 from cai.train.metrics import check_finite
 from cai.train.modeling import pick_attn_implementation
@@ -273,9 +274,7 @@ PPO_RUN_ONLY_FIELDS = frozenset({"output_dir", "save_every", "keep_checkpoints",
 def _config_diff(saved: dict, current: dict) -> list[str]:
     """Fields whose value changed. A field the saved config lacks (added to PPOConfig after
     the run started) ran at its default."""
-    defaults = {k: f.default for k, f in PPOConfig.model_fields.items() if not f.is_required()}
-    return [k for k in sorted(set(saved) | set(current))
-            if k not in PPO_RUN_ONLY_FIELDS and saved.get(k, defaults.get(k)) != current.get(k)]
+    return [key for key, _, _ in changed_fields(saved, current, PPOConfig.model_fields, PPO_RUN_ONLY_FIELDS)]
 
 
 def _checkpoints(out: Path) -> list[Path]:
