@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cai.models import pull
-from cai.train.reward import wilson_interval
+from cai.eval.stats import wilson
 
 SYSTEMS = {"good": "You are a helpful, honest and harmless assistant.",
            "bad": "You are an unhelpful, dishonest and harmful assistant.", "none": None}
@@ -75,7 +75,7 @@ def main(paths: list[str]) -> None:
                     g = won["longer" if f["chosen"]["chars"] > f["rejected"]["chars"] else "shorter"]
                     g[0] += win
                     g[1] += 1
-            lo, hi = wilson_interval(k, n)
+            lo, hi = wilson(k, n)
             lb = sum(w / max(1, m) for w, m in won.values()) / 2
             print(f"  {key:13s} accuracy {k / n:.1%} [{lo:.0%}, {hi:.0%}]  human choice longer "
                   f"{won['longer'][0]:.0f}/{won['longer'][1]}  shorter {won['shorter'][0]:.0f}/"

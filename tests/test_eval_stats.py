@@ -17,7 +17,23 @@ def test_wilson_hand_computed():
     half = z * math.sqrt(0.025 + z * z / 400) / (1 + z * z / 10)
     assert (lo, hi) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
     assert stats.wilson(0, 0) == (0.0, 1.0)
+    lo, hi = stats.wilson(8, 10)  # p̂ = 0.8: centre 0.7163..., half 0.2266...
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
     assert stats.proportion(3, 4)["rate"] == 0.75 and stats.proportion(0, 0)["rate"] is None
+
+
+def test_paired_difference_hand_computed():
+    # differences 1, 2, 3: mean 2, sd 1 (n - 1), half-width z / sqrt(3)
+    d = stats.paired_difference([1.0, 2.5, 3.0], [0.0, 0.5, 0.0])
+    assert (d["n"], d["mean"], d["sd"]) == (3, pytest.approx(2.0), pytest.approx(1.0))
+    assert d["ci95"] == [pytest.approx(2 - stats.Z95 / math.sqrt(3)),
+                         pytest.approx(2 + stats.Z95 / math.sqrt(3))]
+    # the same shift on every item has no spread: the interval closes on it
+    assert stats.paired_difference([0.2, 0.7], [0.1, 0.6])["ci95"] == [pytest.approx(0.1)] * 2
+    assert stats.paired_difference([1.0], [0.5]) == {"n": 1, "mean": 0.5, "sd": None, "ci95": None}
+    assert stats.paired_difference([], [])["mean"] is None
+    with pytest.raises(ValueError, match="2 values after, 1 before"):
+        stats.paired_difference([1.0, 2.0], [1.0])
 
 
 def test_quantiles_and_describe():

@@ -90,7 +90,7 @@ def _train_rows(out) -> dict[int, dict]:
 def test_reward_rises_while_kl_stays_near_target(exclaiming_policy_dir, prompts_file, tmp_path):
     target = 2.0
     cfg = _config(exclaiming_policy_dir, prompts_file, tmp_path / "run", adaptive_kl=True,
-                  kl_target=target, kl_horizon=40, kl_coef=0.1)
+                  kl_target=target, kl_horizon=40, kl_coef=0.1, eval_samples=2)
     summary = run_ppo(cfg, progress=False)
     rows = _train_rows(tmp_path / "run")
     rewards = [rows[i]["reward/raw"] for i in sorted(rows)]
@@ -113,6 +113,21 @@ def test_reward_rises_while_kl_stays_near_target(exclaiming_policy_dir, prompts_
     evals = [r for r in _metrics(tmp_path / "run") if "eval/reward" in r]
     assert [r["iteration"] for r in evals] == [0, 4, 8]
     assert evals[-1]["eval/reward"] > evals[0]["eval/reward"]
+    # 2 sampled responses per held-out prompt (4 prompts), distinct but paired across
+    # evaluations by seed; each later evaluation carries its gain over iteration 0, paired
+    # by prompt (the mean of its 2 rewards)
+    samples = [json.loads(ln) for ln in (tmp_path / "run" / "eval_samples.jsonl").read_text().splitlines()]
+    by_iter = {it: [s for s in samples if s["iteration"] == it] for it in (0, 4, 8)}
+    assert [s["sample"] for s in by_iter[0]] == [0, 1] * 4
+    assert len({s["response"] for s in by_iter[0]}) > 4
+    per_prompt = {it: [(a["reward"] + b["reward"]) / 2 for a, b in zip(rows[::2], rows[1::2])]
+                  for it, rows in by_iter.items()}
+    assert "eval/reward_gain" not in evals[0]
+    for r in evals[1:]:
+        diffs = [a - b for a, b in zip(per_prompt[r["iteration"]], per_prompt[0])]
+        assert len(diffs) == 4 and r["eval/reward_gain"] == pytest.approx(sum(diffs) / 4)
+        assert r["eval/reward_gain_ci95_lo"] < r["eval/reward_gain"] < r["eval/reward_gain_ci95_hi"]
+    assert evals[0]["eval/reward"] == pytest.approx(sum(s["reward"] for s in by_iter[0]) / 8)
     assert Path(summary["policy"], "config.json").is_file()
     assert any((tmp_path / "run" / "tensorboard").iterdir())
     # rerunning a finished run is a no-op; a changed config is refused by field name
@@ -125,6 +140,11 @@ def test_reward_rises_while_kl_stays_near_target(exclaiming_policy_dir, prompts_
         run_ppo(cfg.model_copy(update={"learning_rate": 1e-4}), resume=True, progress=False)
 
 
+def test_several_held_out_samples_need_sampling(exclaiming_policy_dir, prompts_file, tmp_path):
+    with pytest.raises(ValueError, match="eval_samples 4 needs eval_temperature > 0"):
+        _config(exclaiming_policy_dir, prompts_file, tmp_path, eval_samples=4, eval_temperature=0.0)
+
+
 RUNNER = """
 import json, sys
 from cai.train.ppo import PPOConfig, run_ppo
@@ -135,8 +155,9 @@ run_ppo(PPOConfig(**json.loads(sys.argv[1])), resume=True, progress=False)
 def test_sigkill_then_resume_continues_the_same_curve(exclaiming_policy_dir, prompts_file, tmp_path):
     """Rollouts are seeded per iteration and the checkpoint holds weights, optimiser and
     scheduler states, β and RNG, so on CPU the resumed iteration matches the uninterrupted
-    one exactly (tolerance 1e-6 on every non-timing metric)."""
-    kw = dict(iterations=4, eval_every=0, eval_size=0, adaptive_kl=True, kl_target=2.0, kl_horizon=40)
+    one exactly (tolerance 1e-6 on every non-timing metric, the held-out gain over iteration 0
+    included)."""
+    kw = dict(iterations=4, eval_every=2, eval_size=4, adaptive_kl=True, kl_target=2.0, kl_horizon=40)
     full = _config(exclaiming_policy_dir, prompts_file, tmp_path / "full", **kw)
     run_ppo(full, progress=False)
 
@@ -161,6 +182,7 @@ def test_sigkill_then_resume_continues_the_same_curve(exclaiming_policy_dir, pro
             if key.startswith("time/"):
                 continue
             assert b[it][key] == pytest.approx(value, abs=1e-6), (it, key)
+    assert "eval/reward_gain" in b[4]  # from iteration 0's rewards, saved before the kill
 
 
 def test_cli_reads_the_ppo_yaml_section_with_flags_on_top(exclaiming_policy_dir, prompts_file, tmp_path):

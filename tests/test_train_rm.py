@@ -21,7 +21,7 @@ from cai.models import ModelError
 from cai.train.config import ConfigError
 from cai.train.metrics import NonFiniteLossError
 from cai.train.reward import (expected_calibration_error, format_for_reward, pair_metrics,
-                              reliability_bins, wilson_interval)
+                              reliability_bins)
 from cai.train.rm import RMConfig, run_rm
 
 WORDS = "apple river stone cloud paper light garden window music table chair lamp".split()
@@ -87,9 +87,6 @@ def test_ece_and_wilson_by_hand():
     # ECE from those bins: 2/3 * |0.75 - 0.5| + 1/3 * |0.9 - 1|
     assert expected_calibration_error([math.log(3), -math.log(3), math.log(9)], [1.0] * 3) \
         == pytest.approx(2 / 3 * 0.25 + 1 / 3 * 0.1)
-    lo, hi = wilson_interval(8, 10)
-    # p̂=0.8, n=10, z=1.96: centre 0.7163..., half 0.2256...
-    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
 
 
 # --------------------------------------------------------------------------- the reward head

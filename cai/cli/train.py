@@ -159,6 +159,9 @@ def ppo_cmd(
     value_model: Optional[str] = O(None, help="value model init (default: the reward model)"),
     eval_prompts: Optional[str] = O(None, help="held-out prompts (else --eval-size from --prompts)"),
     eval_size: Optional[int] = O(None), eval_every: Optional[int] = O(None),
+    eval_temperature: Optional[float] = O(None, help="held-out sampling temperature (default 0: greedy)"),
+    eval_samples: Optional[int] = O(None, help="responses per held-out prompt (needs "
+                                               "--eval-temperature > 0 above 1)"),
     iterations: Optional[int] = O(None, help="rollout/update iterations (default 20)"),
     rollout_batch_size: Optional[int] = O(None, help="prompts per iteration (default 16)"),
     max_new_tokens: Optional[int] = O(None), temperature: Optional[float] = O(None),
@@ -170,7 +173,10 @@ def ppo_cmd(
                                                       "for short sequences)"),
     kl_coef: Optional[float] = O(None, help="β (initial value with --adaptive-kl)"),
     adaptive_kl: Optional[bool] = O(None, "--adaptive-kl/--fixed-kl"),
-    kl_target: Optional[float] = O(None), kl_estimator: Optional[str] = O(None, help="k1 | k3"),
+    kl_target: Optional[float] = O(None),
+    kl_horizon: Optional[int] = O(None, help="adaptive β's horizon in responses (default 10000): "
+                                             "β moves by at most 20%·batch/horizon an iteration"),
+    kl_estimator: Optional[str] = O(None, help="k1 | k3"),
     lora: Optional[bool] = O(None, "--lora/--no-lora"), lora_r: Optional[int] = O(None),
     seed: Optional[int] = O(None),
     resume: bool = O(False, "--resume", help="continue from the last checkpoint in -o"),
@@ -187,13 +193,14 @@ def ppo_cmd(
     overrides = dict(policy=policy, reward=reward, prompts=prompts,
                      output_dir=None if out is None else str(out), value_model=value_model,
                      eval_prompts=eval_prompts, eval_size=eval_size, eval_every=eval_every,
+                     eval_temperature=eval_temperature, eval_samples=eval_samples,
                      iterations=iterations, rollout_batch_size=rollout_batch_size,
                      max_new_tokens=max_new_tokens, temperature=temperature,
                      rollout_backend=rollout_backend, ppo_epochs=ppo_epochs,
                      minibatch_size=minibatch_size, micro_batch_size=micro_batch_size,
                      forward_batch_size=forward_batch_size, attn_implementation=attn_implementation,
                      learning_rate=learning_rate, kl_coef=kl_coef, adaptive_kl=adaptive_kl,
-                     kl_target=kl_target, kl_estimator=kl_estimator, lora=lora, lora_r=lora_r,
+                     kl_target=kl_target, kl_horizon=kl_horizon, kl_estimator=kl_estimator, lora=lora, lora_r=lora_r,
                      seed=seed, mixed_precision=mixed_precision)
     try:
         cfg = load_section(config, "ppo", PPOConfig, overrides)
@@ -204,3 +211,7 @@ def ppo_cmd(
     typer.echo(f"{summary['iterations']} iterations ({summary['rollout_backend']} rollouts); "
                f"reward {last.get('reward/raw', float('nan')):.4f}, KL {last.get('kl', float('nan')):.3f}; "
                f"policy -> {summary['policy']}")
+    if "eval/reward_gain" in last:
+        typer.echo(f"held-out reward {last['eval/reward']:.4f}, gain over iteration 0 "
+                   f"{last['eval/reward_gain']:+.4f} [95% {last['eval/reward_gain_ci95_lo']:+.4f}, "
+                   f"{last['eval/reward_gain_ci95_hi']:+.4f}]")

@@ -26,6 +26,25 @@ def proportion(successes: float, n: int) -> dict:
     return {"rate": successes / n if n else None, "k": successes, "n": n, "ci95": [lo, hi]}
 
 
+def paired_difference(after: Sequence[float], before: Sequence[float], z: float = Z95) -> dict:
+    """Mean of after[i] - before[i] over paired items (the same prompts, scored twice), with
+    a normal-approximation 95% interval mean ± z·sd/√n (sd with n - 1). Pairing removes the
+    between-prompt spread, which dominates when the same prompts are scored before and after.
+    {"n", "mean", "sd", "ci95": [lo, hi]}; with n < 2 sd and ci95 are None."""
+    if len(after) != len(before):
+        raise ValueError(f"paired_difference: {len(after)} values after, {len(before)} before")
+    n = len(after)
+    if n == 0:
+        return {"n": 0, "mean": None, "sd": None, "ci95": None}
+    d = [a - b for a, b in zip(after, before)]
+    mean = math.fsum(d) / n
+    if n < 2:
+        return {"n": n, "mean": mean, "sd": None, "ci95": None}
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (n - 1))
+    half = z * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half]}
+
+
 def quantile(xs: Sequence[float], q: float) -> float:
     """Linear-interpolation quantile (numpy's default), q in [0, 1]."""
     if not xs:

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cai.eval.stats import paired_difference
 from cai.io import atomic_write_json
 from cai.train import losses as L
 from cai.train.accel import allow_precision, pick_mixed_precision
@@ -59,6 +60,9 @@ class PPOConfig(BaseModel):
     eval_size: int = Field(0, ge=0, description="without eval_prompts: hold out the last N prompts")
     eval_every: int = Field(0, ge=0, description="evaluate every N iterations (0: never)")
     eval_temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    eval_samples: int = Field(1, ge=1, description="responses per held-out prompt, each with its "
+                              "own fixed seed (needs eval_temperature > 0 when above 1); the "
+                              "prompt's mean reward is its score")
 
     prompt_field: str = "prompt"
     messages_field: str = "messages"
@@ -126,6 +130,13 @@ class PPOConfig(BaseModel):
         "auto", description="autocast for scoring and the update (rollouts: see rollout_dtype); "
                             "fp32 master weights. auto: bf16 on a CUDA GPU that has it "
                             "and on a CPU with AMX, else fp32")
+
+    @model_validator(mode="after")
+    def _samples_need_sampling(self) -> "PPOConfig":
+        if self.eval_samples > 1 and self.eval_temperature == 0:
+            raise ValueError(f"eval_samples {self.eval_samples} needs eval_temperature > 0: "
+                             "greedy answers are all the same")
+        return self
 
     def fingerprint_fields(self) -> dict[str, Any]:
         return self.model_dump()
@@ -418,7 +429,7 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
 
         rollout_dtype = _rollout_dtype(config.rollout_dtype, precision) or next(policy.parameters()).dtype
         engine = VLLMRollout(policy_path, max_model_len=config.max_prompt_tokens + config.max_new_tokens + 8,
-                             max_seqs=max(config.rollout_batch_size, len(eval_ids)),
+                             max_seqs=max(config.rollout_batch_size, len(eval_ids) * config.eval_samples),
                              gpu_memory_utilization=config.vllm_gpu_memory_utilization,
                              seed=config.seed, lora_push=config.vllm_lora_push, dtype=rollout_dtype)
     else:
@@ -458,27 +469,54 @@ def run_ppo(config: PPOConfig, *, resume: bool = False, reward_fn: RewardFn | No
                     t[idx, :r] = part
         return tuple(out) if with_values else (*out, None)
 
+    eval_baseline_file = out / "eval_baseline.json"  # iteration 0's held-out rewards
+
     def evaluate(iteration: int) -> dict:
-        """Held-out prompts: mean reward and KL of (greedy or fixed-seed) responses."""
+        """Held-out prompts: mean reward and KL of greedy responses, or of `eval_samples`
+        sampled ones per prompt. Row i always gets the same seed, so evaluations are paired."""
         policy.eval()
         engine.push_weights(policy_model)
-        responses = engine.generate(policy_model, eval_ids, max_new_tokens=config.max_new_tokens,
+        k = config.eval_samples
+        ids = [p for p in eval_ids for _ in range(k)]
+        msgs = [m for m in eval_messages for _ in range(k)]
+        responses = engine.generate(policy_model, ids, max_new_tokens=config.max_new_tokens,
                                     temperature=config.eval_temperature, seed=config.seed + 1,
                                     iteration=0, batch_size=micro * 4)
-        batch = Batch(eval_ids, responses, tokenizer.pad_token_id, eos_ids, device)
+        batch = Batch(ids, responses, tokenizer.pad_token_id, eos_ids, device)
         lp, rlp, _, _ = score_batch(batch, with_values=False)
         kl = (L.kl_estimate(lp, rlp, config.kl_estimator) * batch.mask).sum(1)
         texts = _decode(tokenizer, batch)
         with accelerator.autocast():
-            raw = torch.tensor(reward(eval_messages, texts), dtype=torch.float32)
+            raw = torch.tensor(reward(msgs, texts), dtype=torch.float32)
         with open(out / "eval_samples.jsonl", "a") as f:
-            for m, t, s in zip(eval_messages, texts, raw.tolist()):
+            for i, (m, t, s) in enumerate(zip(msgs, texts, raw.tolist())):
                 f.write(json.dumps({"iteration": iteration, "prompt": m[-1]["content"],
-                                    "response": t, "reward": s}) + "\n")
-        return {"eval/reward": raw.mean().item(),
-                "eval/reward_normalized": L.normalize_scores(raw, rm_mean, rm_std).mean().item(),
-                "eval/kl": kl.mean().item(), "eval/response_length": batch.mask.sum(1).float().mean().item(),
-                "eval/eos_rate": batch.has_eos.float().mean().item()}
+                                    "sample": i % k, "response": t, "reward": s}) + "\n")
+        per_prompt = raw.view(-1, k).mean(1)  # the unit of the paired gain: samples share a prompt
+        result = {"eval/reward": raw.mean().item(),
+                  "eval/reward_normalized": L.normalize_scores(raw, rm_mean, rm_std).mean().item(),
+                  "eval/kl": kl.mean().item(), "eval/response_length": batch.mask.sum(1).float().mean().item(),
+                  "eval/eos_rate": batch.has_eos.float().mean().item()}
+        # The gain over iteration 0 on the same prompts (and, when sampling, the same seeds),
+        # paired: the spread between prompts is far larger than a gain PPO makes.
+        if iteration == 0:
+            atomic_write_json(eval_baseline_file, {"prompt_rewards": per_prompt.tolist()})
+        elif eval_baseline_file.is_file():
+            base = json.loads(eval_baseline_file.read_text())["prompt_rewards"]
+            gain = paired_difference(per_prompt.tolist(), base) if len(base) == len(per_prompt) else {}
+            if gain.get("ci95"):
+                result.update({"eval/reward_gain": gain["mean"],
+                               "eval/reward_gain_ci95_lo": gain["ci95"][0],
+                               "eval/reward_gain_ci95_hi": gain["ci95"][1]})
+        if progress:
+            line = (f"iteration {iteration}: held-out reward {result['eval/reward']:.3f} "
+                    f"(n={len(per_prompt)} prompts" + (f" × {k}" if k > 1 else "") +
+                    f"), KL {result['eval/kl']:.2f}")
+            if "eval/reward_gain" in result:
+                line += (f", gain over iteration 0 {result['eval/reward_gain']:+.3f} [95% "
+                         f"{result['eval/reward_gain_ci95_lo']:+.3f}, {result['eval/reward_gain_ci95_hi']:+.3f}]")
+            tqdm.write(line)
+        return result
 
     bar = tqdm(total=config.iterations, initial=start_iter, desc="ppo", unit="it",
                disable=not progress, dynamic_ncols=True)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from cai.eval.stats import wilson
+
 Messages = list[dict[str, str]]
 
 
@@ -236,17 +238,6 @@ def _hit(x: float, y: float) -> float:
     return 1.0 if x > y else 0.5 if x == y else 0.0
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """95% Wilson score interval of a proportion (ties counted half are fine)."""
-    if n == 0:
-        return None
-    phat = successes / n
-    denom = 1 + z * z / n
-    centre = (phat + z * z / (2 * n)) / denom
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def reliability_bins(deltas: Sequence[float], p_chosen: Sequence[float],
                      bins: int = 10) -> list[dict[str, float]]:
     """The reliability diagram: for each non-empty confidence bin over [0.5, 1], its mean
@@ -291,7 +282,7 @@ def pair_metrics(chosen_rewards: Sequence[float], rejected_rewards: Sequence[flo
         longer.append(_hit(lc, lr) if p > 0.5 else _hit(lr, lc))
     n = len(hits)
     acc = sum(hits) / n if n else None
-    ci = wilson_interval(sum(hits), n)
+    ci = wilson(sum(hits), n) if n else None
     mean = (lambda xs: sum(xs) / len(xs) if xs else None)
     return {
         "n": n,
