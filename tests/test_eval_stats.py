@@ -30,6 +30,7 @@ def test_paired_difference_hand_computed():
                          pytest.approx(2 + stats.Z95 / math.sqrt(3))]
     # the same shift on every item has no spread: the interval closes on it
     assert stats.paired_difference([0.2, 0.7], [0.1, 0.6])["ci95"] == [pytest.approx(0.1)] * 2
+    assert stats.sample_sd([1.0, 2.0, 3.0]) == pytest.approx(1.0) and stats.sample_sd([5.0]) is None
     assert stats.paired_difference([1.0], [0.5]) == {"n": 1, "mean": 0.5, "sd": None, "ci95": None}
     assert stats.paired_difference([], [])["mean"] is None
     with pytest.raises(ValueError, match="2 values after, 1 before"):

@@ -320,8 +320,7 @@ def _kl(config, prompts, gens, policy_lm, policy_tokenizer, say, progress) -> di
     finally:
         bar.close()
     d = stats.describe(per)
-    sd = (math.sqrt(math.fsum((x - d["mean"]) ** 2 for x in per) / (len(per) - 1))
-          if len(per) > 1 else None)
+    sd = stats.sample_sd(per)
     return {"mean": d["mean"], "se": sd / math.sqrt(len(per)) if sd is not None else None,
             "median": d["median"], "n": len(per), "per_sample": per,
             "sample_tokens": [len(r) for r in resp_ids],

@@ -38,11 +38,20 @@ def paired_difference(after: Sequence[float], before: Sequence[float], z: float 
         return {"n": 0, "mean": None, "sd": None, "ci95": None}
     d = [a - b for a, b in zip(after, before)]
     mean = math.fsum(d) / n
-    if n < 2:
+    sd = sample_sd(d)
+    if sd is None:
         return {"n": n, "mean": mean, "sd": None, "ci95": None}
-    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (n - 1))
     half = z * sd / math.sqrt(n)
     return {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half]}
+
+
+def sample_sd(xs: Sequence[float]) -> float | None:
+    """Standard deviation with n - 1 in the denominator; None for fewer than 2 values."""
+    n = len(xs)
+    if n < 2:
+        return None
+    mean = math.fsum(xs) / n
+    return math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
 
 
 def quantile(xs: Sequence[float], q: float) -> float:
