@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cai.schema import validation_errors as format_validation_error  # the one formatter
 
@@ -73,3 +73,91 @@ def load_section(path: str | os.PathLike | None, section: str, cls: type[T],
         where = f"{path}: " if path else ""
         lines = format_validation_error(e)
         raise ConfigError(f"{where}invalid {section} config\n  " + "\n  ".join(lines)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The one stage vocabulary. Every stage config extends `StageConfig` (as TRL's configs extend
+# `TrainingArguments`); stages that run an engine add `EngineConfig`, training stages add
+# `TrainConfig`. One name per idea; the old spellings are refused, never aliased.
+
+# old key -> the key that replaced it (a dotted name lives inside a mapping field)
+RENAMED: dict[str, str] = {
+    "output_dir": "out",
+    "policy": "model",
+    "reward_model": "reward",
+    "field": "prompt_field",
+    "learning_rate": "lr",
+    "value_learning_rate": "value_lr",
+    "scheduler": "lr_scheduler",
+    "max_new_tokens": "max_tokens",
+    "rollout_backend": "backend",
+    "gpu_memory_utilization": "backend_options.gpu_memory_utilization",
+    "vllm_gpu_memory_utilization": "backend_options.gpu_memory_utilization",
+}
+
+
+def renamed_key_message(old: str) -> str:
+    new = RENAMED[old]
+    if "." in new:
+        parent, child = new.split(".", 1)
+        return f"`{old}` is now `{new}` (write `{parent}: {{{child}: ...}}`)"
+    return f"`{old}` is now `{new}`"
+
+
+class StageConfig(BaseModel):
+    """What every stage has: where it writes, which model it starts from, its seed, and
+    whether it shows progress."""
+
+    model_config = ConfigDict(extra="forbid")
+    # keys a subclass still uses under an old spelling's name for another idea (none today)
+    KEEP_KEYS: ClassVar[frozenset[str]] = frozenset()
+
+    out: str = Field(description="output directory (or file, where the stage writes one)")
+    model: str | None = Field(None, description="registry name, model directory or hub id "
+                                                "(default: the embedded model)")
+    seed: int = Field(0, description="random seed (sampling, shuffles, principle draws)")
+    progress: bool = Field(True, description="progress bars and a summary on stderr")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_old_spellings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = [k for k in data if k in RENAMED and k not in cls.model_fields
+                   and k not in cls.KEEP_KEYS]
+            if old:
+                raise ValueError("; ".join(renamed_key_message(k) for k in old))
+        return data
+
+
+class EngineConfig(StageConfig):
+    """A stage that runs prompts through an inference engine (a cai backend)."""
+
+    backend: str | None = Field(None, description="vllm | transformers | openai (default: vllm "
+                                                  "when installed)")
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict, description="passed to load_backend: gpu_memory_utilization (the "
+                                          "one place for the GPU/RAM share), base_url, ...")
+    prompt_field: str = Field("prompt", description="text field holding a single-turn prompt")
+    messages_field: str = Field("messages", description="field holding a message list")
+    max_tokens: int = Field(256, ge=1, description="tokens per generated answer")
+
+
+class TrainConfig(StageConfig):
+    """A stage that trains weights: optimisation and checkpointing shared by SFT, RM and PPO."""
+
+    lr: float = Field(5e-5, gt=0.0, description="learning rate")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="learning-rate schedule (transformers' get_scheduler)")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warmup")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="clip; None switches it off")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="bf16/fp16 autocast with fp32 weights. auto: bf16 on a CUDA GPU "
+                            "that supports it and on a CPU with AMX (native bf16 matmul), else fp32")
+    attn_implementation: Literal["auto", "eager", "sdpa"] = Field(
+        "auto", description="attention kernel. auto: eager on a CPU when its saved attention "
+                            "weights stay under 2 GiB (its backward beats SDPA's there), else "
+                            "the model's default")
+    save_every: int | None = Field(100, ge=1, description="optimizer steps (PPO: iterations) "
+                                                          "between checkpoints")
+    keep_checkpoints: int = Field(1, ge=1, description="checkpoints kept while training")
+    resume: bool = Field(False, description="continue from the last checkpoint in `out`")
