@@ -161,3 +161,32 @@ class TrainConfig(StageConfig):
                                                           "between checkpoints")
     keep_checkpoints: int = Field(1, ge=1, description="checkpoints kept while training")
     resume: bool = Field(False, description="continue from the last checkpoint in `out`")
+    # LoRA (peft); off when lora_r is None
+    lora_r: int | None = Field(None, ge=1, description="LoRA rank (None: train all weights)")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    merge_lora: bool = Field(True, description="save the merged model (else the adapter)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The one run signature: run_x(config, *, backend=None, log=say, progress=progress_bar) -> dict.
+# `log` takes cai's own lines for people; `progress` makes the bars (a stage passes
+# disable=not config.progress), so a runner or a test can route or record both.
+
+def say(message: str) -> None:
+    """The default `log`: one line on stderr."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def progress_bar(*, total: int | None, desc: str, unit: str = "it", initial: int = 0,
+                 disable: bool = False, **kwargs: Any) -> Any:
+    """The default `progress` factory: a tqdm bar on stderr (its ETA is tqdm's)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=disable,
+                file=sys.stderr, dynamic_ncols=True, **kwargs)
