@@ -62,7 +62,8 @@ def write(path: Path, text: str) -> Path:
 
 def test_shipped_names():
     assert {"harmless", "helpful-honest", "support-empathy"} <= set(shipped_names())
-    assert SHIPPED_DIR == Path(cai.constitution.__file__).parent / "shipped"  # package data
+    # a checkout reads the top-level constitutions/ folder (a wheel: cai/constitutions/)
+    assert SHIPPED_DIR == Path(cai.constitution.__file__).parents[2] / "constitutions"
 
 
 @pytest.mark.parametrize("name", shipped_names())

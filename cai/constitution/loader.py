@@ -11,6 +11,7 @@ Each value keeps the position it was written at, so an error in a parent names t
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 from cai.constitution.errors import ConstitutionError, LocatedError, did_you_mean
@@ -18,13 +19,24 @@ from cai.constitution.schema import SCHEMA_VERSION, Constitution
 from cai.constitution.validate import check
 from cai.constitution.yamlnodes import Node, parse
 
-# Package data (pyproject's package-data), so `pip install .` ships them as `-e` does.
-SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 _SUFFIXES = (".yaml", ".yml")
 
 
+def _shipped_dir() -> Path:
+    """The top-level constitutions/ folder: in a checkout (and an editable install) beside the
+    package; in a wheel mapped to cai/constitutions (pyproject's hatch force-include)."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "constitutions").is_dir():
+        return root / "constitutions"
+    # a wheel installs as plain files, so the traversable is a real directory
+    return Path(str(resources.files("cai") / "constitutions"))
+
+
+SHIPPED_DIR = _shipped_dir()
+
+
 def shipped_names() -> list[str]:
-    """Names of the constitutions that ship with cai (cai/constitution/shipped/)."""
+    """Names of the constitutions that ship with cai (the top-level constitutions/ folder)."""
     if not SHIPPED_DIR.is_dir():
         return []
     return sorted(p.stem for p in SHIPPED_DIR.iterdir() if p.suffix in _SUFFIXES)
