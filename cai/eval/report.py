@@ -24,6 +24,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cai.stats import pct
+
 # Candidate key names in a PPO metrics line, first match wins (the reader tolerates any).
 STEP_KEYS = ("iteration", "iter", "step", "global_step", "epoch")
 REWARD_KEYS = ("reward/raw", "reward/raw_mean", "reward/mean", "rewards/raw_mean", "reward_raw_mean",
@@ -243,10 +245,7 @@ def _f(x: Any, digits: int = 3) -> str:
 
 
 def _pct(p: dict[str, Any] | None) -> str:
-    if not p or p.get("rate") is None:
-        return "–"
-    lo, hi = p["ci95"]
-    return f"{100 * p['rate']:.1f}% [{100 * lo:.0f}–{100 * hi:.0f}] (n={p['n']})"
+    return pct(p, missing="–")  # the report's dash
 
 
 def _e(text: Any) -> str:

@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cai import stats
+
 
 class EvalRMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -72,7 +74,7 @@ def run_eval_rm(config: EvalRMConfig, *, echo: Callable[[str], None] = print) ->
 
 def format_eval(m: dict[str, Any]) -> str:
     def pct(x):
-        return "n/a" if x is None else f"{100 * x:.1f}%"
+        return stats.pct(x, missing="n/a")
 
     ci = m.get("accuracy_ci95")
     ci_text = f" (95% CI {pct(ci[0])}-{pct(ci[1])})" if ci else ""

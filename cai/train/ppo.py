@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cai.eval.stats import paired_difference
+from cai.stats import paired_difference
 from cai.io import atomic_write_json
 from cai.train import losses as L
 from cai.train.accel import allow_precision, pick_mixed_precision
