@@ -39,7 +39,7 @@ from cai.backends.context import context_fit
 from cai.constitution import Constitution, Principle, sample_principle
 from cai.generate import relevance, routing, verdict
 from cai.generate.config import GenerateConfig, effective_route
-from cai.generate.inputs import PromptItem
+from cai.prompts import PromptItem
 from cai.generate.quality import Problem, meta_commentary, problem
 from cai.prompting import clean_output, critique_messages, response_messages, revision_messages
 

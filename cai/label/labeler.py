@@ -25,7 +25,7 @@ from cai.backends import Backend, SamplingConfig
 from cai.backends.context import context_fit
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.label import cot
-from cai.label.feedback import COT_CLAMP, clamp, consistent, ensemble, option_prob, pair_prob
+from cai.feedback import COT_CLAMP, clamp, consistent, ensemble, option_prob, pair_prob
 from cai.label.inputs import Pair
 from cai.label.pointwise import PointwiseVerdict, ResponseScorer, label_pairs_pointwise
 from cai.prompting import (ANSWER_PREFIX, COMPARISON_OPTIONS, JUDGEMENT_ANSWERS, comparison_messages,

@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from cai.backends import Backend
 from cai.constitution import Constitution, Principle, sample_principles
-from cai.label.feedback import ensemble
+from cai.feedback import ensemble
 from cai.prompting import JUDGEMENT_ANSWERS, judgement_messages
 from cai.schema import prompt_key
 

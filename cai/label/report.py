@@ -36,7 +36,7 @@ from typing import Iterable
 
 from pydantic import BaseModel
 
-from cai.label.feedback import entropy_bits
+from cai.feedback import entropy_bits
 from cai.label.inputs import normalize, pair_key
 from cai.records import PreferenceRecord
 from cai.stats import Z95, hit, mean, pct, wilson
