@@ -125,7 +125,7 @@ def ppo_curves(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]
 
 def calibration_bins(rm: dict[str, Any]) -> list[dict[str, float]]:
     """The reliability bins of a `cai eval rm` summary (`bins`, from
-    `cai.train.reward.reliability_bins`); empty when it has none."""
+    `cai.stats.reliability_bins`); empty when it has none."""
     return [b for b in rm.get("bins") or []
             if isinstance(b, dict) and b.get("count", 0) > 0
             and b.get("confidence") is not None and b.get("accuracy") is not None]
@@ -171,7 +171,7 @@ def plot_curve(train: list[tuple[float, float]], held: list[tuple[float, float]]
 def plot_reliability(bins: list[dict[str, float]]) -> str:
     fig, ax = _figure(4.6, 4.2)
     ax.plot([0.5, 1.0], [0.5, 1.0], ls="--", color="grey", label="perfect calibration")
-    # the bins are tenths of [0.5, 1] (cai.train.reward.reliability_bins), the empty ones left
+    # the bins are tenths of [0.5, 1] (cai.stats.reliability_bins), the empty ones left
     # out: one bin's width, not the span over the bins present
     ax.bar([b["confidence"] for b in bins], [b["accuracy"] for b in bins], width=0.045,
            alpha=.7, label="observed accuracy", edgecolor="black")
