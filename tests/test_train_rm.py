@@ -5,7 +5,6 @@ uninterrupted run, the NaN guard, reruns, and bad input."""
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import subprocess
