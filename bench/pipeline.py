@@ -84,7 +84,7 @@ def main() -> None:
 
     from cai.backends import SamplingConfig, load_backend
     from cai.generate.config import GenerateConfig
-    from cai.generate.inputs import load_prompts
+    from cai.prompts import load_prompts
     from cai.generate.run import run_generate
 
     prompts_file = REPO / "pipelines/prompts/red_team_train.jsonl"

@@ -52,7 +52,8 @@ print("TRL_RESULT " + json.dumps({"seconds": seconds, "pairs": len(trainer.train
 
 def heldout_accuracy(model_dir: str, pairs: list[dict], max_length: int) -> dict:
     from cai.eval.rm import load_scoring_model
-    from cai.train.reward import pair_metrics, score
+    from cai.stats import pair_metrics
+    from cai.train.reward import score
 
     model, tok = load_scoring_model(model_dir)
     items = []

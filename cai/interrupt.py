@@ -71,7 +71,7 @@ def command_line(argv: list[str] | None = None) -> str:
     """This process's command line, shell-quoted, as the user would type it again."""
     argv = list(sys.argv if argv is None else argv)
     prog = argv[0] if argv else "cai"
-    if Path(prog).name == "__main__.py":  # python -m cai (or python -m cai.generate)
+    if Path(prog).name == "__main__.py":  # python -m cai (or a subpackage's __main__)
         package = Path(prog).parent.name
         module = "cai" if package == "cai" else f"cai.{package}"
         head = ["python", "-m", module]

@@ -11,7 +11,7 @@ import torch
 from cai.backends import Backend, Generation
 from cai.backends.text import encode, render_chat
 from cai.eval.policy import EvalPolicyConfig, run_eval_policy
-from cai.eval.stats import wilson
+from cai.stats import wilson
 
 RED = "pipelines/prompts/red_team_eval.jsonl"
 HELP = "pipelines/prompts/helpful_eval.jsonl"

@@ -36,7 +36,7 @@ def _records(run: Path) -> list[dict]:
 
 def _run(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "cai.generate", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "cai", "generate", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 

@@ -14,7 +14,7 @@ import json
 from cai.backends.base import Backend, Generation
 from cai.constitution.schema import Constitution
 from cai.generate.config import GenerateConfig, fingerprint, fingerprint_fields
-from cai.generate.inputs import load_prompts
+from cai.prompts import load_prompts
 from cai.generate.run import record_id
 from cai.label import LabelConfig, read_pairs, run_info, to_record
 from cai.label.labeler import Label, verdict

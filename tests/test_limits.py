@@ -15,7 +15,7 @@ from cai.cli import app
 from cai.config import ConfigError, read_section
 from cai.constitution import ConstitutionError, load_constitution
 from cai.data.importers import import_file, import_rows
-from cai.generate.inputs import load_prompts
+from cai.prompts import load_prompts
 from cai.io import iter_rows
 from cai.label.inputs import read_pairs
 

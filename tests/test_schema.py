@@ -71,7 +71,7 @@ def test_message_is_the_record_message():
 
 def test_rejects_file_has_the_same_fields_for_every_stage(tmp_path):
     from cai.data.importers import import_rows
-    from cai.generate.inputs import load_prompts
+    from cai.prompts import load_prompts
     from cai.io import iter_rows
     from cai.label import read_pairs
 

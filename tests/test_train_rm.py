@@ -5,7 +5,6 @@ uninterrupted run, the NaN guard, reruns, and bad input."""
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import subprocess
@@ -20,8 +19,7 @@ from cai.io import DataError
 from cai.models import ModelError
 from cai.train.config import ConfigError
 from cai.train.metrics import NonFiniteLossError
-from cai.train.reward import (expected_calibration_error, format_for_reward, pair_metrics,
-                              reliability_bins)
+from cai.train.reward import format_for_reward
 from cai.train.rm import RMConfig, run_rm
 
 WORDS = "apple river stone cloud paper light garden window music table chair lamp".split()
@@ -54,39 +52,6 @@ def rm_config(model_dir, data, out, **kw) -> RMConfig:
 def losses(out: Path) -> dict[int, float]:
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
-# --------------------------------------------------------------------------- metrics by hand
-
-
-def test_pair_metrics_by_hand():
-    # Δ = [2, -1, 0, 1]; labels: chosen better except pair 3 (p=0.2: rejected better)
-    m = pair_metrics([3.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.2],
-                     chosen_lengths=[10, 5, 3, 3], rejected_lengths=[5, 5, 9, 9])
-    # hits: 1, 0, 0.5 (tie), 0 (Δ=1 but rejected preferred) -> 1.5 / 4
-    assert m["accuracy"] == pytest.approx(0.375)
-    assert m["margin"] == pytest.approx(0.5)
-    assert m["rewards/chosen"] == pytest.approx(1.25)
-    assert m["rewards/rejected"] == pytest.approx(0.75)
-    # longer preferred: 1, 0.5 (equal), 0, 1 (rejected preferred and longer) -> 2.5 / 4
-    assert m["length_baseline"] == pytest.approx(0.625)
-    assert m["n"] == 4
-
-
-def test_ece_and_wilson_by_hand():
-    # one pair, Δ = ln 3: confidence σ(ln 3) = 0.75; p = 1: correctness 1 -> |0.75 - 1|
-    assert expected_calibration_error([math.log(3)], [1.0]) == pytest.approx(0.25)
-    # predicted rejected (Δ < 0) with p = 0.2: correctness 0.8, confidence 0.75
-    assert expected_calibration_error([-math.log(3)], [0.2]) == pytest.approx(0.05)
-    assert expected_calibration_error([1.0], [0.5]) is None  # no preferred side
-    # the reliability bins behind it: σ(ln 3) = 0.75 lands in bin 5 of [0.5, 1] by tenths,
-    # σ(ln 9) = 0.9 in bin 8; two pairs in the first (one right, one wrong), one in the second
-    bins = reliability_bins([math.log(3), -math.log(3), math.log(9), 0.3], [1.0, 1.0, 1.0, 0.5])
-    assert bins == [pytest.approx({"confidence": 0.75, "accuracy": 0.5, "count": 2}),
-                    pytest.approx({"confidence": 0.9, "accuracy": 1.0, "count": 1})]
-    # ECE from those bins: 2/3 * |0.75 - 0.5| + 1/3 * |0.9 - 1|
-    assert expected_calibration_error([math.log(3), -math.log(3), math.log(9)], [1.0] * 3) \
-        == pytest.approx(2 / 3 * 0.25 + 1 / 3 * 0.1)
 
 
 # --------------------------------------------------------------------------- the reward head

@@ -5,13 +5,9 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from cai.backends.base import Backend, Conversation, Generation, SamplingConfig
+from cai.backends.base import Backend, BackendError, Conversation, Generation, SamplingConfig
 
 BACKENDS = ("vllm", "transformers", "openai")
-
-
-class BackendError(RuntimeError):
-    """A backend failed in a way the caller should see (dead server, bad model, ...)."""
 
 
 def default_backend() -> str:

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai.schema import Conversation  # [{"role": "system"|"user"|"assistant", "content": ...}]
 
 
+class BackendError(RuntimeError):
+    """A backend failed in a way the caller should see (dead server, bad model, ...)."""
+
+
 class SamplingConfig(BaseModel):
     """Sampling parameters shared by all backends."""
 

@@ -28,8 +28,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from cai.backends import BackendError
-from cai.backends.base import Backend, Conversation, Generation, SamplingConfig
+from cai.backends.base import Backend, BackendError, Conversation, Generation, SamplingConfig
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cai.backends.base import Conversation
+from cai.schema import Conversation
 
 
 def render_chat(tokenizer: Any, conversation: Conversation, add_generation_prompt: bool = True) -> str:

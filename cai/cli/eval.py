@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from cai.cli.common import EXIT_USAGE, fail
+from cai.stats import pct as _pct
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -35,13 +36,6 @@ def rm_cmd(
     except (DataError, ModelError) as e:
         fail(str(e))
     typer.echo(json.dumps(metrics, indent=2) if as_json else format_eval(metrics))
-
-
-def _pct(p: dict | None) -> str:
-    if not p or p.get("rate") is None:
-        return "-"
-    lo, hi = p["ci95"]
-    return f"{100 * p['rate']:5.1f}%  [{100 * lo:.0f}-{100 * hi:.0f}]  n={p['n']}"
 
 
 def format_summary(s: dict) -> str:

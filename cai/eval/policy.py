@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.eval import stats
+from cai import stats
 from cai.eval.prompts import EvalPrompt, load_eval_prompts
 from cai.eval.refusal import LABELS, SAFE, classify
 
@@ -71,10 +71,6 @@ class EvalPolicyConfig(BaseModel):
     def files(self) -> list[tuple[str, str | None]]:
         return ([(p, None) for p in self.prompts] + [(p, "harmful") for p in self.harmful]
                 + [(p, "benign") for p in self.benign])
-
-
-def _mean(xs: list[float]) -> float | None:
-    return math.fsum(xs) / len(xs) if xs else None
 
 
 def _outcome(a: float, b: float) -> float:
@@ -357,7 +353,7 @@ def _summarise(config, prompts, rejects, pol_gens, ref_gens, pol_v, ref_v, pol_r
         for g, idx in groups.items():
             ps = [judge[i] for i in idx if judge[i] is not None]
             entry = stats.win_rate([_outcome(p, 0.5) for p in ps])
-            entry["mean_p_policy"] = _mean(ps)
+            entry["mean_p_policy"] = stats.mean(ps)
             entry["not_judged"] = sum(judge[i] is None for i in idx)
             win["judge"][g] = entry
         win["judge_settings"] = {"constitution": config.constitution,
@@ -383,9 +379,9 @@ def _categories(prompts, pol_v, ref_v, pol_r, ref_r, judge) -> dict[str, Any]:
         if ref_v:
             row["reference_safe"] = stats.proportion(sum(ref_v[i].safe for i in idx), len(idx))
         if pol_r is not None:
-            row["policy_reward"] = _mean([pol_r[i] for i in idx])
+            row["policy_reward"] = stats.mean([pol_r[i] for i in idx])
         if ref_r is not None:
-            row["reference_reward"] = _mean([ref_r[i] for i in idx])
+            row["reference_reward"] = stats.mean([ref_r[i] for i in idx])
             row["reward_win_rate"] = stats.win_rate([_outcome(pol_r[i], ref_r[i]) for i in idx])["rate"]
         if judge is not None:
             ps = [judge[i] for i in idx if judge[i] is not None]

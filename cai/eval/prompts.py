@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from cai.generate.inputs import load_prompts
+from cai.prompts import load_prompts
 
 KINDS = ("harmful", "benign")
 HARMFUL_CATEGORIES = frozenset({

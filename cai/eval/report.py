@@ -24,6 +24,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cai.stats import pct
+
 # Candidate key names in a PPO metrics line, first match wins (the reader tolerates any).
 STEP_KEYS = ("iteration", "iter", "step", "global_step", "epoch")
 REWARD_KEYS = ("reward/raw", "reward/raw_mean", "reward/mean", "rewards/raw_mean", "reward_raw_mean",
@@ -123,7 +125,7 @@ def ppo_curves(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]
 
 def calibration_bins(rm: dict[str, Any]) -> list[dict[str, float]]:
     """The reliability bins of a `cai eval rm` summary (`bins`, from
-    `cai.train.reward.reliability_bins`); empty when it has none."""
+    `cai.stats.reliability_bins`); empty when it has none."""
     return [b for b in rm.get("bins") or []
             if isinstance(b, dict) and b.get("count", 0) > 0
             and b.get("confidence") is not None and b.get("accuracy") is not None]
@@ -169,7 +171,7 @@ def plot_curve(train: list[tuple[float, float]], held: list[tuple[float, float]]
 def plot_reliability(bins: list[dict[str, float]]) -> str:
     fig, ax = _figure(4.6, 4.2)
     ax.plot([0.5, 1.0], [0.5, 1.0], ls="--", color="grey", label="perfect calibration")
-    # the bins are tenths of [0.5, 1] (cai.train.reward.reliability_bins), the empty ones left
+    # the bins are tenths of [0.5, 1] (cai.stats.reliability_bins), the empty ones left
     # out: one bin's width, not the span over the bins present
     ax.bar([b["confidence"] for b in bins], [b["accuracy"] for b in bins], width=0.045,
            alpha=.7, label="observed accuracy", edgecolor="black")
@@ -243,10 +245,7 @@ def _f(x: Any, digits: int = 3) -> str:
 
 
 def _pct(p: dict[str, Any] | None) -> str:
-    if not p or p.get("rate") is None:
-        return "–"
-    lo, hi = p["ci95"]
-    return f"{100 * p['rate']:.1f}% [{100 * lo:.0f}–{100 * hi:.0f}] (n={p['n']})"
+    return pct(p, missing="–")  # the report's dash
 
 
 def _e(text: Any) -> str:

@@ -1,7 +1,7 @@
 """`cai eval rm`: a reward model on any preference data (a store, or any file `cai label
 --pairs` reads: HH, prompt/chosen/rejected, TRL). Reports accuracy with its 95% Wilson
 interval, mean margin, rewards, ECE and the "prefer the longer answer" baseline on the same
-pairs (definitions in cai.train.reward)."""
+pairs (definitions in cai.stats)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import time
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from cai import stats
 
 
 class EvalRMConfig(BaseModel):
@@ -21,21 +23,23 @@ class EvalRMConfig(BaseModel):
 
 
 def load_scoring_model(path: str):
-    """(model, tokenizer) of a reward-model directory, on GPU when there is one."""
+    """(model, tokenizer) of a reward-model directory, on GPU when there is one, loaded by
+    the training core's loader (`cai.train.modeling.load_reward_model`), as RM training does."""
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     from cai.models import ModelError
-    from cai.train.modeling import load_tokenizer, resolve_training_model
+    from cai.train.modeling import load_reward_model, load_tokenizer, resolve_training_model
 
     path = resolve_training_model(path)
     tokenizer = load_tokenizer(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
-    if model.config.num_labels != 1:
-        raise ModelError(f"{path}: not a reward model (num_labels={model.config.num_labels}, "
+    # checked before loading: the loader asks for one label and would put a fresh head on
+    # any other model
+    num_labels = AutoConfig.from_pretrained(path).num_labels
+    if num_labels != 1:
+        raise ModelError(f"{path}: not a reward model (num_labels={num_labels}, "
                          "expected 1; train one with `cai train rm`)")
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    model = load_reward_model(path, tokenizer)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), tokenizer
 
@@ -43,7 +47,8 @@ def load_scoring_model(path: str):
 def run_eval_rm(config: EvalRMConfig, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
     from cai.io import DataError
     from cai.train.data import read_preference_source
-    from cai.train.reward import encode_for_reward, pair_metrics, score_pairs
+    from cai.stats import pair_metrics
+    from cai.train.reward import encode_for_reward, score_pairs
 
     records, rejects = read_preference_source(config.data)
     for r in rejects[:3]:
@@ -72,7 +77,7 @@ def run_eval_rm(config: EvalRMConfig, *, echo: Callable[[str], None] = print) ->
 
 def format_eval(m: dict[str, Any]) -> str:
     def pct(x):
-        return "n/a" if x is None else f"{100 * x:.1f}%"
+        return stats.pct(x, missing="n/a")
 
     ci = m.get("accuracy_ci95")
     ci_text = f" (95% CI {pct(ci[0])}-{pct(ci[1])})" if ci else ""

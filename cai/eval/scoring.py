@@ -33,16 +33,18 @@ def reward_scores(rm_dir: str, prompts: Sequence[Messages | str], responses: Seq
 
 
 def load_causal_lm(path: str, device: str | None = None):
-    """(model, tokenizer) in float32 for exact log-probs."""
+    """(model, tokenizer) in float32 for exact log-probs, loaded by the training core's
+    loader (`cai.train.modeling.load_causal_lm`), as SFT does."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from cai.models import resolve_model
+    from cai.train.modeling import load_causal_lm as load_training_lm
 
     resolved = resolve_model(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lm = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.float32).to(device).eval()
-    return lm, AutoTokenizer.from_pretrained(resolved)
+    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    return load_training_lm(resolved, tokenizer).to(device).eval(), tokenizer
 
 
 def sequence_logprobs(lm: Any, prompt_ids: Sequence[Sequence[int]],

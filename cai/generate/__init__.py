@@ -7,7 +7,7 @@
     summary = run_generate(GenerateConfig(prompts="p.jsonl", out="outputs/run"))
 
 Modules, in the order the data flows:
-    inputs      prompts in (any cai.io format), deduped; rejects with reasons
+    (cai.prompts: prompts in, any cai.io format, deduped; rejects with reasons)
     config      GenerateConfig; the fingerprint that identifies a run
     pipeline    respond -> route -> (verdict -> critique -> revise) x rounds, one batched
                 backend call per step
@@ -29,7 +29,7 @@ streams it as zero rows, while its non-streaming load refuses any empty split).
 """
 
 from cai.generate.config import GenerateConfig, load_config
-from cai.generate.inputs import PromptItem, Reject, load_prompts, write_rejects
+from cai.prompts import PromptItem, Reject, load_prompts, write_rejects
 
 
 def __getattr__(name: str):

@@ -37,9 +37,11 @@ from typing import Callable
 from cai.backends import Backend, Generation, SamplingConfig
 from cai.backends.context import context_fit
 from cai.constitution import Constitution, Principle, sample_principle
-from cai.generate import relevance, routing, verdict
+import cai.generate.relevance as relevance
+import cai.generate.routing as routing
+import cai.generate.verdict as verdict
 from cai.generate.config import GenerateConfig, effective_route
-from cai.generate.inputs import PromptItem
+from cai.prompts import PromptItem
 from cai.generate.quality import Problem, meta_commentary, problem
 from cai.prompting import clean_output, critique_messages, response_messages, revision_messages
 

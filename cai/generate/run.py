@@ -21,7 +21,7 @@ from cai.constitution import load_constitution
 from cai.generate.checkpoint import RunStore
 from cai.generate.config import (GenerateConfig, apply_recommended, fingerprint, fingerprint_fields,
                                  effective_route, input_fields)
-from cai.generate.inputs import PromptItem, load_prompts
+from cai.prompts import PromptItem, load_prompts
 from cai.generate.outputs import revision_row, write_outputs
 from cai.generate.pipeline import Chain, Run, run_chains
 from cai.generate.progress import Progress, format_summary

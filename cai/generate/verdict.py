@@ -12,7 +12,7 @@ as a two-option question, and the two options are scored as the labeler scores "
     assistant: The answer is: ( A | B )
 
 P(no change needed) is the mean over the two orders of the "No" option's share
-(`cai.label.feedback.pair_prob`), which cancels the small model's bias for a letter. At or
+(`cai.feedback.pair_prob`), which cancels the small model's bias for a letter. At or
 above the run's `unchanged_threshold` the answer is kept.
 """
 
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from cai.backends import Backend
 from cai.constitution import Constitution, Principle
-from cai.label.feedback import option_prob, pair_prob
+from cai.feedback import option_prob, pair_prob
 from cai.prompting import ANSWER_PREFIX, COMPARISON_OPTIONS, critique_messages
 
 CHANGE = "Yes, the response should be changed."

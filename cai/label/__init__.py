@@ -11,14 +11,14 @@ or, piece by piece (`run_label` is these steps plus rejects, the context check a
     labels = label_pairs(backend, constitution, pairs, LabelConfig(principles=4, seed=0))
     records = [to_record(l, backend.model, run_info(constitution, cfg)) for l in labels]
 
-Modules: feedback (the probability math), inputs (what can be labeled), labeler (prompts
-and the batched scoring call), pointwise (yes/no verdicts per response, their cache, tau,
-and `score_responses` for use outside labeling), cot (chain-of-thought mode), report
-(label quality), sample (candidate pairs for labeling), run (`run_label`: a whole
-labeling run).
+Modules: inputs (what can be labeled), labeler (prompts and the batched scoring call),
+pointwise (yes/no verdicts per response, their cache, tau, and `score_responses` for use
+outside labeling), cot (chain-of-thought mode), report (label quality), sample (candidate
+pairs for labeling), run (`run_label`: a whole labeling run). The probability math is
+`cai.feedback`, below both label and generate.
 """
 
-from cai.label.feedback import clamp, consistent, ensemble, entropy_bits, option_prob, pair_prob
+from cai.feedback import clamp, consistent, ensemble, entropy_bits, option_prob, pair_prob
 from cai.label.inputs import Candidates, Pair, human_preferences, pair_key, read_pairs
 from cai.label.labeler import (Label, LabelConfig, Verdict, fitting_pairs, label_pairs, run_info,
                                to_record, verdict)

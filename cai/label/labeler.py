@@ -24,10 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cai.backends import Backend, SamplingConfig
 from cai.backends.context import context_fit
 from cai.constitution import Constitution, Principle, sample_principles
-from cai.label import cot
-from cai.label.feedback import COT_CLAMP, clamp, consistent, ensemble, option_prob, pair_prob
+from cai.feedback import COT_CLAMP, clamp, consistent, ensemble, option_prob, pair_prob
+import cai.label.cot as cot
 from cai.label.inputs import Pair
-from cai.label.pointwise import PointwiseVerdict, ResponseScorer, label_pairs_pointwise
+from cai.label.pointwise import PointwiseVerdict, ResponseScorer, pointwise_verdict
 from cai.prompting import (ANSWER_PREFIX, COMPARISON_OPTIONS, JUDGEMENT_ANSWERS, comparison_messages,
                            judgement_messages)
 from cai.records import PreferenceRecord
@@ -94,6 +94,29 @@ def verdict(principle: str, lp_ab: tuple[float, float], lp_ba: tuple[float, floa
 
 def principles_for(c: Constitution, pair: Pair, config: LabelConfig) -> list[Principle]:
     return sample_principles(c, config.seed, f"{pair.key}/feedback", config.principles)
+
+
+def label_pairs_pointwise(backend: Backend, c: Constitution, pairs: list, config: Any,
+                          tau: float, scorer: ResponseScorer | None = None,
+                          log: Callable[[str], None] | None = None) -> list:
+    """Label every pair from its responses' verdict scores (one scoring call for all
+    responses not yet in `scorer`'s cache). Principles are drawn as in pairwise mode."""
+    if not pairs:
+        return []
+    scorer = scorer or ResponseScorer(backend, c, few_shot=config.few_shot)
+    drawn = [principles_for(c, pair, config) for pair in pairs]
+    items = [(p, pair.prompt, r) for pair, ps in zip(pairs, drawn) for p in ps
+             for r in (pair.first, pair.second)]
+    js = scorer.score(items, log=log)
+    labels, i = [], 0
+    for pair, ps in zip(pairs, drawn):
+        verdicts = []
+        for p in ps:
+            verdicts.append(pointwise_verdict(p.id, js[i], js[i + 1], tau))
+            i += 2
+        labels.append(Label(pair=pair, p_first=ensemble([v.p_first for v in verdicts]),
+                            verdicts=verdicts))
+    return labels
 
 
 def comparison_conversations(c: Constitution, pairs: list[Pair], config: LabelConfig

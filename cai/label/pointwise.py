@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from pydantic import BaseModel
 
 from cai.backends import Backend
 from cai.constitution import Constitution, Principle, sample_principles
-from cai.label.feedback import ensemble
+from cai.feedback import ensemble
 from cai.prompting import JUDGEMENT_ANSWERS, judgement_messages
 from cai.schema import prompt_key
 
@@ -168,31 +168,6 @@ def pointwise_verdict(principle: str, first: Judgement, second: Judgement, tau: 
     return PointwiseVerdict(principle=principle, scores=[first.score, second.score],
                             p_first=pair_prob(first.score, second.score, tau),
                             judgements=[first, second])
-
-
-def label_pairs_pointwise(backend: Backend, c: Constitution, pairs: list, config: Any,
-                          tau: float, scorer: ResponseScorer | None = None,
-                          log: Callable[[str], None] | None = None) -> list:
-    """Label every pair from its responses' verdict scores (one scoring call for all
-    responses not yet in `scorer`'s cache). Principles are drawn as in pairwise mode."""
-    from cai.label.labeler import Label, principles_for  # labeler imports this module
-
-    if not pairs:
-        return []
-    scorer = scorer or ResponseScorer(backend, c, few_shot=config.few_shot)
-    drawn = [principles_for(c, pair, config) for pair in pairs]
-    items = [(p, pair.prompt, r) for pair, ps in zip(pairs, drawn) for p in ps
-             for r in (pair.first, pair.second)]
-    js = scorer.score(items, log=log)
-    labels, i = [], 0
-    for pair, ps in zip(pairs, drawn):
-        verdicts = []
-        for p in ps:
-            verdicts.append(pointwise_verdict(p.id, js[i], js[i + 1], tau))
-            i += 2
-        labels.append(Label(pair=pair, p_first=ensemble([v.p_first for v in verdicts]),
-                            verdicts=verdicts))
-    return labels
 
 
 def reference_diffs(labels: list, human: dict[str, str]) -> list[list[float]]:

@@ -36,10 +36,10 @@ from typing import Iterable
 
 from pydantic import BaseModel
 
-from cai.eval.stats import Z95, wilson
-from cai.label.feedback import entropy_bits
+from cai.feedback import entropy_bits
 from cai.label.inputs import normalize, pair_key
 from cai.records import PreferenceRecord
+from cai.stats import Z95, hit, mean, pct, wilson
 
 
 class Rate(BaseModel):
@@ -51,7 +51,7 @@ class Rate(BaseModel):
 
 
 def _rate(hits: list[float]) -> Rate:
-    return Rate(pairs=len(hits), rate=_mean(hits),
+    return Rate(pairs=len(hits), rate=mean(hits),
                 ci95=wilson(math.fsum(hits), len(hits)) if hits else None)
 
 
@@ -96,24 +96,15 @@ class LabelReport(BaseModel):
     by_principle: dict[str, PrincipleStats] = {}
 
 
-def _mean(xs: list[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
-
-
-def _hit(x: float, y: float) -> float:
-    """1 if x > y, 0.5 on a tie, else 0."""
-    return 1.0 if x > y else 0.5 if x == y else 0.0
-
-
 def _agreement(probs: list[float], longer: list[float]) -> Agreement:
     """probs: probability the labeler gives the reference's choice, one per pair; longer:
-    per pair, _hit(len(reference choice), len(the other answer))."""
-    hits = [_hit(p, 0.5) for p in probs]
+    per pair, hit(len(reference choice), len(the other answer))."""
+    hits = [hit(p, 0.5) for p in probs]
     when_longer = _rate([h for h, lg in zip(hits, longer) if lg == 1.0])
     when_shorter = _rate([h for h, lg in zip(hits, longer) if lg == 0.0])
     overall = _rate(hits)
     return Agreement(pairs=len(probs), rate=overall.rate, ci95=overall.ci95,
-                     mean_p=_mean(probs), longer_baseline=_mean(longer),
+                     mean_p=mean(probs), longer_baseline=mean(longer),
                      when_longer=when_longer, when_shorter=when_shorter,
                      length_balanced=balanced(when_longer, when_shorter))
 
@@ -136,7 +127,7 @@ def build_report(records: Iterable[PreferenceRecord],
         fb = r.metadata["ai_feedback"]
         modes.add(fb.get("mode", "pairwise"))  # records from before pointwise mode
         chosen, rejected = r.chosen[-1].content, r.rejected[-1].content
-        chosen_longer.append(_hit(len(chosen), len(rejected)))
+        chosen_longer.append(hit(len(chosen), len(rejected)))
         for v in fb["verdicts"]:
             if "p_a" not in v:  # pointwise: one response at a time, no orders
                 continue
@@ -147,7 +138,7 @@ def build_report(records: Iterable[PreferenceRecord],
         if r.metadata.get("input", {}).get("source") == "ai-revision":
             revision.append(fb["p_first"])  # first = the input's chosen = the revision
             first, second = (chosen, rejected) if fb["chosen_is_first"] else (rejected, chosen)
-            revision_longer.append(_hit(len(first), len(second)))
+            revision_longer.append(hit(len(first), len(second)))
         if human is not None:
             prompt = [m.model_dump() for m in r.prompt]
             want = human.get(pair_key(prompt, chosen, rejected))
@@ -155,16 +146,16 @@ def build_report(records: Iterable[PreferenceRecord],
                 agree = normalize(chosen) == want
                 vs_human.append(r.p_chosen if agree else 1.0 - r.p_chosen)
                 picked, other = (chosen, rejected) if agree else (rejected, chosen)
-                human_longer.append(_hit(len(picked), len(other)))
+                human_longer.append(hit(len(picked), len(other)))
     return LabelReport(
         mode=None if not modes else modes.pop() if len(modes) == 1 else "mixed",
         pairs=len(recs),
         comparisons=len(consistent),
-        position_consistency=_mean(consistent),
-        a_rate=_mean(a_picks),
-        mean_entropy_bits=_mean([entropy_bits(r.p_chosen) for r in recs]),
-        mean_p_chosen=_mean([r.p_chosen for r in recs]),
-        longer_chosen_rate=_mean(chosen_longer),
+        position_consistency=mean(consistent),
+        a_rate=mean(a_picks),
+        mean_entropy_bits=mean([entropy_bits(r.p_chosen) for r in recs]),
+        mean_p_chosen=mean([r.p_chosen for r in recs]),
+        longer_chosen_rate=mean(chosen_longer),
         revision_agreement=_agreement(revision, revision_longer),
         human_accuracy=_agreement(vs_human, human_longer) if human is not None else None,
         by_principle={k: PrincipleStats(comparisons=len(v), position_consistency=sum(v) / len(v))
@@ -172,15 +163,11 @@ def build_report(records: Iterable[PreferenceRecord],
     )
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
 def _rate_text(r: Rate | None) -> str:
     if r is None or not r.pairs:
         return "-"
     lo, hi = r.ci95
-    return f"{_pct(r.rate)} [{100 * lo:.1f}, {100 * hi:.1f}] (n={r.pairs})"
+    return f"{pct(r.rate)} [{100 * lo:.1f}, {100 * hi:.1f}] (n={r.pairs})"
 
 
 def _length_lines(a: Agreement) -> list[str]:
@@ -198,25 +185,25 @@ def format_report(rep: LabelReport) -> str:
     ]
     if not pointwise:
         lines += [
-            f"position consistency   {_pct(rep.position_consistency)}  (same winner in both orders)",
-            f"(A) chosen per order   {_pct(rep.a_rate)}  (50% = no position bias)"]
+            f"position consistency   {pct(rep.position_consistency)}  (same winner in both orders)",
+            f"(A) chosen per order   {pct(rep.a_rate)}  (50% = no position bias)"]
     lines += [
         f"mean label entropy     {'-' if rep.mean_entropy_bits is None else f'{rep.mean_entropy_bits:.3f}'} bits"
         f"  (mean p_chosen {'-' if rep.mean_p_chosen is None else f'{rep.mean_p_chosen:.3f}'})",
     ]
-    lines.append(f"chosen is the longer   {_pct(rep.longer_chosen_rate)}  (length bias of the labels)")
+    lines.append(f"chosen is the longer   {pct(rep.longer_chosen_rate)}  (length bias of the labels)")
     ra = rep.revision_agreement
-    lines.append(f"revision agreement     {_pct(ra.rate)}  ({ra.pairs} ai-revision pairs; "
-                 f"'prefer longer' would get {_pct(ra.longer_baseline)})")
+    lines.append(f"revision agreement     {pct(ra.rate)}  ({ra.pairs} ai-revision pairs; "
+                 f"'prefer longer' would get {pct(ra.longer_baseline)})")
     if ra.pairs:
         lines += _length_lines(ra)
     if rep.human_accuracy is not None:
         h = rep.human_accuracy
         mp = "-" if h.mean_p is None else f"{h.mean_p:.3f}"
         ci = "" if h.ci95 is None else f" [{100 * h.ci95[0]:.1f}, {100 * h.ci95[1]:.1f}]"
-        lines.append(f"accuracy vs human      {_pct(h.rate)}{ci}  ({h.pairs} matched pairs, "
+        lines.append(f"accuracy vs human      {pct(h.rate)}{ci}  ({h.pairs} matched pairs, "
                      f"mean p(human choice) {mp}; 'prefer longer' would get "
-                     f"{_pct(h.longer_baseline)})")
+                     f"{pct(h.longer_baseline)})")
         if h.pairs:
             lines += _length_lines(h)
     return "\n".join(lines)

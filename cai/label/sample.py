@@ -80,7 +80,7 @@ def load_sample_config(path: str | Path | None = None,
 def sample_candidates(backend: Backend, prompts: list[Any], config: SampleConfig,
                       constitution: Constitution | None = None,
                       progress: bool = True) -> list[Candidates]:
-    """`prompts`: `cai.generate.inputs.PromptItem`s. With a constitution, its system prompt
+    """`prompts`: `cai.prompts.PromptItem`s. With a constitution, its system prompt
     (if any) is shown to the policy, as in generation; the stored prompt is the bare one.
     Sent in about 20 engine calls of at least 32 prompts, with a progress bar on stderr."""
     if not prompts:
@@ -118,7 +118,7 @@ def run_sample(config: SampleRunConfig, *, backend: Backend | None = None,
     """Sample `config.n` responses per usable prompt (one batch) into `config.out`; rejected
     prompts go to the rejects file. Returns the summary. Raises `ConstitutionError`,
     `ConfigError` (max_prompt_tokens without a tokenizer) or `DataError` (unreadable prompts)."""
-    from cai.generate.inputs import load_prompts
+    from cai.prompts import load_prompts
 
     log = log or (lambda m: print(m, file=sys.stderr))
     c = load_constitution(config.constitution) if config.constitution else None

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from cai.pipeline.spec import RunSettings
+from cai.stats import pct as _pct
 
 ORDER = ("generate", "sft", "sample", "label", "rm", "ppo", "eval")
 PER_ROUND = ("sample", "label", "rm", "ppo")
@@ -409,17 +410,6 @@ def run_eval(config: Any, *, backend: Any = None) -> dict[str, Any]:
     summary = run_eval_policy(config, log=lambda m: print(f"  {m}"))
     paths = write_report(Path(config.out).parent)
     return {**summary, "report": {k: str(v) for k, v in paths.items()}}
-
-
-def _pct(p: Any) -> str:
-    """A proportion as "12.5% [5-28] n=44" (95% Wilson interval)."""
-    if not isinstance(p, dict) or p.get("rate") is None:
-        return "-"
-    text = f"{100 * p['rate']:.1f}%"
-    lo_hi = p.get("ci95")
-    if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2:
-        text += f" [{100 * lo_hi[0]:.0f}-{100 * lo_hi[1]:.0f}]"
-    return text + (f" n={p['n']}" if isinstance(p.get("n"), int) else "")
 
 
 def _mean_se(d: Any) -> str:

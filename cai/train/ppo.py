@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cai.eval.stats import paired_difference
+from cai.stats import paired_difference
 from cai.io import atomic_write_json
 from cai.train import losses as L
 from cai.train.accel import allow_precision, pick_mixed_precision
@@ -149,7 +149,7 @@ class PPOConfig(BaseModel):
 
 def _load_prompt_ids(path: str, config: PPOConfig, tokenizer) -> tuple[list, list[list[int]]]:
     from cai.backends.context import ChatTokenizer
-    from cai.generate.inputs import load_prompts
+    from cai.prompts import load_prompts
 
     items, rejects = load_prompts(path, field=config.prompt_field, messages_field=config.messages_field,
                                   max_prompt_tokens=config.max_prompt_tokens,

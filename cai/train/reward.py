@@ -9,23 +9,13 @@
   id, which for right padding is the sequence's own last token.
 - `pack_pairs` + `token_rewards`: a batch of pairs with each pair's common prefix (the
   prompt) run once, for training; see `pack_pairs`.
-- `pair_metrics`: TRL's names (accuracy, margin, rewards/chosen, rewards/rejected) plus
-  ECE and the "prefer the longer answer" baseline.
 
-ECE here is the calibration of the model's pairwise confidence. For each pair with a
-preferred side (p != 0.5) the model predicts the side with the higher reward, with
-confidence σ(|Δ|) in [0.5, 1]; the chance that prediction is right is p (or 1 - p when it
-predicts rejected), which is 1 or 0 for hard labels. Pairs are put in 10 equal-width
-confidence bins over [0.5, 1]; ECE = Σ_b (n_b / n) · |mean confidence_b − mean correctness_b|.
-0 is perfect calibration; a model that is always sure and right half the time scores ~0.5.
+The pair metrics (accuracy, margin, ECE, calibration bins) are in `cai.stats`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
-
-from cai.eval.stats import wilson
 
 Messages = list[dict[str, str]]
 
@@ -229,70 +219,3 @@ def token_rewards(model, batch: dict[str, Any]):
     rows = torch.arange(per_token.shape[0], device=per_token.device)
     return (per_token[rows, batch["chosen_index"].to(per_token.device)],
             per_token[rows, batch["rejected_index"].to(per_token.device)])
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def _hit(x: float, y: float) -> float:
-    return 1.0 if x > y else 0.5 if x == y else 0.0
-
-
-def reliability_bins(deltas: Sequence[float], p_chosen: Sequence[float],
-                     bins: int = 10) -> list[dict[str, float]]:
-    """The reliability diagram: for each non-empty confidence bin over [0.5, 1], its mean
-    confidence, mean correctness and count. Pairs with p = 0.5 have no preferred side and are
-    skipped."""
-    totals = [[0, 0.0, 0.0] for _ in range(bins)]  # count, sum confidence, sum correctness
-    for d, p in zip(deltas, p_chosen):
-        if p == 0.5:
-            continue
-        conf = 1.0 / (1.0 + math.exp(-abs(d)))
-        correct = p if d >= 0 else 1.0 - p
-        b = min(int((conf - 0.5) / 0.5 * bins), bins - 1)
-        totals[b][0] += 1
-        totals[b][1] += conf
-        totals[b][2] += correct
-    return [{"confidence": sc / c, "accuracy": sk / c, "count": c}
-            for c, sc, sk in totals if c]
-
-
-def expected_calibration_error(deltas: Sequence[float], p_chosen: Sequence[float],
-                               bins: int = 10) -> float | None:
-    """See the module docstring; None when no pair has a preferred side."""
-    rows = reliability_bins(deltas, p_chosen, bins)
-    n = sum(r["count"] for r in rows)
-    if not n:
-        return None
-    return sum(r["count"] / n * abs(r["confidence"] - r["accuracy"]) for r in rows)
-
-
-def pair_metrics(chosen_rewards: Sequence[float], rejected_rewards: Sequence[float],
-                 p_chosen: Sequence[float], chosen_lengths: Sequence[int],
-                 rejected_lengths: Sequence[int]) -> dict[str, Any]:
-    """Accuracy (ties half) against the label's preferred side, on pairs with p != 0.5;
-    margin = mean(r_chosen - r_rejected) over all pairs; the length baseline is the accuracy
-    of "prefer the longer answer" (characters) on the same pairs as accuracy."""
-    deltas = [c - r for c, r in zip(chosen_rewards, rejected_rewards)]
-    hits, longer = [], []
-    for d, p, lc, lr in zip(deltas, p_chosen, chosen_lengths, rejected_lengths):
-        if p == 0.5:
-            continue
-        hits.append(_hit(d, 0.0) if p > 0.5 else _hit(0.0, d))
-        longer.append(_hit(lc, lr) if p > 0.5 else _hit(lr, lc))
-    n = len(hits)
-    acc = sum(hits) / n if n else None
-    ci = wilson(sum(hits), n) if n else None
-    mean = (lambda xs: sum(xs) / len(xs) if xs else None)
-    return {
-        "n": n,
-        "pairs": len(deltas),
-        "accuracy": acc,
-        "accuracy_ci95": list(ci) if ci else None,
-        "margin": mean(deltas),
-        "rewards/chosen": mean(list(chosen_rewards)),
-        "rewards/rejected": mean(list(rejected_rewards)),
-        "ece": expected_calibration_error(deltas, p_chosen),
-        "bins": reliability_bins(deltas, p_chosen),
-        "length_baseline": sum(longer) / n if n else None,
-    }

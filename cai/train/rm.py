@@ -99,7 +99,8 @@ def pair_rewards(model, batch: dict) -> tuple[Any, Any]:
 
 
 def evaluate_pairs(model, tokenizer, pairs: list[dict], batch_size: int) -> dict[str, Any]:
-    from cai.train.reward import pair_metrics, score_pairs
+    from cai.stats import pair_metrics
+    from cai.train.reward import score_pairs
 
     chosen, rejected = score_pairs(model, [p["chosen"] for p in pairs],
                                    [p["rejected"] for p in pairs], tokenizer.pad_token_id,

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cai.backends.context import ChatTokenizer
-from cai.generate.inputs import load_prompts
+from cai.prompts import load_prompts
 from cai.schema import write_rejects
 from cai.io import DataError
 

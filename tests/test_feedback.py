@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cai.label.feedback import clamp, consistent, ensemble, entropy_bits, option_prob, pair_prob
+from cai.feedback import clamp, consistent, ensemble, entropy_bits, option_prob, pair_prob
 from cai.label.labeler import verdict
 
 

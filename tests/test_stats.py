@@ -1,10 +1,10 @@
-"""cai.eval.stats against numbers worked out by hand."""
+"""cai.stats against numbers worked out by hand."""
 
 import math
 
 import pytest
 
-from cai.eval import stats
+from cai import stats
 
 
 def test_wilson_hand_computed():
@@ -62,3 +62,46 @@ def test_pearson_spearman():
 def test_win_rate_counts_ties_half():
     w = stats.win_rate([1, 1, 0.5, 0])
     assert (w["wins"], w["ties"], w["losses"], w["rate"], w["n"]) == (2, 1, 1, 0.625, 4)
+
+
+def test_mean_hit_and_pct():
+    assert stats.mean([1.0, 2.0, 4.0]) == pytest.approx(7 / 3) and stats.mean([]) is None
+    assert [stats.hit(2, 1), stats.hit(1, 1), stats.hit(0, 1)] == [1.0, 0.5, 0.0]
+    assert stats.pct(0.125) == "12.5%" and stats.pct(None) == "-"
+    assert stats.pct(None, missing="n/a") == "n/a"
+    # a proportion: 1 of 8 with its Wilson interval (0.0224, 0.4709) rounded to whole percent
+    assert stats.pct(stats.proportion(1, 8)) == "12.5% [2-47] n=8"
+    assert stats.pct(stats.proportion(0, 0)) == "-" and stats.pct({"rate": 0.5}) == "50.0%"
+
+
+# --------------------------------------------------------------------------- reward-model pair metrics by hand
+
+
+def test_pair_metrics_by_hand():
+    # Δ = [2, -1, 0, 1]; labels: chosen better except pair 3 (p=0.2: rejected better)
+    m = stats.pair_metrics([3.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.2],
+                     chosen_lengths=[10, 5, 3, 3], rejected_lengths=[5, 5, 9, 9])
+    # hits: 1, 0, 0.5 (tie), 0 (Δ=1 but rejected preferred) -> 1.5 / 4
+    assert m["accuracy"] == pytest.approx(0.375)
+    assert m["margin"] == pytest.approx(0.5)
+    assert m["rewards/chosen"] == pytest.approx(1.25)
+    assert m["rewards/rejected"] == pytest.approx(0.75)
+    # longer preferred: 1, 0.5 (equal), 0, 1 (rejected preferred and longer) -> 2.5 / 4
+    assert m["length_baseline"] == pytest.approx(0.625)
+    assert m["n"] == 4
+
+
+def test_ece_and_wilson_by_hand():
+    # one pair, Δ = ln 3: confidence σ(ln 3) = 0.75; p = 1: correctness 1 -> |0.75 - 1|
+    assert stats.expected_calibration_error([math.log(3)], [1.0]) == pytest.approx(0.25)
+    # predicted rejected (Δ < 0) with p = 0.2: correctness 0.8, confidence 0.75
+    assert stats.expected_calibration_error([-math.log(3)], [0.2]) == pytest.approx(0.05)
+    assert stats.expected_calibration_error([1.0], [0.5]) is None  # no preferred side
+    # the reliability bins behind it: σ(ln 3) = 0.75 lands in bin 5 of [0.5, 1] by tenths,
+    # σ(ln 9) = 0.9 in bin 8; two pairs in the first (one right, one wrong), one in the second
+    bins = stats.reliability_bins([math.log(3), -math.log(3), math.log(9), 0.3], [1.0, 1.0, 1.0, 0.5])
+    assert bins == [pytest.approx({"confidence": 0.75, "accuracy": 0.5, "count": 2}),
+                    pytest.approx({"confidence": 0.9, "accuracy": 1.0, "count": 1})]
+    # ECE from those bins: 2/3 * |0.75 - 0.5| + 1/3 * |0.9 - 1|
+    assert stats.expected_calibration_error([math.log(3), -math.log(3), math.log(9)], [1.0] * 3) \
+        == pytest.approx(2 / 3 * 0.25 + 1 / 3 * 0.1)
