@@ -85,12 +85,12 @@ class GenerateConfig(EngineConfig):
         description="before each critique, the model judges whether the answer violates the "
                     "drawn principle (both answer orders); at P(no change needed) >= this the "
                     "answer is kept (status ok:unchanged: an SFT row, no preference pair). "
-                    "None: always revise")
+                    "off: always revise")
     min_relevance: float | None = Field(
         0.0, description="a revision must still answer its prompt: the mean per-token log-prob "
                          "gain of the revision given its own prompt over a shuffled one (PMI, "
                          "nats) must exceed this, and it must not talk about 'the response'; "
-                         "else degenerate:unresponsive. None: no check")
+                         "else degenerate:unresponsive. off: no check")
     revision_candidates: int = Field(1, ge=1, le=16,
                                      description="revisions sampled per request; the first that "
                                                  "passes the quality checks is kept")

@@ -125,7 +125,8 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Lo
             if config.mode == "pointwise" else None
         if config.tau == "fit":
             fit_on, _ = fitting_pairs(backend, c, [p for p in human_pairs if p.key in human], config)
-            diffs = reference_diffs(label_pairs(backend, c, fit_on, config, log=log, progress=config.progress, tau=1.0,
+            diffs = reference_diffs(label_pairs(backend, c, fit_on, config, log=log,
+                                                progress=config.progress, tau=1.0,
                                                 scorer=scorer), human)
             if not diffs:
                 raise DataError(f"{config.eval_against}: no labeled pair fits the feedback "
