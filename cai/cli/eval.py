@@ -77,7 +77,7 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-@stage_command(app, "policy", [EvalPolicyConfig], section="eval",
+@stage_command(app, "policy", [EvalPolicyConfig], section="eval", marker_key="model",
                short={"model": "-m", "reference": "-r", "prompts": "-p", "out": "-o",
                       "constitution": "-c", "backend": "-b"},
                extras={"as_json": (bool, typer.Option(False, "--json",

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Literal, Optional
 
-import click
 import typer
 from pydantic import BaseModel
 from typer.core import TyperCommand
@@ -151,13 +150,13 @@ def renamed_flags(fields: dict[str, Any], taken: set[str]) -> dict[str, str]:
 class _RefuseOldFlags(TyperCommand):
     renamed: dict[str, str] = {}
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         for arg in args:
             if arg == "--":
                 break
             old = arg.split("=", 1)[0]
             if old in self.renamed:
-                raise click.UsageError(f"{old} is now {self.renamed[old]}", ctx)
+                ctx.fail(f"{old} is now {self.renamed[old]}")  # a usage error: exit 2
         return super().parse_args(ctx, args)
 
 
