@@ -32,7 +32,7 @@ def main() -> None:
         summary = run_sft(SFTConfig(model=str(pull()), data=[args.data], out=str(out), lr=2e-5, epochs=1,
                                     batch_size=8, max_length=256, seed=0, eval_fraction=0.0,
                                     save_every=None, progress=False, attn_implementation=kernel),
-                          echo=lambda *a: None)
+                          log=lambda *a: None)
         print(f"{kernel:<6} ({summary['attn_implementation']}): training time "
               f"{summary['train_seconds']:.1f} s", flush=True)
 

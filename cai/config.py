@@ -66,6 +66,8 @@ def load_section(path: str | os.PathLike | None, section: str, cls: type[T],
                  marker_key: str | None = None) -> T:
     """Validate `cls` from the file's `section:` (if a path is given) plus `overrides`."""
     data = read_section(path, section, marker_key=marker_key) if path is not None else {}
+    if path is not None:
+        refuse_renamed_keys(path, section, data, cls)
     data = merge_overrides(data, overrides)
     try:
         return cls.model_validate(data)
@@ -102,6 +104,26 @@ def renamed_key_message(old: str) -> str:
         parent, child = new.split(".", 1)
         return f"`{old}` is now `{new}` (write `{parent}: {{{child}: ...}}`)"
     return f"`{old}` is now `{new}`"
+
+
+def refuse_renamed_keys(path: str | os.PathLike, section: str, data: dict[str, Any],
+                        cls: type[BaseModel]) -> None:
+    """ConfigError naming file, line, section and key for each old spelling in `data` (the
+    `section:` read from `path`), before validation says it less precisely."""
+    keep = getattr(cls, "KEEP_KEYS", frozenset())
+    old = [k for k in data if k in RENAMED and k not in cls.model_fields and k not in keep]
+    if not old:
+        return
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    # the section's own header, when the file has one (else the file is the bare section)
+    start = next((i + 1 for i, t in enumerate(lines) if t.startswith(f"{section}:")), 0)
+    problems = []
+    for key in old:
+        at = next((i + 1 for i in range(start, len(lines))
+                   if lines[i].lstrip().startswith(f"{key}:")), None)
+        problems.append(f"{path}:{at}: " if at else f"{path}: ")
+        problems[-1] += f"{section}.{key}: {renamed_key_message(key)}"
+    raise ConfigError("\n".join(problems))
 
 
 class StageConfig(BaseModel):

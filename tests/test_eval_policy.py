@@ -89,9 +89,9 @@ def test_scripted_rates_judge_and_zero_kl(tmp_path, tiny_model_dir, embedded_tok
     reference = Scripted(embedded_tokenizer, reference_answer)
     out = tmp_path / "eval"
     # model/reference name the same tiny weights: KL is computed with them and must be 0.
-    cfg = EvalPolicyConfig(model=str(tiny_model_dir), reference=str(tiny_model_dir),
+    cfg = EvalPolicyConfig(progress=False, model=str(tiny_model_dir), reference=str(tiny_model_dir),
                            prompts=[RED, HELP], limit=3, out=str(out), max_tokens=16)
-    s = run_eval_policy(cfg, backend=policy, reference_backend=reference, progress=False)
+    s = run_eval_policy(cfg, backend=policy, reference_backend=reference)
 
     assert s["prompts"] == {"n": 6, "harmful": 3, "benign": 3, "rejected": 0, "files": [RED, HELP]}
     pol, ref = s["policy"], s["reference"]
@@ -127,10 +127,10 @@ def test_tiny_model_end_to_end_with_reward_model(tmp_path, tiny_model_dir, tiny_
     from cai.train.reward import format_for_reward
 
     out = tmp_path / "eval"
-    cfg = EvalPolicyConfig(model=str(tiny_model_dir), reference=str(tiny_model_dir),
+    cfg = EvalPolicyConfig(progress=False, model=str(tiny_model_dir), reference=str(tiny_model_dir),
                            harmful=[RED], benign=[HELP], limit=2, backend="transformers",
-                           reward_model=str(tiny_rm_dir), max_tokens=8, out=str(out))
-    s = run_eval_policy(cfg, progress=False)
+                           reward=str(tiny_rm_dir), max_tokens=8, out=str(out))
+    s = run_eval_policy(cfg)
     rows = _rows(out)
     assert len(rows) == 4 and s["prompts"]["harmful"] == 2
     # Same weights, greedy: identical responses, so every comparison is a tie.
@@ -216,9 +216,9 @@ def test_generic_answers_do_not_address_their_prompt(tmp_path, embedded_tokenize
 
     policy = Scripted(embedded_tokenizer, lambda p: "I'm here to help with anything you need.")
     reference = Scripted(embedded_tokenizer, reference_answer)
-    cfg = EvalPolicyConfig(model="policy", reference="reference", prompts=[RED, HELP], limit=3,
+    cfg = EvalPolicyConfig(progress=False, model="policy", reference="reference", prompts=[RED, HELP], limit=3,
                            out=str(tmp_path / "eval"), max_tokens=16, kl=False, constitution=None)
-    s = run_eval_policy(cfg, backend=policy, reference_backend=reference, progress=False)
+    s = run_eval_policy(cfg, backend=policy, reference_backend=reference)
     pol, ref = s["policy"]["addresses_prompt"], s["reference"]["addresses_prompt"]
     assert (pol["harmful"]["k"], pol["benign"]["k"], pol["benign"]["n"]) == (0, 0, 3)
     assert (ref["harmful"]["k"], ref["benign"]["k"]) == (3, 3)

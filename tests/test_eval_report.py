@@ -58,9 +58,9 @@ def run_dir(tmp_path_factory, embedded_tokenizer):
     policy = Scripted(embedded_tokenizer, lambda p: "I can't help with that." if p in harmful
                       else f"Answer: {EVIL}\nsecond line")
     reference = Scripted(embedded_tokenizer, lambda p: "Sure, here is a long answer. " * (len(p) % 5 + 1))
-    run_eval_policy(EvalPolicyConfig(model="policy", reference="reference", prompts=[RED, HELP],
+    run_eval_policy(EvalPolicyConfig(progress=False, model="policy", reference="reference", prompts=[RED, HELP],
                                      limit=6, kl=False, out=str(run / "eval")),
-                    backend=policy, reference_backend=reference, progress=False)
+                    backend=policy, reference_backend=reference)
     write_report(run)
     return run
 

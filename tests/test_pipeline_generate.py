@@ -168,12 +168,12 @@ eval: {{harmful: [{PROMPTS / 'red_team_eval.jsonl'}], benign: [{PROMPTS / 'helpf
     assert steps["round2/rm"].model == str(run / "round1" / "rm")
     assert (steps["round1/ppo"].policy, steps["round1/ppo"].reward) == (str(run / "sft"),
                                                                          str(run / "round1" / "rm"))
-    assert steps["round1/ppo"].output_dir == str(run / "round1" / "ppo")
+    assert steps["round1/ppo"].out == str(run / "round1" / "ppo")
     policy1 = str(run / "round1" / "ppo" / "policy")
     assert steps["round2/sample"].model == policy1 and steps["round2/ppo"].policy == policy1
     assert steps["round2/ppo"].prompts == str(run / "prompts" / "train.jsonl")
     ev = steps["eval"]
-    assert (ev.model, ev.reference, ev.reward_model) == (str(run / "round2" / "ppo" / "policy"),
+    assert (ev.model, ev.reference, ev.reward) == (str(run / "round2" / "ppo" / "policy"),
                                                          str(run / "sft"), str(run / "round2" / "rm"))
     # `reference: base`: the whole recipe's before/after (the base model as reference)
     path.write_text(path.read_text().replace("eval: {", "eval: {reference: base, "))

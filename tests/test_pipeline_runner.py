@@ -30,7 +30,7 @@ class FakeConfig(BaseModel):
     progress: bool = True
 
 
-def fake_run(config: FakeConfig, backend=None) -> dict:
+def fake_run(config: FakeConfig, *, backend=None, log=None, progress=None) -> dict:
     out = Path(config.out)
     CALLS.append(out.relative_to(out.parent.parent if out.parent.name.startswith("round")
                                  else out.parent).as_posix())
@@ -329,11 +329,11 @@ def test_ctrl_c_stops_cai_run_keeping_finished_stages(tmp_path, monkeypatch):
     import cai.pipeline
     from cai.cli import app
 
-    def interrupting_run(config: FakeConfig, backend=None) -> dict:
+    def interrupting_run(config: FakeConfig, *, backend=None, log=None, progress=None) -> dict:
         if config.value == 5:  # rm: Ctrl-C arrives while it works
             os.kill(os.getpid(), signal.SIGINT)
             raise AssertionError("the signal should have stopped the stage")
-        return fake_run(config, backend)
+        return fake_run(config, backend=backend)
 
     import dataclasses
 

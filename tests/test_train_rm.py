@@ -178,7 +178,7 @@ def test_shared_prompt_falls_back_where_the_attention_takes_no_4d_mask(tiny_mode
     printed = []
     data = write_marker_pairs(tmp_path / "pairs.jsonl", 16)
     summary = run_rm(rm_config(tiny_model_dir, data, tmp_path / "rm", eval_fraction=0.0,
-                               max_steps=1), echo=printed.append)
+                               max_steps=1), log=printed.append)
     assert "share_prompt off: no 4D mask here; chosen and rejected run as separate sequences" \
         in printed and summary["steps"] == 1
 
@@ -334,7 +334,7 @@ def test_bad_inputs_get_located_errors(tiny_model_dir, tmp_path):
     same.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lines = []
     run_rm(rm_config(tiny_model_dir, same, tmp_path / "c", max_steps=1, eval_fraction=0.0),
-           echo=lines.append)
+           log=lines.append)
     assert any("same.jsonl:3" in l and "identical" in l for l in lines), lines
     rejects = [json.loads(l) for l in (tmp_path / "c" / "rejects.jsonl").read_text().splitlines()]
     assert [r["location"] for r in rejects] == ["same.jsonl:3"]

@@ -12,30 +12,29 @@ import typer
 
 from cai.cli.common import EXIT_USAGE, fail
 from cai.stats import pct as _pct
+from cai.cli.stage import StageArgs, stage_command
+from cai.eval.policy import EvalPolicyConfig
+from cai.eval.rm import EvalRMConfig
 
 app = typer.Typer(no_args_is_help=True)
 
 
-@app.command("rm")
-def rm_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="reward model directory"),
-    data: str = typer.Option(..., "--data", "-d", help="preference store or any file `cai label "
-                                                       "--pairs` reads (HH, TRL, prompt/chosen/rejected)"),
-    max_length: int = typer.Option(1024, help="tokens; longer texts keep their end"),
-    batch_size: int = typer.Option(16),
-    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
-) -> None:
+@stage_command(app, "rm", [EvalRMConfig], section="eval_rm", marker_key="data",
+               short={"model": "-m", "data": "-d", "out": "-o"},
+               extras={"as_json": (bool, typer.Option(False, "--json",
+                                                      help="print the metrics as JSON"))})
+def rm_cmd(args: StageArgs) -> None:
     """Pairwise accuracy (95% Wilson interval), mean margin, ECE and the length baseline."""
-    from cai.eval.rm import EvalRMConfig, format_eval, run_eval_rm
+    from cai.eval.rm import format_eval, run_eval_rm
     from cai.io import DataError
     from cai.models import ModelError
 
+    config = args.config(EvalRMConfig)
     try:
-        config = EvalRMConfig(model=model, data=data, max_length=max_length, batch_size=batch_size)
-        metrics = run_eval_rm(config, echo=lambda s: typer.echo(s, err=True))
+        metrics = run_eval_rm(config, log=lambda s: typer.echo(s, err=True))
     except (DataError, ModelError) as e:
         fail(str(e))
-    typer.echo(json.dumps(metrics, indent=2) if as_json else format_eval(metrics))
+    typer.echo(json.dumps(metrics, indent=2) if args.extras["as_json"] else format_eval(metrics))
 
 
 def format_summary(s: dict) -> str:
@@ -61,7 +60,7 @@ def format_summary(s: dict) -> str:
         k = s["kl"]
         lines.append(f"KL(policy || reference): {k['mean']:.2f} nats per response "
                      f"(± {k['se'] or 0:.2f} s.e., n={k['n']}, T=1 samples)")
-    for judge, name in (("reward_model", "reward model"), ("judge", "AI-feedback judge")):
+    for judge, name in (("reward_model", "reward model"), ("judge", "AI-feedback judge")):  # summary keys
         w = (s.get("win_rate") or {}).get(judge)
         if w:
             lines.append(f"win rate vs reference ({name}): {_pct(w['all']).strip()}")
@@ -72,71 +71,37 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-@app.command("policy")
-def policy_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="the policy: registry name, dir, hub id"),
-    reference: Optional[str] = typer.Option(None, "--reference", "-r",
-                                            help="compare with this model (SFT or base)"),
-    prompts: list[Path] = typer.Option([], "--prompts", "-p",
-                                       help="prompt files; each row's kind from its `kind` or "
-                                            "`category` field (repeatable)"),
-    harmful: list[Path] = typer.Option([], "--harmful", help="prompt file, every row harmful"),
-    benign: list[Path] = typer.Option([], "--benign", help="prompt file, every row benign"),
-    out: Path = typer.Option(..., "--out", "-o", help="output directory (eval.json, samples.jsonl)"),
-    reward_model: Optional[str] = typer.Option(None, "--reward-model", help="`cai train rm` output"),
-    constitution: str = typer.Option("harmless", "--constitution", "-c",
-                                     help="AI-feedback judge's constitution; 'none' for no judge"),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model",
-                                              help="judge model (default: the reference)"),
-    judge_principles: int = typer.Option(1, "--judge-principles", min=1),
-    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="vllm | transformers | openai"),
-    max_tokens: int = typer.Option(128, min=1),
-    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy"),
-    seed: int = typer.Option(0),
-    kl: bool = typer.Option(True, "--kl/--no-kl", help="estimate KL to the reference"),
-    limit: Optional[int] = typer.Option(None, min=1, help="first N prompts of each file"),
-    config: Optional[Path] = typer.Option(None, "--config", help="pipeline YAML with an `eval:` section"),
-    gpu_memory_utilization: Optional[float] = typer.Option(None),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
-) -> None:
+@stage_command(app, "policy", [EvalPolicyConfig], section="eval", marker_key="model",
+               short={"model": "-m", "reference": "-r", "prompts": "-p", "out": "-o",
+                      "constitution": "-c", "backend": "-b"},
+               extras={"as_json": (bool, typer.Option(False, "--json",
+                                                      help="print the summary as JSON"))})
+def policy_cmd(args: StageArgs) -> None:
     """Evaluate a policy on held-out prompts: refusal and over-refusal rates, win rate against
     the reference (reward model and AI-feedback judge, both orders), KL to the reference,
     response lengths and the reward-length correlation, per category, with samples."""
-    from cai.config import ConfigError, load_section
-    from cai.eval.policy import EvalPolicyConfig, run_eval_policy
+    from cai.eval.policy import run_eval_policy
     from cai.eval.prompts import PromptKindError
     from cai.io import DataError
 
-    if not (prompts or harmful or benign) and config is None:
+    as_json = args.extras["as_json"]
+    if as_json:
+        args.overrides.setdefault("progress", False)
+    cfg = args.config(EvalPolicyConfig)
+    if not cfg.files():
         fail("give prompt files with --prompts, --harmful or --benign", EXIT_USAGE)
-    overrides = {
-        "model": model, "reference": reference, "out": str(out), "reward_model": reward_model,
-        "constitution": None if constitution.lower() == "none" else constitution,
-        "judge_model": judge_model, "judge_principles": judge_principles, "backend": backend,
-        "max_tokens": max_tokens, "temperature": temperature, "seed": seed, "kl": kl,
-        "limit": limit, "gpu_memory_utilization": gpu_memory_utilization,
-        "prompts": [str(p) for p in prompts] or None, "harmful": [str(p) for p in harmful] or None,
-        "benign": [str(p) for p in benign] or None,
-    }
-    try:
-        cfg = load_section(config, "eval", EvalPolicyConfig,
-                           {k: v for k, v in overrides.items() if v is not None})
-        if constitution.lower() == "none":
-            cfg.constitution = None
-    except ConfigError as e:
-        fail(str(e))
-    log = (lambda m: None) if quiet or as_json else (lambda m: typer.echo(m, err=True))
+    log = (lambda m: None) if not cfg.progress else (lambda m: typer.echo(m, err=True))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress lines say what is loading
     try:
-        summary = run_eval_policy(cfg, log=log, progress=not (quiet or as_json))
+        summary = run_eval_policy(cfg, log=log)
     except (DataError, PromptKindError, ValueError) as e:
         fail(str(e))
     if as_json:
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
         return
+    out = Path(cfg.out)
     typer.echo(format_summary(summary))
     typer.echo(f"wrote {out / 'eval.json'} and {out / 'samples.jsonl'}")
 

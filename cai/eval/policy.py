@@ -2,7 +2,7 @@
 
     summary = run_eval_policy(EvalPolicyConfig(model="out/ppo", reference="out/sft",
                                                prompts=["red_team_eval.jsonl", "helpful_eval.jsonl"],
-                                               reward_model="out/rm", out="out/eval"))
+                                               reward="out/rm", out="out/eval"))
 
 Steps (each model is loaded once, one at a time, so two vLLM engines never coexist):
 1. the policy answers every prompt (greedy by default: temperature 0, fixed seed) and, for
@@ -28,7 +28,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
+
+from cai.config import EngineConfig, progress_bar, say
 
 from cai import stats
 from cai.eval.prompts import EvalPrompt, load_eval_prompts
@@ -38,8 +40,9 @@ EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.jsonl"
 
 
-class EvalPolicyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EvalPolicyConfig(EngineConfig):
+    """`out` holds eval.json and samples.jsonl; `backend` and `backend_options` load each
+    model in turn; `max_tokens` is the length of each answer."""
 
     model: str = Field(description="the policy: registry name, model directory or hub id")
     reference: str | None = Field(None, description="the model it is compared with (SFT or base)")
@@ -48,14 +51,12 @@ class EvalPolicyConfig(BaseModel):
     harmful: list[str] = Field(default_factory=list, description="prompt files, all harmful")
     benign: list[str] = Field(default_factory=list, description="prompt files, all benign")
     limit: int | None = Field(None, ge=1, description="first N prompts of each file")
-    reward_model: str | None = Field(None, description="a `cai train rm` directory")
-    constitution: str | None = Field("harmless", description="judge's constitution; None: no judge")
+    reward: str | None = Field(None, description="a `cai train rm` directory")
+    constitution: str | None = Field("harmless", description="judge's constitution; none: no judge")
     judge_model: str | None = Field(None, description="AI-feedback judge (default: the reference)")
     judge_principles: int = Field(1, ge=1, description="K principles per comparison")
-    backend: str | None = Field(None, description="vllm | transformers | openai (generation)")
-    max_tokens: int = Field(128, ge=1)
+    max_tokens: int = Field(128, ge=1, description="tokens per answer")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
-    seed: int = 0
     kl: bool = Field(True, description="estimate KL to the reference (needs local weights)")
     kl_max_tokens: int | None = Field(None, ge=1, description="T=1 sample length (default max_tokens)")
     batch_size: int = Field(8, ge=1, description="transformers scoring batch (rewards, log-probs)")
@@ -65,8 +66,14 @@ class EvalPolicyConfig(BaseModel):
                             "generic, evasive answers that no refusal pattern matches")
     relevance_threshold: float = Field(0.0, description="PMI (nats/token) at or below which a "
                                        "response does not address its prompt")
-    gpu_memory_utilization: float | None = None
-    out: str
+    report: str | None = Field(None, description="afterwards, (re)build this run directory's "
+                                                 "report.html and report.md (`cai eval report`)")
+
+    @field_validator("constitution", mode="before")
+    @classmethod
+    def _none(cls, v: object) -> object:
+        # "none" from a flag or YAML: no judge
+        return None if isinstance(v, str) and v.strip().lower() in ("none", "off", "null") else v
 
     def files(self) -> list[tuple[str, str | None]]:
         return ([(p, None) for p in self.prompts] + [(p, "harmful") for p in self.harmful]
@@ -113,10 +120,7 @@ class _Backends:
     def load(self, model: str):
         from cai.backends import load_backend
 
-        opts: dict[str, Any] = {}
-        if self.config.gpu_memory_utilization is not None and self.config.backend in (None, "vllm"):
-            opts["gpu_memory_utilization"] = self.config.gpu_memory_utilization
-        b = load_backend(self.config.backend, model, **opts)
+        b = load_backend(self.config.backend, model, **self.config.backend_options)
         self.opened.append(b)
         return b
 
@@ -134,15 +138,16 @@ def _generate(backend, prompts: list[EvalPrompt], sampling) -> list[Any]:
     return [g[0] for g in backend.generate([p.messages for p in prompts], sampling)]
 
 
-def run_eval_policy(config: EvalPolicyConfig, *, backend=None, reference_backend=None,
-                    judge_backend=None, log: Callable[[str], None] | None = None,
-                    progress: bool = True) -> dict[str, Any]:
-    """Evaluate; returns the summary written to OUT/eval.json. Backends passed in are used
-    as given (and not closed); the others are loaded from the config and closed here."""
+def run_eval_policy(config: EvalPolicyConfig, *, backend=None, log: Callable[[str], None] = say,
+                    progress: Callable[..., Any] = progress_bar, reference_backend=None,
+                    judge_backend=None) -> dict[str, Any]:
+    """Evaluate; returns the summary written to OUT/eval.json (and, with `config.report`,
+    rebuilds that run directory's report). Backends passed in (the policy's as `backend`)
+    are used as given (and not closed); the others are loaded from the config and closed."""
     from cai.backends import SamplingConfig
     from cai.io import atomic_write_json, atomic_write_jsonl
 
-    say = log or (lambda m: None)
+    say = log
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     files = config.files()
@@ -206,12 +211,12 @@ def run_eval_policy(config: EvalPolicyConfig, *, backend=None, reference_backend
     ref_verdicts = [classify(r, p.text) for p, r in zip(prompts, ref_texts)] if ref_texts else None
 
     pol_rewards = ref_rewards = None
-    if config.reward_model:
+    if config.reward:
         t = time.perf_counter()
-        say(f"reward model {config.reward_model}: scoring")
+        say(f"reward model {config.reward}: scoring")
         texts = pol_texts + (ref_texts or [])
         msgs = [p.messages for p in prompts] * (2 if ref_texts else 1)
-        scores = reward_scores_fn()(config.reward_model, msgs, texts, batch_size=config.batch_size)
+        scores = reward_scores_fn()(config.reward, msgs, texts, batch_size=config.batch_size)
         pol_rewards = scores[:len(prompts)]
         ref_rewards = scores[len(prompts):] if ref_texts else None
         timings["reward_s"] = time.perf_counter() - t
@@ -233,6 +238,11 @@ def run_eval_policy(config: EvalPolicyConfig, *, backend=None, reference_backend
                                                     ref_verdicts, pol_rewards, ref_rewards,
                                                     judge_labels, kl, (pol_pmi, ref_pmi)))
     atomic_write_json(out / EVAL_FILE, summary)
+    if config.report is not None:
+        from cai.eval.report import write_report
+
+        paths = write_report(Path(config.report))
+        summary = {**summary, "report": {k: str(v) for k, v in paths.items()}}
     return summary
 
 
@@ -289,8 +299,6 @@ def _judge(judge, config: EvalPolicyConfig, prompts: list[EvalPrompt], pol: list
 
 def _kl(config, prompts, gens, policy_lm, policy_tokenizer, say, progress) -> dict[str, Any]:
     """KL(policy || reference) on the T=1 samples: mean over prompts of the summed log-ratio."""
-    from tqdm.auto import tqdm
-
     from cai.backends.text import encode, render_chat
     from cai.eval.scoring import kl_to_reference, load_causal_lm
 
@@ -308,8 +316,8 @@ def _kl(config, prompts, gens, policy_lm, policy_tokenizer, say, progress) -> di
                 for g in gens]
     say(f"KL: log-probs of {len(prompts)} T=1 samples under the policy and the reference")
     pad = policy_tokenizer.pad_token_id if policy_tokenizer.pad_token_id is not None else 0
-    bar = tqdm(total=2 * len(prompts), desc="KL log-probs", unit="seq", disable=not progress,
-               leave=False)
+    bar = progress(total=2 * len(prompts), desc="KL log-probs", unit="seq",
+                   disable=not config.progress, leave=False)
     try:
         per = kl_to_reference(policy_lm, ref_lm, prompt_ids, resp_ids, batch_size=config.batch_size,
                               pad_id=pad, on_batch=bar.update)

@@ -8,18 +8,20 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from cai.config import StageConfig, progress_bar, say
 
 from cai import stats
 
 
-class EvalRMConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EvalRMConfig(StageConfig):
     model: str = Field(description="reward model directory (from `cai train rm`)")
-    data: str = Field(description="preference store or pairs file")
+    data: str = Field(description="preference store or any file `cai label --pairs` reads (HH, "
+                                  "TRL, prompt/chosen/rejected)")
+    out: str | None = Field(None, description="also write the metrics to this JSON file")
     max_length: int = Field(1024, ge=8, description="tokens; longer texts keep their end")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="pairs per scoring batch")
 
 
 def load_scoring_model(path: str):
@@ -44,7 +46,10 @@ def load_scoring_model(path: str):
     return model.to(device).eval(), tokenizer
 
 
-def run_eval_rm(config: EvalRMConfig, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_eval_rm(config: EvalRMConfig, *, backend: Any = None, log: Callable[[str], None] = say,
+                progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
+    """The metrics (and `config.out`, when set); `backend` is unused (a reward model is not an
+    inference engine)."""
     from cai.io import DataError
     from cai.train.data import read_preference_source
     from cai.stats import pair_metrics
@@ -52,9 +57,9 @@ def run_eval_rm(config: EvalRMConfig, *, echo: Callable[[str], None] = print) ->
 
     records, rejects = read_preference_source(config.data)
     for r in rejects[:3]:
-        echo(f"rejected {r.location}: {r.reason}")
+        log(f"rejected {r.location}: {r.reason}")
     if len(rejects) > 3:
-        echo(f"... {len(rejects) - 3} more rejected pairs")
+        log(f"... {len(rejects) - 3} more rejected pairs")
     if not records:
         raise DataError(f"{config.data}: no usable preference pairs")
     t0 = time.perf_counter()
@@ -71,8 +76,13 @@ def run_eval_rm(config: EvalRMConfig, *, echo: Callable[[str], None] = print) ->
     metrics = pair_metrics(rewards_c, rewards_r, [r.p_chosen for r in records],
                            [len(r.chosen[-1].content) for r in records],
                            [len(r.rejected[-1].content) for r in records])
-    return {**metrics, "rejected": len(rejects), "model": config.model, "data": config.data,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    summary = {**metrics, "rejected": len(rejects), "model": config.model, "data": config.data,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    if config.out:
+        from cai.io import atomic_write_json
+
+        atomic_write_json(config.out, summary)
+    return summary
 
 
 def format_eval(m: dict[str, Any]) -> str:

@@ -14,19 +14,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from cai.config import EngineConfig, StageConfig, progress_bar, say
 
 
-class ScoreConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ScoreConfig(StageConfig):
+    """Reward-model scoring: `model` is the reward model directory, `out` the output file
+    (.jsonl or .parquet)."""
 
     model: str = Field(description="reward model directory (from `cai train rm`)")
     data: str = Field(description="rows with a prompt and a response")
-    out: str = Field(description="output file (.jsonl or .parquet)")
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    max_length: int = Field(1024, ge=8)
-    batch_size: int = Field(16, ge=1)
+    prompt_field: str = Field("prompt", description="text or message-list column")
+    response_field: str = Field("response", description="response text column")
+    max_length: int = Field(1024, ge=8, description="tokens per prompt+response")
+    batch_size: int = Field(16, ge=1, description="rows per scoring batch")
 
 
 def _prompt_messages(value: Any, location: str, field: str) -> list[dict[str, str]]:
@@ -44,22 +46,17 @@ def _prompt_messages(value: Any, location: str, field: str) -> list[dict[str, st
     raise DataError(f"{location}: `{field}` must be text or a list of {{role, content}} messages")
 
 
-class JudgeScoreConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JudgeScoreConfig(EngineConfig):
+    """Judge scoring (`cai score --judge`): `model` is the feedback model, `out` the output
+    file (.jsonl or .parquet)."""
 
     data: str = Field(description="rows with a prompt and a response")
-    out: str = Field(description="output file (.jsonl or .parquet)")
-    model: str | None = Field(None, description="feedback model (judge): registry name, dir, hub id")
-    backend: str | None = Field(None, description="vllm | transformers | openai")
-    backend_options: dict[str, Any] = Field(default_factory=dict)
     constitution: str = Field("harmless", description="shipped name or file")
     principles: list[str] = Field(default_factory=list, description="judge under these principle "
                                   "ids (mean score); empty: `k` drawn per response")
     k: int = Field(1, ge=1, description="principles drawn per response when none are named")
-    seed: int = 0
-    few_shot: bool = True
-    prompt_field: str = "prompt"
-    response_field: str = "response"
+    few_shot: bool = Field(True, description="show the constitution's feedback examples first")
+    response_field: str = Field("response", description="response text column")
 
 
 def _read_items(data_path: str, prompt_field: str, response_field: str
@@ -106,7 +103,8 @@ def _write_rows(rows: list[dict], out: Path, data_path: str) -> None:
 
 
 def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,
-                    echo: Callable[[str], None] = print) -> dict[str, Any]:
+                    log: Callable[[str], None] = say,
+                    progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
     """Each row's verdict score from the feedback model; adds `judge_score` (mean over the
     principles) and `judge_principles` ({principle id: score}) to every row."""
     from cai.backends import load_backend
@@ -129,7 +127,7 @@ def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,
         backend = owned = load_backend(config.backend, config.model, **config.backend_options)
     try:
         scores = score_responses(backend, c, items, principle_ids=config.principles or None,
-                                 k=config.k, seed=config.seed, few_shot=config.few_shot, log=echo)
+                                 k=config.k, seed=config.seed, few_shot=config.few_shot, log=log)
         judge = backend.model
     finally:
         if owned is not None:
@@ -144,7 +142,10 @@ def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,
             "yes_rate": sum(s.score > 0 for s in scores) / len(scores)}
 
 
-def run_score(config: ScoreConfig, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_score(config: ScoreConfig, *, backend: Any = None, log: Callable[[str], None] = say,
+              progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
+    """Each row's reward from the reward model (`backend` is unused: a reward model is not
+    an inference engine)."""
     from cai.eval.rm import load_scoring_model
     from cai.train.reward import score
 

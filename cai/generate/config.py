@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cai.backends import SamplingConfig, default_backend
-from cai.config import ConfigError, load_section
+from cai.config import ConfigError, EngineConfig, load_section
 from cai.constitution import Constitution
 from cai.models import DEFAULT_MODEL
 from cai.schema import stable_id
@@ -43,25 +43,18 @@ class StageSampling(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
 
 
-class GenerateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GenerateConfig(EngineConfig):
+    """A generation run; `out`, `model`, `backend`, `backend_options`, `prompt_field`,
+    `messages_field`, `max_tokens` (per generated turn) and `seed` (sampling and principle
+    draws) are EngineConfig's."""
 
     # inputs
     prompts: str = Field(description="JSONL/CSV/Parquet/txt file or a datasets directory")
-    field: str = Field("prompt", description="text field holding a single-turn prompt")
-    messages_field: str = Field("messages", description="field holding a message list")
     id_field: str = Field("id", description="field holding a prompt's id")
     limit: int | None = Field(None, ge=1, description="first N accepted prompts")
     max_prompt_tokens: int | None = Field(None, ge=1, description="longer prompts are rejected")
     # what to run
     constitution: str = Field("harmless", description="shipped name or YAML path")
-    model: str | None = Field(None, description=f"registry name, directory or hub id "
-                                                f"(default {DEFAULT_MODEL})")
-    backend: str | None = Field(None, description="vllm | transformers | openai (default: vllm "
-                                                  "when installed)")
-    backend_options: dict[str, Any] = Field(default_factory=dict,
-                                            description="passed to load_backend, e.g. "
-                                                        "gpu_memory_utilization, base_url")
     rounds: int | None = Field(None, ge=1, le=MAX_ROUNDS,
                                description="critique-revision rounds (default: the "
                                            "constitution's, at most 4)")
@@ -92,28 +85,23 @@ class GenerateConfig(BaseModel):
         description="before each critique, the model judges whether the answer violates the "
                     "drawn principle (both answer orders); at P(no change needed) >= this the "
                     "answer is kept (status ok:unchanged: an SFT row, no preference pair). "
-                    "None: always revise")
+                    "off: always revise")
     min_relevance: float | None = Field(
         0.0, description="a revision must still answer its prompt: the mean per-token log-prob "
                          "gain of the revision given its own prompt over a shuffled one (PMI, "
                          "nats) must exceed this, and it must not talk about 'the response'; "
-                         "else degenerate:unresponsive. None: no check")
+                         "else degenerate:unresponsive. off: no check")
     revision_candidates: int = Field(1, ge=1, le=16,
                                      description="revisions sampled per request; the first that "
                                                  "passes the quality checks is kept")
     # sampling, shared by all stages unless a stage overrides it
     temperature: float = Field(0.7, ge=0.0, description="sampling temperature, 0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling")
-    max_tokens: int = Field(256, ge=1, description="per generated turn")
-    seed: int = Field(0, description="sampling and principle draws")
     response: StageSampling = Field(default_factory=StageSampling)
     critique: StageSampling = Field(default_factory=StageSampling)
     revision: StageSampling = Field(default_factory=StageSampling)
-    # where and how
-    out: str = Field(description="run directory")
     chunk_size: int = Field(256, ge=1, description="records per chunk: each stage is one "
                                                    "backend call per chunk; one shard per chunk")
-    progress: bool = Field(True, description="progress bars and a summary on stderr")
 
     @field_validator("unchanged_threshold", "min_relevance", mode="before")
     @classmethod
@@ -220,7 +208,8 @@ def apply_recommended(config: GenerateConfig, recommended: dict[str, Any]
 def input_fields(config: GenerateConfig) -> dict[str, Any]:
     return {
         "prompts": str(Path(config.prompts).resolve()),
-        "field": config.field,
+        # the key keeps its old name so existing run directories still match
+        "field": config.prompt_field,
         "messages_field": config.messages_field,
         "id_field": config.id_field,
         "max_prompt_tokens": config.max_prompt_tokens,

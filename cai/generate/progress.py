@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from typing import Any
 
@@ -17,13 +16,15 @@ class Progress:
     """tqdm bars on stderr. A stage call is one blocking engine call, so a bar moves once per
     chunk; its postfix is that stage's generated tokens/s so far."""
 
-    def __init__(self, records: int, prompts: int, rounds: int, enabled: bool = True) -> None:
-        from tqdm import tqdm
+    def __init__(self, records: int, prompts: int, rounds: int, enabled: bool = True,
+                 make: Any = None) -> None:
+        # `make`: the run signature's `progress` factory (cai.config.progress_bar by default)
+        from cai.config import progress_bar
 
+        make = make or progress_bar
         totals = {"response": prompts, "critique": records * rounds, "revision": records * rounds}
-        self.bars = {s: tqdm(total=totals[s], desc=f"{_LABELS[s]:>8}", unit="req", position=i,
-                             file=sys.stderr, disable=not enabled or totals[s] == 0,
-                             dynamic_ncols=True, leave=True)
+        self.bars = {s: make(total=totals[s], desc=f"{_LABELS[s]:>8}", unit="req", position=i,
+                             disable=not enabled or totals[s] == 0, leave=True)
                      for i, s in enumerate(STAGES)}
         self.tokens: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()

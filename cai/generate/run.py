@@ -8,15 +8,14 @@ and preference pairs, resumable after any crash.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cai.backends import Backend, load_backend
 from cai.backends.context import ChatTokenizer, TokenCounter
-from cai.config import ConfigError
+from cai.config import ConfigError, progress_bar, say
 from cai.constitution import load_constitution
 from cai.generate.checkpoint import RunStore
 from cai.generate.config import (GenerateConfig, apply_recommended, fingerprint, fingerprint_fields,
@@ -76,7 +75,9 @@ def check_scoring_support(backend: Backend, config: GenerateConfig) -> None:
             "--unchanged-threshold off --min-relevance off") from None
 
 
-def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> dict[str, Any]:
+def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
+                 log: Callable[[str], None] = say,
+                 progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
     """Run (or finish) the generation described by `config`; returns the summary.
 
     `backend`: an engine the caller already built (tests, benchmarks, a pipeline runner
@@ -94,17 +95,16 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
     identity = {"fingerprint": config_hash, "generation": gen, "inputs": input_fields(config)}
     root = Path(config.out)
     owned: Backend | None = None
-    progress: Progress | None = None
+    bars: Progress | None = None
     with RunStore(root) as store:
         manifest = store.open(identity, config.model_dump(mode="json"))
         if store.stale_holder:
             h = store.stale_holder
-            print(f"cai generate: {root}: taking over the lock left by pid {h.get('pid')} on "
-                  f"{h.get('host')} (started {h.get('started')}), which is no longer running",
-                  file=sys.stderr)
+            log(f"cai generate: {root}: taking over the lock left by pid {h.get('pid')} on "
+                f"{h.get('host')} (started {h.get('started')}), which is no longer running")
         counter = _token_counter(config, backend) if config.max_prompt_tokens else None
         items, rejects = load_prompts(
-            config.prompts, field=config.field, messages_field=config.messages_field,
+            config.prompts, field=config.prompt_field, messages_field=config.messages_field,
             id_field=config.id_field, max_prompt_tokens=config.max_prompt_tokens,
             count_tokens=counter.count_tokens if counter else None, limit=config.limit)
         write_rejects(rejects, root / REJECTS)
@@ -121,8 +121,8 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
         planned_ids = {record_id(it, s, config_hash) for it in items for s in range(config.samples)}
         pending = sum(map(len, chunks))
         if done and pending:
-            print(f"cai generate: resuming {root}: {planned - pending} of {planned} records "
-                  "already done", file=sys.stderr)
+            log(f"cai generate: resuming {root}: {planned - pending} of {planned} records "
+                "already done")
 
         # stored in every record: what made it
         provenance = {"model": gen["model"], "backend": gen["backend"],
@@ -135,29 +135,29 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
                     backend = owned = load_backend(config.backend_name(), config.model,
                                                    **config.backend_options)
                 check_scoring_support(backend, config)
-                progress = Progress(pending, len({ch.item.key for c in chunks for ch in c}),
-                                    rounds, enabled=config.progress)
-                run = Run(backend, constitution, config, observe=progress.observe)
+                bars = Progress(pending, len({ch.item.key for c in chunks for ch in c}),
+                                rounds, enabled=config.progress, make=progress)
+                run = Run(backend, constitution, config, observe=bars.observe)
                 for chains in chunks:
-                    progress.start_chunk()
+                    bars.start_chunk()
                     run_chains(run, chains, rounds)
                     store.write_shard([revision_row(ch, provenance) for ch in chains])
-                    progress.chunk_done(len({ch.item.key for ch in chains}), len(chains), rounds)
+                    bars.chunk_done(len({ch.item.key for ch in chains}), len(chains), rounds)
         except BaseException as e:  # Ctrl-C, SIGTERM, a server gone for good: say what is kept
             # counted from the shards: a signal may land between a shard's rename and `written`
             note_saved(e, f"{len(store.done_ids() & planned_ids)} of {planned} records saved "
                           f"in {root}")
             raise
         finally:
-            if progress is not None:
-                progress.close()
+            if bars is not None:
+                bars.close()
             if owned is not None:
                 owned.close()
 
         records = list(store.iter_records())
         datasets = write_outputs(records, root)
         statuses = Counter(r["status"] for r in records)
-        stats = (progress.stats() if progress else
+        stats = (bars.stats() if bars else
                  {"tokens": {"response": 0, "critique": 0, "revision": 0, "total": 0},
                   "requests": {}, "generate_s": 0.0, "tokens_per_s": 0.0})
         summary = {
@@ -189,5 +189,5 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None) -> d
         )
         store.write_manifest(manifest)
     if config.progress:
-        print(format_summary(summary), file=sys.stderr)
+        log(format_summary(summary))
     return summary

@@ -48,12 +48,13 @@ class LabelConfig(BaseModel):
         None, description="pointwise: P = sigmoid((s_first - s_second) / tau); 'fit': maximum "
                           "likelihood on the human-labeled pairs; None: the model's default")
     principles: int = Field(1, ge=1, description="K principles ensembled per pair")
-    seed: int = 0
-    few_shot: bool = True
-    cot: bool = False
-    cot_max_tokens: int = Field(256, ge=1)
+    seed: int = Field(0, description="principle draws (and CoT sampling)")
+    few_shot: bool = Field(True, description="show the constitution's feedback examples first")
+    cot: bool = Field(False, description="reason first, then answer; p clamped to cot_clamp")
+    cot_max_tokens: int = Field(256, ge=1, description="tokens of CoT reasoning")
     cot_temperature: float = Field(0.0, ge=0.0, description="0 = greedy reasoning")
-    cot_clamp: tuple[float, float] = COT_CLAMP
+    cot_clamp: tuple[float, float] = Field(COT_CLAMP, description="CoT: p(A) clamped to "
+                                                                  "[low, high]")
 
     @model_validator(mode="after")
     def _check(self) -> "LabelConfig":

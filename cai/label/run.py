@@ -13,7 +13,6 @@ the `eval_against` pairs first (they share the response cache) and fits tau on t
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +20,7 @@ from typing import Any, Callable
 from pydantic import Field
 
 from cai.backends import Backend, load_backend
-from cai.config import ConfigError, load_section
+from cai.config import ConfigError, EngineConfig, load_section, progress_bar, say
 from cai.constitution import load_constitution
 from cai.io import DataError, atomic_write_json, atomic_write_jsonl
 from cai.label.inputs import human_preferences, read_pairs
@@ -33,21 +32,17 @@ from cai.schema import Reject, write_rejects
 Log = Callable[[str], None]
 
 
-class LabelRunConfig(LabelConfig):
+class LabelRunConfig(LabelConfig, EngineConfig):
     """A labeling run: what to label, where to write it, and with which feedback model. The
-    labeling settings themselves (principles, seed, few-shot, CoT) are `LabelConfig`'s."""
+    labeling settings themselves (principles, seed, few-shot, CoT) are `LabelConfig`'s; `out`
+    (a store directory, or a .jsonl file) and the feedback model (`model`, `backend`,
+    `backend_options`) are EngineConfig's."""
 
     pairs: str = Field(description="pairs to label: a preference store / .parquet / JSONL of "
                                    "records (e.g. ai-revision pairs), human rows "
                                    "(prompt/chosen/rejected, HH, TRL), or `cai sample` "
                                    "candidates (prompt + responses)")
-    out: str = Field(description="output: a store directory, or a .jsonl file")
     constitution: str = Field("harmless", description="shipped name or file")
-    model: str | None = Field(None, description="feedback model: registry name, dir, hub id")
-    backend: str | None = Field(None, description="vllm | transformers | openai")
-    backend_options: dict[str, Any] = Field(default_factory=dict,
-                                            description="passed to load_backend, e.g. "
-                                                        "gpu_memory_utilization, base_url")
     eval_against: str | None = Field(None, description="human-labeled pairs (same formats as "
                                                        "pairs): report accuracy on the pairs "
                                                        "found in both")
@@ -70,10 +65,6 @@ def load_label_config(path: str | Path | None = None,
     return load_section(path, "label", LabelRunConfig, overrides, marker_key="pairs")
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def _resolve_mode(config: LabelRunConfig, backend: Backend
                   ) -> tuple[LabelRunConfig, float | None]:
     """(config with `mode` set, tau as a number or None for pairwise / 'fit'), filling what
@@ -89,8 +80,8 @@ def _resolve_mode(config: LabelRunConfig, backend: Backend
     return config, None if config.tau == "fit" else float(config.tau)
 
 
-def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
-              log: Log | None = None) -> dict[str, Any]:
+def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Log = say,
+              progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
     """Label the pairs described by `config`; returns the summary (also stored in the
     output store's manifest under `label`, and in `config.report` when set).
 
@@ -99,7 +90,6 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
     draw), `ConstitutionError`, or `DataError` (unreadable input, nothing to label)."""
     from cai.data.store import write_preferences  # pyarrow: only when a run writes
 
-    log = log or _stderr
     c = load_constitution(config.constitution)
     usable = [p for p in c.principles if p.weight > 0]
     if config.principles > len(usable):
@@ -135,7 +125,8 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
             if config.mode == "pointwise" else None
         if config.tau == "fit":
             fit_on, _ = fitting_pairs(backend, c, [p for p in human_pairs if p.key in human], config)
-            diffs = reference_diffs(label_pairs(backend, c, fit_on, config, log=log, tau=1.0,
+            diffs = reference_diffs(label_pairs(backend, c, fit_on, config, log=log,
+                                                progress=config.progress, tau=1.0,
                                                 scorer=scorer), human)
             if not diffs:
                 raise DataError(f"{config.eval_against}: no labeled pair fits the feedback "
@@ -147,7 +138,8 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None,
                             reason=why) for p, why in too_long]
         if too_long:
             log(f"{len(too_long)} pairs too long for the feedback model -> {rejects_file}")
-        labels = label_pairs(backend, c, pairs, config, log=log, tau=tau, scorer=scorer)
+        labels = label_pairs(backend, c, pairs, config, log=log, progress=config.progress,
+                             tau=tau, scorer=scorer)
         labeler = backend.model
     finally:
         if owned is not None:

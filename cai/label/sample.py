@@ -8,7 +8,6 @@ a truncated or empty sample can be traced (the labeler rejects empty or identica
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cai.backends import Backend, SamplingConfig, load_backend
 from cai.backends.context import prompt_budget
-from cai.config import ConfigError, load_section
+from cai.config import ConfigError, EngineConfig, load_section, progress_bar, say
 from cai.constitution import Constitution, load_constitution
 from cai.io import atomic_write_jsonl
 from cai.label.inputs import Candidates
@@ -34,9 +33,9 @@ class SampleConfig(BaseModel):
     n: int = Field(2, ge=2, description="responses per prompt")
     # Greedy decoding would make the n samples identical, and identical pairs are not labeled.
     temperature: float = Field(1.0, gt=0.0, description="> 0, or the samples are identical")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(256, ge=1)
-    seed: int = 0
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling")
+    max_tokens: int = Field(256, ge=1, description="tokens per sampled response")
+    seed: int = Field(0, description="sampling seed")
 
     def settings(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in SampleConfig.model_fields}
@@ -46,20 +45,14 @@ class SampleConfig(BaseModel):
                               max_tokens=self.max_tokens, seed=self.seed)
 
 
-class SampleRunConfig(SampleConfig):
-    """A sampling run: prompts in, a candidates JSONL out, with which policy."""
+class SampleRunConfig(SampleConfig, EngineConfig):
+    """A sampling run: prompts in, a candidates JSONL (`out`, the input to `cai label
+    --pairs`) out, with which policy (`model`)."""
 
     prompts: str = Field(description="prompts: .jsonl/.json/.csv/.parquet/.txt or a `datasets` "
                                      "directory")
-    out: str = Field(description="candidates JSONL (input to `cai label --pairs`)")
-    model: str | None = Field(None, description="policy: registry name, directory or hub id")
-    backend: str | None = Field(None, description="vllm | transformers | openai")
-    backend_options: dict[str, Any] = Field(default_factory=dict,
-                                            description="passed to load_backend")
     constitution: str | None = Field(None, description="show this constitution's system prompt "
                                                        "to the policy")
-    field: str = Field("prompt", description="text field of a prompt")
-    messages_field: str = Field("messages", description="message-list field of a prompt")
     max_prompt_tokens: int | None = Field(None, ge=1, description="reject longer prompts "
                                           "(default: the model's context minus max_tokens)")
     limit: int | None = Field(None, ge=1, description="first N usable prompts")
@@ -114,13 +107,13 @@ def sample_candidates(backend: Backend, prompts: list[Any], config: SampleConfig
 
 
 def run_sample(config: SampleRunConfig, *, backend: Backend | None = None,
-               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+               log: Callable[[str], None] = say,
+               progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
     """Sample `config.n` responses per usable prompt (one batch) into `config.out`; rejected
     prompts go to the rejects file. Returns the summary. Raises `ConstitutionError`,
     `ConfigError` (max_prompt_tokens without a tokenizer) or `DataError` (unreadable prompts)."""
     from cai.prompts import load_prompts
 
-    log = log or (lambda m: print(m, file=sys.stderr))
     c = load_constitution(config.constitution) if config.constitution else None
     rejects_file = config.rejects_path()
     owned = None
@@ -133,13 +126,13 @@ def run_sample(config: SampleRunConfig, *, backend: Backend | None = None,
             raise ConfigError(f"max_prompt_tokens: the {backend.name} backend has no tokenizer "
                               "to count prompt tokens with")
         items, rejected = load_prompts(
-            config.prompts, field=config.field, messages_field=config.messages_field,
+            config.prompts, field=config.prompt_field, messages_field=config.messages_field,
             limit=config.limit, max_prompt_tokens=max_prompt_tokens,
             count_tokens=backend.count_tokens)
         log(f"{len(items)} prompts x {config.n} samples"
             + (f"; {len(rejected)} rejected -> {rejects_file}" if rejected else ""))
         start = time.perf_counter()
-        rows = sample_candidates(backend, items, config, c)
+        rows = sample_candidates(backend, items, config, c, progress=config.progress)
         elapsed = time.perf_counter() - start
     finally:
         if owned is not None:

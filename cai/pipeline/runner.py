@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
+from cai.config import RENAMED, progress_bar, renamed_key_message, say
 from cai.constitution.errors import LocatedError
 from cai.io import atomic_open, iter_rows
 from cai.pipeline.manifest import (hash_path, output_files, read_manifest,
@@ -115,12 +116,14 @@ def materialise_prompt_sets(pipeline: Pipeline, echo: Echo) -> dict[str, Path]:
 def _build_config(pipeline: Pipeline, stage: Stage, wired: dict[str, Any],
                   prompt_sets: dict[str, Path]) -> tuple[BaseModel | None, list[LocatedError]]:
     section = dict(pipeline.sections[stage.name])
+    cls = stage.config_class()
     errors = [pipeline.locate(stage.name, (k,)).error(
         f"{stage.name}.{k}: filled in by the runner from upstream stages; leave it out")
         for k in stage.owned if k in section]
+    errors += [pipeline.locate(stage.name, (k,)).error(f"{stage.name}.{k}: {renamed_key_message(k)}")
+               for k in section if k in RENAMED and k not in cls.model_fields]
     if errors:
         return None, errors
-    cls = stage.config_class()
     run = pipeline.run
     for name in stage.shared:
         value = getattr(run, name, None)
@@ -322,14 +325,14 @@ def run_step(step: Step, inputs: dict[str, str | None], engines: EnginePool,
     t0 = time.perf_counter()
     try:
         run = step.stage.run_function()
+        backend = None
         if step.stage.engine is not None:
             engine_t0 = time.perf_counter()
             backend = engines.get(*step.stage.engine(step.config))
             manifest["engine_start_s"] = round(time.perf_counter() - engine_t0, 2)
-            summary = run(step.config, backend=backend)
         else:
             engines.close()
-            summary = run(step.config)
+        summary = run(step.config, backend=backend, log=say, progress=progress_bar)
     except BaseException as e:
         manifest.update(status="failed", error=f"{type(e).__name__}: {e}",
                         seconds=round(time.perf_counter() - t0, 2))

@@ -5,11 +5,11 @@ The RL-CAI recipe (Bai et al., 2022), in run order:
 
     generate -> sft -> [sample -> label -> rm -> ppo] x rounds -> eval
 
-A stage is `XConfig` + `run_x(config, *, backend=None) -> summary`. The runner builds the
-config from the stage's YAML section, the `run:` settings the section leaves unset
-(`model`, `backend`, `backend_options`, `seed`, where the class has them) and the fields
-the stage's `wire` fills in from upstream outputs (its `owned` fields; the user may not
-write those). Which upstream a field comes from depends on which stages the pipeline has:
+A stage is `XConfig` + `run_x(config, *, backend=None, log=say, progress=progress_bar)
+-> summary`, called the same way for every stage. The runner builds the config from the
+stage's YAML section, the `run:` settings the section leaves unset (`model`, `backend`,
+`backend_options`, `seed`, where the stage shares them) and the fields the stage's `wire`
+fills in from upstream outputs (its `owned` fields; the user may not write those). Which upstream a field comes from depends on which stages the pipeline has:
 sample draws from the SFT model when sft runs, else from the base model.
 """
 
@@ -324,13 +324,14 @@ def _wire_ppo(w: Wiring) -> dict[str, Any]:
     a file)."""
     from cai.models import DEFAULT_MODEL
 
-    out: dict[str, Any] = {"output_dir": str(w.dir)}
+    # the runner keeps an interrupted run's directory (same config and inputs): continue it
+    out: dict[str, Any] = {"out": str(w.dir), "resume": True}
     policy = latest_policy(w)
     if policy is not None:
-        _runner_written(w, "policy")
-        out["policy"] = policy
-    elif "policy" not in w.section:
-        out["policy"] = w.run.model or DEFAULT_MODEL
+        _runner_written(w, "model")
+        out["model"] = policy
+    elif "model" not in w.section:
+        out["model"] = w.run.model or DEFAULT_MODEL
     if w.has("rm"):
         _runner_written(w, "reward")
         out["reward"] = str(w.output("rm"))
@@ -346,25 +347,18 @@ def _brief_ppo(s: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def run_ppo_step(config: Any, *, backend: Any = None) -> dict[str, Any]:
-    """`cai train ppo --resume`: the runner keeps a directory only when its config and inputs
-    are unchanged, so an interrupted (or finished) run there is this one to continue."""
-    from cai.train.ppo import run_ppo
-
-    return run_ppo(config, resume=True)
-
-
 PPO = Stage(
     name="ppo",
     config="cai.train.ppo:PPOConfig",
-    run=run_ppo_step,
+    run="cai.train.ppo:run_ppo",
     wire=_wire_ppo,
     per_round=True,
-    owned=("output_dir",),
-    shared=("seed",),
+    # PPO starts its own rollout engine beside its training models, with its own memory
+    # share, so the run's engine settings are not laid over its section
+    shared=("model", "seed"),
     prompt_fields=("prompts", "eval_prompts"),
     file_fields=("prompts", "eval_prompts"),
-    volatile=("progress", "save_every", "keep_checkpoints"),
+    volatile=("progress", "save_every", "keep_checkpoints", "resume"),
     brief=_brief_ppo,
 )
 
@@ -376,13 +370,10 @@ def _wire_eval(w: Wiring) -> dict[str, Any]:
     """The final policy (the last PPO policy, else the SFT model) against the reference
     (the SFT model when PPO ran after it, else the base model; `reference: base` picks the
     base model, for a before/after of the whole recipe), scored by the last reward model,
-    on the held-out prompts the section names."""
+    on the held-out prompts the section names. Afterwards eval rebuilds the run's report."""
     from cai.models import DEFAULT_MODEL
 
-    out: dict[str, Any] = {"out": str(w.dir)}
-    share = w.run.backend_options.get("gpu_memory_utilization")
-    if share is not None and "gpu_memory_utilization" not in w.section:
-        out["gpu_memory_utilization"] = share
+    out: dict[str, Any] = {"out": str(w.dir), "report": str(w.dir.parent)}
     base = w.run.model or DEFAULT_MODEL
     want_base = w.section.get("reference") == "base"
     if want_base:
@@ -396,20 +387,11 @@ def _wire_eval(w: Wiring) -> dict[str, Any]:
         if not want_base:
             out["reference"] = (sft or base) if w.has("ppo") else base
     if w.has("rm"):
-        _runner_written(w, "reward_model")
-        out["reward_model"] = str(w.output("rm"))
+        _runner_written(w, "reward")
+        out["reward"] = str(w.output("rm"))
     return out
 
 
-def run_eval(config: Any, *, backend: Any = None) -> dict[str, Any]:
-    """The eval stage: `cai eval policy` on the held-out prompts, then the run's report
-    (report.html, report.md) beside the stage directories."""
-    from cai.eval.policy import run_eval_policy
-    from cai.eval.report import write_report
-
-    summary = run_eval_policy(config, log=lambda m: print(f"  {m}"))
-    paths = write_report(Path(config.out).parent)
-    return {**summary, "report": {k: str(v) for k, v in paths.items()}}
 
 
 def _mean_se(d: Any) -> str:
@@ -444,9 +426,9 @@ def final_eval(s: dict[str, Any], stage_dir: Path) -> list[str]:
 EVAL = Stage(
     name="eval",
     config="cai.eval.policy:EvalPolicyConfig",
-    run=run_eval,
+    run="cai.eval.policy:run_eval_policy",
     wire=_wire_eval,
-    shared=("model", "backend", "seed"),
+    owned=("out", "report"),
     prompt_fields=("prompts", "harmful", "benign"),
     file_fields=("prompts", "harmful", "benign"),
     brief=lambda s: "report written" if s.get("report") else "",

@@ -1,7 +1,8 @@
-"""What every training stage shares: `TrainingConfig` (optimisation, LoRA, checkpointing,
-logging), and reading a stage's section of a pipeline YAML with flags on top.
+"""What supervised training shares: `TrainingConfig` (data, batches, epochs, evaluation) on
+top of `cai.config.TrainConfig` (optimisation, LoRA, checkpointing), and reading a stage's
+section of a pipeline YAML with flags on top.
 
-Stage configs (`SFTConfig`, `RMConfig`, PPO's) subclass `TrainingConfig`. Fields listed in
+`SFTConfig` and `RMConfig` subclass `TrainingConfig`; PPO's config extends TrainConfig. Fields listed in
 `RUN_ONLY_FIELDS` only change how a run is watched or where it writes, not what it
 computes, so a resume may change them; any other change is refused (`config_changes`).
 Configs load from a pipeline YAML section with `cai.config.load_section(path, "rm", RMConfig,
@@ -10,62 +11,37 @@ overrides)`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 # One ConfigError for every stage; a resume against a different config raises it too.
-from cai.config import ConfigError, load_section
+from cai.config import ConfigError, TrainConfig, load_section
 
 
-class TrainingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TrainingConfig(TrainConfig):
+    """Supervised training (SFT, RM) on top of TrainConfig's optimisation, LoRA and
+    checkpointing: the data, the batches, the epochs and when to evaluate. `out` holds the
+    model, metrics.jsonl, tensorboard/ and checkpoints/."""
 
-    # what to train, on what, where
-    model: str | None = Field(None, description="registry name, HF directory or hub id "
-                                                "(default: the embedded model)")
     data: list[str] = Field(min_length=1, description="training data (stage-specific forms)")
     eval_data: str | None = Field(None, description="held-out data; default: split from `data`")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0,
                                  description="share of prompts held out when eval_data is unset")
-    out: str = Field(description="output directory: the model, metrics, checkpoints")
     max_length: int = Field(512, ge=8, description="tokens per sequence")
-    # optimisation
-    lr: float = Field(5e-5, gt=0.0)
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, description="passes over the training data")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; caps epochs")
     batch_size: int = Field(8, ge=1, description="sequences (SFT) or pairs (RM) per device batch")
     grad_accum: int = Field(1, ge=1, description="batches per optimizer step")
-    warmup_steps: int = Field(0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0.0, le=1.0, description="used when warmup_steps is 0")
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float | None = Field(1.0, gt=0.0, description="clip; None switches it off")
-    gradient_checkpointing: bool = False
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="bf16/fp16 autocast with fp32 weights. auto: bf16 on a CUDA GPU "
-                            "that supports it and on a CPU with AMX (native bf16 matmul), else fp32")
-    attn_implementation: Literal["auto", "eager", "sdpa"] = Field(
-        "auto", description="attention kernel. auto: eager on a CPU when its saved attention "
-                            "weights stay under 2 GiB (its backward beats SDPA's there), else "
-                            "the model's default")
-    seed: int = 0
-    # LoRA (peft); off when lora_r is None
-    lora_r: int | None = Field(None, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    merge_lora: bool = Field(True, description="save the merged model (else the adapter)")
-    # watching and checkpointing
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward "
+                                                            "(less memory, more time)")
     log_every: int = Field(10, ge=1, description="optimizer steps per metrics line")
     eval_every: int | None = Field(None, ge=1, description="optimizer steps between evals "
                                                            "(always once at the end)")
-    save_every: int | None = Field(100, ge=1, description="optimizer steps between checkpoints")
-    keep_checkpoints: int = Field(1, ge=1, description="checkpoints kept while training")
     keep_checkpoints_when_done: bool = Field(False, description="else removed once the model "
                                                                 "is saved")
-    resume: bool = Field(False, description="continue from the last checkpoint in `out`")
-    progress: bool = True
 
     @field_validator("data", mode="before")
     @classmethod

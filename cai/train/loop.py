@@ -48,7 +48,7 @@ def make_optimizer_and_scheduler(config, model, num_steps: int, num_processes: i
     optimizer = adamw(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = config.warmup_steps or math.ceil(config.warmup_ratio * num_steps)
     # accelerate steps a prepared scheduler once per process per optimizer step
-    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=warmup * num_processes,
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=warmup * num_processes,
                               num_training_steps=num_steps * num_processes)
     return optimizer, scheduler
 
@@ -66,6 +66,7 @@ def run_loop(
     count_samples: Callable[[dict], int],
     desc: str,
     before_step: Callable[[Any, int], None] | None = None,
+    progress: Callable[..., Any] | None = None,
 ) -> tuple[LoopResult, Any]:
     """Train `model` on `train_loader` (not yet prepared) per `config`, resuming from the
     run directory's last checkpoint when `config.resume`. `before_step(model, step)` is
@@ -88,7 +89,8 @@ def run_loop(
                          resume_step=state.global_step if last_ckpt else None,
                          run_name=desc.replace(" ", "_"))
     progress = Progress(num_steps, state.global_step,
-                        enabled=config.progress and accelerator.is_local_main_process, desc=desc)
+                        enabled=config.progress and accelerator.is_local_main_process, desc=desc,
+                        make=progress)
     result = LoopResult(state=state, train_seconds=0.0)
     window: dict[str, list[float]] = {}
     window_tokens = 0

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -70,11 +70,13 @@ class MetricsLog:
 class Progress:
     """A tqdm bar over optimizer steps (ETA from tqdm), with loss and tokens/s."""
 
-    def __init__(self, total: int, initial: int, *, enabled: bool, desc: str):
-        from tqdm.auto import tqdm
+    def __init__(self, total: int, initial: int, *, enabled: bool, desc: str,
+                 make: Callable[..., Any] | None = None):
+        # `make`: the run signature's `progress` factory (cai.config.progress_bar by default)
+        from cai.config import progress_bar
 
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc=desc,
-                        unit="step", dynamic_ncols=True)
+        self.bar = (make or progress_bar)(total=total, initial=initial, disable=not enabled,
+                                          desc=desc, unit="step")
         self._t0 = time.perf_counter()
         self._tokens = 0
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field
 
+from cai.config import progress_bar, say
 from cai.io import DataError, atomic_write_json
 from cai.schema import write_rejects
 from cai.train.config import TrainingConfig
@@ -28,7 +29,7 @@ REJECTS_FILE = "rejects.jsonl"
 
 
 class RMConfig(TrainingConfig):
-    lr: float = Field(1e-5, gt=0.0)
+    lr: float = Field(1e-5, gt=0.0, description="learning rate")
     batch_size: int = Field(8, ge=1, description="pairs per device batch (2x sequences)")
     overlong: Literal["truncate", "drop"] = Field(
         "truncate", description="pairs longer than max_length: keep each text's last "
@@ -109,18 +110,19 @@ def evaluate_pairs(model, tokenizer, pairs: list[dict], batch_size: int) -> dict
                         [p["chosen_len"] for p in pairs], [p["rejected_len"] for p in pairs])
 
 
-def _print_rejects(rejects, out: Path, echo) -> None:
+def _print_rejects(rejects, out: Path, log) -> None:
     write_rejects(rejects, out / REJECTS_FILE)
     if rejects:
         from collections import Counter
 
         codes = ", ".join(f"{c} {n}" for c, n in Counter(r.code for r in rejects).most_common())
-        echo(f"rejected {len(rejects)} pairs ({codes}); listed in {out / REJECTS_FILE}")
+        log(f"rejected {len(rejects)} pairs ({codes}); listed in {out / REJECTS_FILE}")
         for r in rejects[:3]:
-            echo(f"  {r.location}: {r.reason}")
+            log(f"  {r.location}: {r.reason}")
 
 
-def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
+def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] = say,
+           progress: Callable[..., Any] = progress_bar,
            before_step: Callable[[Any, int], None] | None = None) -> dict[str, Any]:
     """Train a reward model per `config`; returns the summary (also in the DONE marker).
     Rerunning a finished run returns its summary without training again."""
@@ -137,7 +139,7 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
 
     run_dir = RunDir(config.out)
     if (finished := run_dir.finished(config)) is not None:
-        echo(f"{config.out}: already finished; nothing to do")
+        log(f"{config.out}: already finished; nothing to do")
         return finished
     t0 = time.perf_counter()
     model_path = resolve_training_model(config.model)
@@ -145,17 +147,17 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
     train_recs, eval_recs, rejects, mix = load_preferences(
         config.data, config.eval_data, config.eval_fraction, config.seed)
     run_dir.start(config)
-    _print_rejects(rejects, run_dir.path, echo)
+    _print_rejects(rejects, run_dir.path, log)
     train, train_counts = tokenize_pairs(train_recs, tokenizer, config)
     held, eval_counts = tokenize_pairs(eval_recs, tokenizer, config)
     for name, counts in (("train", train_counts), ("eval", eval_counts)):
         if counts["truncated"] or counts["dropped"]:
-            echo(f"{name}: over {config.max_length} tokens: {counts['truncated']} pairs "
+            log(f"{name}: over {config.max_length} tokens: {counts['truncated']} pairs "
                  f"truncated (kept the end), {counts['dropped']} dropped")
     if not train:
         raise DataError(f"{', '.join(config.data)}: every training pair was dropped as longer "
                         f"than max_length={config.max_length}")
-    echo(f"reward model: {len(train)} training pairs, {len(held)} held out "
+    log(f"reward model: {len(train)} training pairs, {len(held)} held out "
          f"(split by prompt: {mix['test_prompts']} of {mix['prompts']} prompts)")
 
     accelerator = make_accelerator(config, run_dir.path)
@@ -175,7 +177,7 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
         from cai.train.reward import takes_shared_prompt
 
         if (why := takes_shared_prompt(model)) is not None:
-            echo(f"share_prompt off: {why}; chosen and rejected run as separate sequences")
+            log(f"share_prompt off: {why}; chosen and rejected run as separate sequences")
             share_prompt = False
     collate = collate_pairs(tokenizer.pad_token_id, share_prompt)
     loader = make_dataloader(train, batch_size=config.batch_size, collate_fn=collate, shuffle=True,
@@ -196,7 +198,7 @@ def run_rm(config: RMConfig, *, echo: Callable[[str], None] = print,
         compute_loss=compute_loss, evaluate=evaluate,
         count_tokens=lambda b: b["tokens"],
         count_samples=lambda b: int(b["p_chosen"].shape[0]), desc="train rm",
-        before_step=before_step)
+        before_step=before_step, progress=progress)
 
     # Normalisation stats for PPO: rewards of the training prompts' responses.
     model.eval()

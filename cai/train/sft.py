@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from pydantic import Field
 
+from cai.config import progress_bar, say
 from cai.io import DataError
 from cai.schema import write_rejects
 from cai.train.config import TrainingConfig
@@ -26,12 +27,13 @@ REJECTS_FILE = "rejects.jsonl"
 
 
 class SFTConfig(TrainingConfig):
-    lr: float = Field(2e-5, gt=0.0)
-    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    messages_field: str = "messages"
+    lr: float = Field(2e-5, gt=0.0, description="learning rate")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0,
+                                 description="share of prompts held out when eval_data is unset")
+    messages_field: str = Field("messages", description="column holding the conversation")
     overlong: str = Field("truncate", pattern="^(truncate|drop)$",
                           description="conversations over max_length: cut the end, or drop")
-    eval_batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(16, ge=1, description="conversations per held-out batch")
 
 
 class TemplateError(ValueError):
@@ -104,7 +106,7 @@ def _split(convs: list[dict], fraction: float, seed: int) -> tuple[list[dict], l
     return [c for c in convs if key(c) not in held], [c for c in convs if key(c) in held]
 
 
-def encode_all(convs, tokenizer, config: SFTConfig, echo) -> list[dict]:
+def encode_all(convs, tokenizer, config: SFTConfig, log) -> list[dict]:
     out, cut, dropped, empty = [], 0, 0, 0
     for c in convs:
         ids, labels = encode_conversation(tokenizer, c["messages"])
@@ -119,12 +121,13 @@ def encode_all(convs, tokenizer, config: SFTConfig, echo) -> list[dict]:
             continue
         out.append({"input_ids": ids, "labels": labels})
     if cut or dropped or empty:
-        echo(f"over {config.max_length} tokens: {cut} conversations truncated, {dropped} dropped; "
+        log(f"over {config.max_length} tokens: {cut} conversations truncated, {dropped} dropped; "
              f"{empty} left with no assistant token after truncation, skipped")
     return out
 
 
-def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
+def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None] = say,
+            progress: Callable[..., Any] = progress_bar,
             before_step: Callable[[Any, int], None] | None = None) -> dict[str, Any]:
     """Fine-tune a causal LM on conversations; returns the summary (also in DONE). The output
     directory is a HF model directory (`cai chat --model OUT`, vLLM)."""
@@ -140,7 +143,7 @@ def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
 
     run_dir = RunDir(config.out)
     if (finished := run_dir.finished(config)) is not None:
-        echo(f"{config.out}: already finished; nothing to do")
+        log(f"{config.out}: already finished; nothing to do")
         return finished
     t0 = time.perf_counter()
     model_path = resolve_training_model(config.model)
@@ -162,15 +165,15 @@ def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
     run_dir.start(config)
     write_rejects(rejects, run_dir.path / REJECTS_FILE)
     if rejects:
-        echo(f"rejected {len(rejects)} rows; listed in {run_dir.path / REJECTS_FILE}")
+        log(f"rejected {len(rejects)} rows; listed in {run_dir.path / REJECTS_FILE}")
         for r in rejects[:3]:
-            echo(f"  {r.location}: {r.reason}")
-    train = encode_all(train_convs, tokenizer, config, echo)
-    held = encode_all(eval_convs, tokenizer, config, echo)
+            log(f"  {r.location}: {r.reason}")
+    train = encode_all(train_convs, tokenizer, config, log)
+    held = encode_all(eval_convs, tokenizer, config, log)
     if not train:
         raise DataError(f"{', '.join(config.data)}: no conversation fits max_length="
                         f"{config.max_length} with an assistant token left")
-    echo(f"sft: {len(train)} conversations, {len(held)} held out")
+    log(f"sft: {len(train)} conversations, {len(held)} held out")
 
     accelerator = make_accelerator(config, run_dir.path)
     attn = pick_attn_implementation(config.attn_implementation, model_path,
@@ -208,7 +211,7 @@ def run_sft(config: SFTConfig, *, echo: Callable[[str], None] = print,
         compute_loss=compute_loss, evaluate=evaluate if held else None,
         count_tokens=lambda b: int(b["attention_mask"].sum()),
         count_samples=lambda b: int(b["input_ids"].shape[0]), desc="train sft",
-        before_step=before_step)
+        before_step=before_step, progress=progress)
     summary = {
         "stage": "sft", "model": model_path, "out": str(run_dir.path),
         "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
