@@ -149,8 +149,8 @@ def rm_cmd(
 
 @app.command("ppo")
 def ppo_cmd(
-    policy: Optional[str] = O(None, "--policy", help="causal LM to start from: SFT output dir, "
-                                                     "registry name or hub id"),
+    model: Optional[str] = O(None, "--model", help="causal LM to start from: SFT output dir, "
+                                                   "registry name or hub id"),
     reward: Optional[str] = O(None, "--reward", help="`cai train rm` dir, any seq-classification "
                                                      "RM dir, or FILE.py:FUNCTION"),
     prompts: Optional[str] = O(None, "--prompts", help="prompt file (JSONL/CSV/... with prompt or messages)"),
@@ -164,10 +164,11 @@ def ppo_cmd(
                                                "--eval-temperature > 0 above 1)"),
     iterations: Optional[int] = O(None, help="rollout/update iterations (default 20)"),
     rollout_batch_size: Optional[int] = O(None, help="prompts per iteration (default 16)"),
-    max_new_tokens: Optional[int] = O(None), temperature: Optional[float] = O(None),
-    rollout_backend: Optional[str] = O(None, help="auto | transformers | vllm"),
+    max_tokens: Optional[int] = O(None), temperature: Optional[float] = O(None),
+    backend: Optional[str] = O(None, help="rollout engine: transformers | vllm (default: vllm "
+                                          "where installed)"),
     ppo_epochs: Optional[int] = O(None), minibatch_size: Optional[int] = O(None),
-    micro_batch_size: Optional[int] = O(None), learning_rate: Optional[float] = O(None, "--lr"),
+    micro_batch_size: Optional[int] = O(None), lr: Optional[float] = O(None, "--lr"),
     forward_batch_size: Optional[int] = O(None, help="rows per no-grad scoring pass (default 16)"),
     attn_implementation: Optional[str] = O(None, help="auto | eager | sdpa (auto: eager on CPU "
                                                       "for short sequences)"),
@@ -177,7 +178,7 @@ def ppo_cmd(
     kl_horizon: Optional[int] = O(None, help="adaptive β's horizon in responses (default 10000): "
                                              "β moves by at most 20%·batch/horizon an iteration"),
     kl_estimator: Optional[str] = O(None, help="k1 | k3"),
-    lora: Optional[bool] = O(None, "--lora/--no-lora"), lora_r: Optional[int] = O(None),
+    lora_r: Optional[int] = O(None, help="LoRA rank (default: off, train all weights)"),
     seed: Optional[int] = O(None),
     resume: bool = O(False, "--resume", help="continue from the last checkpoint in -o"),
     progress: bool = O(True, "--progress/--no-progress"),
@@ -190,21 +191,22 @@ def ppo_cmd(
     from cai.train.metrics import NonFiniteLossError
     from cai.train.ppo import PPOConfig, run_ppo
 
-    overrides = dict(policy=policy, reward=reward, prompts=prompts,
-                     output_dir=None if out is None else str(out), value_model=value_model,
+    overrides = dict(model=model, reward=reward, prompts=prompts,
+                     out=None if out is None else str(out), value_model=value_model,
                      eval_prompts=eval_prompts, eval_size=eval_size, eval_every=eval_every,
                      eval_temperature=eval_temperature, eval_samples=eval_samples,
                      iterations=iterations, rollout_batch_size=rollout_batch_size,
-                     max_new_tokens=max_new_tokens, temperature=temperature,
-                     rollout_backend=rollout_backend, ppo_epochs=ppo_epochs,
+                     max_tokens=max_tokens, temperature=temperature,
+                     backend=backend, ppo_epochs=ppo_epochs,
                      minibatch_size=minibatch_size, micro_batch_size=micro_batch_size,
                      forward_batch_size=forward_batch_size, attn_implementation=attn_implementation,
-                     learning_rate=learning_rate, kl_coef=kl_coef, adaptive_kl=adaptive_kl,
-                     kl_target=kl_target, kl_horizon=kl_horizon, kl_estimator=kl_estimator, lora=lora, lora_r=lora_r,
-                     seed=seed, mixed_precision=mixed_precision)
+                     lr=lr, kl_coef=kl_coef, adaptive_kl=adaptive_kl,
+                     kl_target=kl_target, kl_horizon=kl_horizon, kl_estimator=kl_estimator,
+                     lora_r=lora_r, seed=seed, mixed_precision=mixed_precision,
+                     resume=resume or None, progress=None if progress else False)
     try:
         cfg = load_section(config, "ppo", PPOConfig, overrides)
-        summary = run_ppo(cfg, resume=resume, progress=progress)
+        summary = run_ppo(cfg)
     except (ConfigError, DataError, ModelError, FileExistsError, ValueError, NonFiniteLossError) as e:
         fail(str(e))
     last = summary.get("last") or {}

@@ -170,8 +170,8 @@ def load_models(config: PPOConfig, accelerator, reward_fn: RewardFn | None, *,
               if config.adaptive_kl else L.FixedKLController(config.kl_coef))
     policy_model = accelerator.unwrap_model(policy, keep_fp32_wrapper=False)
     return PPOModels(
-        accelerator=accelerator, policy_path=policy_path, tokenizer=tokenizer, eos_ids=eos_ids, policy=policy,
-        policy_model=policy_model, reference=policy_model if config.lora else reference,
+        accelerator=accelerator, policy_path=policy_path, tokenizer=tokenizer, eos_ids=eos_ids,
+        policy=policy, policy_model=policy_model, reference=policy_model if config.lora else reference,
         reference_context=policy_model.disable_adapter if config.lora else nullcontext,
         value_model=value_model, reward=reward, rm_mean=rm_mean, rm_std=rm_std, opt_p=opt_p,
         opt_v=opt_v, sch_p=sch_p, sch_v=sch_v, kl_ctl=kl_ctl)
