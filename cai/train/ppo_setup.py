@@ -75,7 +75,7 @@ def make_accelerator(config: PPOConfig):
 
 def load_prompt_ids(path: str, config: PPOConfig, tokenizer) -> tuple[list, list[list[int]]]:
     from cai.backends.context import ChatTokenizer
-    from cai.generate.inputs import load_prompts
+    from cai.prompts import load_prompts
 
     items, rejects = load_prompts(path, field=config.prompt_field,
                                   messages_field=config.messages_field,
