@@ -37,7 +37,7 @@ def command(mode: str, work: Path, port: int) -> list[str]:
     if mode == "generate":
         return base + ["generate", "--prompts", str(REPO / "pipelines/prompts/red_team_train.jsonl"),
                        "-o", str(work / "run"), "--backend", "vllm",
-                       "--gpu-memory-utilization", "0.3", "--limit", "12", "--chunk-size", "4",
+                       "--backend-option", "gpu_memory_utilization=0.3", "--limit", "12", "--chunk-size", "4",
                        "--max-tokens", "32", "--no-few-shot", "--no-progress"]
     return base + ["serve", "--backend", "vllm", "--gpu-memory-utilization", "0.3",
                    "--port", str(port)]

@@ -32,7 +32,7 @@ LIMIT, CHUNK = 8, 4
 def _cmd(model_dir: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "cai", "generate",
             "--prompts", str(REPO / "pipelines/prompts/red_team_train.jsonl"), "-o", str(out),
-            "--backend", "vllm", "--gpu-memory-utilization", "0.15", "--model", str(model_dir),
+            "--backend", "vllm", "--backend-option", "gpu_memory_utilization=0.15", "--model", str(model_dir),
             "--limit", str(LIMIT), "--chunk-size", str(CHUNK), "--max-tokens", "16",
             "--no-few-shot", "--temperature", "0.7", "--seed", "3", "--no-progress"]
 
