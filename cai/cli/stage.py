@@ -34,6 +34,34 @@ from cai.config import RENAMED
 
 BACKEND_OPTION = "--backend-option"
 
+# Shorthand flags for the backend options a remote engine needs (`--backend openai`), on every
+# command with `backend_options`: flag field -> (type, help). A flag given wins over the same
+# key in `--backend-option` and in the file.
+BACKEND_FLAGS: dict[str, tuple[type, str]] = {
+    "base_url": (str, "--backend openai: the server's URL, e.g. http://host:8000/v1"),
+    "api_key": (str, "--backend openai: the server's API key (default: $OPENAI_API_KEY)"),
+    "tokenizer": (str, "--backend openai: the served model's tokenizer (registry name, directory "
+                       "or hub id), for servers without vLLM's /tokenize"),
+    "retry_for": (float, "--backend openai: seconds to keep retrying while the server gives no "
+                         "answer at all (refused, reset, 5xx) (default: 300)"),
+    "request_timeout": (float, "--backend openai: seconds one request waits for its answer; a "
+                               "busy server is waited for (default: 600)"),
+    "max_concurrency": (int, "--backend openai: requests in flight at once (default: 16)"),
+}
+
+
+def backend_flag_params() -> list[inspect.Parameter]:
+    """The BACKEND_FLAGS as keyword parameters of a typer command (each None when not given)."""
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                              default=typer.Option(None, flag(name), help=text, show_default=False))
+            for name, (kind, text) in BACKEND_FLAGS.items()]
+
+
+def pop_backend_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The BACKEND_FLAGS given, removed from `kwargs`, as backend options."""
+    given = {name: kwargs.pop(name, None) for name in BACKEND_FLAGS}
+    return {name: value for name, value in given.items() if value is not None}
+
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -208,7 +236,7 @@ def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *
         for fname, info in fields.items():
             if fname in positional:
                 continue
-            kind, annotation = ("yaml", Optional[str]) if fname in text else field_kind(info.annotation)
+            kind, annotation = ("text", Optional[str]) if fname in text else field_kind(info.annotation)
             kinds[fname] = kind
             decls = (short[fname],) if fname in short else ()
             params.append(inspect.Parameter(fname, inspect.Parameter.KEYWORD_ONLY,
@@ -223,11 +251,15 @@ def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *
         for ename, (annotation, option) in extras.items():
             params.append(inspect.Parameter(ename, inspect.Parameter.KEYWORD_ONLY,
                                             default=option, annotation=annotation))
+        with_backend = "backend_options" in fields
+        if with_backend:
+            params.extend(backend_flag_params())
 
         @functools.wraps(body)
         def command(**kwargs: Any) -> None:
             path = kwargs.pop("config")
             given = {k: kwargs.pop(k) for k in extras}
+            shorthand = pop_backend_flags(kwargs) if with_backend else {}
             overrides: dict[str, Any] = {}
             for fname, value in kwargs.items():
                 kind = kinds[fname]
@@ -240,11 +272,13 @@ def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *
                 elif kind == "yaml":
                     value = _parse_yaml(value, fname)
                 overrides[fname] = value
+            if shorthand:
+                overrides["backend_options"] = {**overrides.get("backend_options", {}), **shorthand}
             body(StageArgs(path, section, overrides, given, marker_key))
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {}
-        taken = {flag(e) for e in extras}
+        taken = {flag(e) for e in extras} | ({flag(b) for b in BACKEND_FLAGS} if with_backend else set())
         cls = type(f"{name.title()}Command", (_RefuseOldFlags,),
                    {"renamed": renamed_flags(fields, taken)})
         app.command(name, cls=cls)(command)
