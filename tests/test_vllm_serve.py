@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow,
 
 PROMPTS = str(REPO / "pipelines/prompts/red_team_train.jsonl")
 PAIRS = str(REPO / "pipelines/prompts/human_prefs.jsonl")
-GREEDY = ["--temperature", "0", "--max-tokens", "12", "--limit", "2", "--no-progress"]
+GREEDY = ["--temperature", "0", "--revision-candidates", "1", "--max-tokens", "12", "--limit", "2", "--no-progress"]
 
 
 class VLLMServer:
@@ -83,12 +83,13 @@ def remote(served) -> list[str]:
     return ["--backend", "openai", "--base-url", served.url, "--model", served.model]
 
 
-VOLATILE = ("time", "seconds", "_at", "model", "backend", "created", "_s")
+CONTENT = ("id", "prompt", "initial_response", "final_response", "principle_ids", "flags",
+           "reason", "critique", "revision", "route")
 
 
 def stable(record: dict) -> str:
-    """A record without what differs between engines and runs by design (timings, names)."""
-    return json.dumps({k: v for k, v in record.items() if not any(w in k for w in VOLATILE)},
+    """What a record says (not its timings and engine names, which differ by design)."""
+    return json.dumps({k: v for k, v in record.items() if any(w in k for w in CONTENT)},
                       sort_keys=True, default=str)
 
 
