@@ -9,7 +9,9 @@
 Per field: `--field-name` (snake -> kebab), help = the field's description with the default
 printed here (never in the description), bools as `--x/--no-x`, lists repeatable, Literals as
 choices, `backend_options` as repeatable `--backend-option KEY=VALUE` (VALUE read as YAML),
-anything else (unions, tuples, nested settings) as one YAML value. A flag not given is None,
+anything else (unions, tuples, nested settings) as one YAML value; `text` fields as given.
+Commands with `backend_options` also get the remote-engine shorthands (BACKEND_FLAGS:
+`--base-url`, `--api-key`, `--tokenizer`, `--retry-for`, ...). A flag not given is None,
 so the file (or the class default) wins. Old spellings (`cai.config.RENAMED`) are usage
 errors that name the new flag. A small per-command table keeps positional arguments and short
 flags; `extras` are options that are not config fields (`--json`, `--judge`).
