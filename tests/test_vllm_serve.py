@@ -83,12 +83,12 @@ def remote(served) -> list[str]:
     return ["--backend", "openai", "--base-url", served.url, "--model", served.model]
 
 
-CONTENT = ("id", "prompt", "initial_response", "final_response", "principle_ids", "flags",
+CONTENT = ("prompt", "initial_response", "final_response", "principle_ids", "flags",
            "reason", "critique", "revision", "route")
 
 
 def stable(record: dict) -> str:
-    """What a record says (not its timings and engine names, which differ by design)."""
+    """What a record says (not its id, timings and engine names: they name the engine)."""
     return json.dumps({k: v for k, v in record.items() if any(w in k for w in CONTENT)},
                       sort_keys=True, default=str)
 
