@@ -127,7 +127,7 @@ def test_stages_match_the_in_process_engine(served, vllm_backend, tmp_path):
                                               "--no-progress"])
     r_s = [json.loads(x) for x in (tmp_path / "ev_r" / "samples.jsonl").read_text().splitlines()]
     l_s = [json.loads(x) for x in (tmp_path / "ev_l" / "samples.jsonl").read_text().splitlines()]
-    assert [s["response"] for s in r_s] == [s["response"] for s in l_s]
+    assert [s["policy"]["response"] for s in r_s] == [s["policy"]["response"] for s in l_s]
 
 
 def _in_process(stage: str, backend, args: list[str]):
