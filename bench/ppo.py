@@ -92,14 +92,15 @@ def run_ours(args) -> dict:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = PPOConfig(policy=args.policy or str(pull()), reward=args.reward, prompts=args.prompts, output_dir=str(out),
-                    iterations=args.iterations, rollout_batch_size=16, max_new_tokens=64,
-                    temperature=0.7, rollout_backend=args.backend, ppo_epochs=args.ppo_epochs,
+    cfg = PPOConfig(model=args.policy or str(pull()), reward=args.reward, prompts=args.prompts, out=str(out),
+                    iterations=args.iterations, rollout_batch_size=16, max_tokens=64,
+                    temperature=0.7, backend=None if args.backend == "auto" else args.backend,
+                    ppo_epochs=args.ppo_epochs,
                     minibatch_size=16, micro_batch_size=4, forward_batch_size=16,
-                    attn_implementation=args.attn, learning_rate=3e-5, kl_coef=0.05,
-                    lora=True, value_lora=args.value_lora, missing_eos_penalty=1.0, save_every=10_000, cpu=True,
-                    mixed_precision=args.mixed_precision)
-    run_ppo(cfg, progress=False)
+                    attn_implementation=args.attn, lr=3e-5, kl_coef=0.05,
+                    lora_r=16, value_lora=args.value_lora, missing_eos_penalty=1.0, save_every=10_000, cpu=True,
+                    mixed_precision=args.mixed_precision, progress=False)
+    run_ppo(cfg)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return {"iterations": [{"total": r["time/iteration"], "rollout": r["time/rollout"],
                             "push": r["time/push_weights"], "score": r["time/score"],

@@ -34,11 +34,11 @@ def main() -> None:
     for dtype in args.dtypes:
         out = Path(args.out) / dtype
         shutil.rmtree(out, ignore_errors=True)
-        cfg = PPOConfig(policy=args.policy, reward=args.reward, prompts=args.prompts, output_dir=str(out),
+        cfg = PPOConfig(model=args.policy, reward=args.reward, prompts=args.prompts, out=str(out),
                         iterations=2, rollout_batch_size=16, minibatch_size=16, micro_batch_size=4,
-                        max_new_tokens=64, temperature=0.7, lora=True, cpu=True, rollout_dtype=dtype,
-                        ppo_epochs=1, learning_rate=5e-5, mixed_precision="bf16")
-        run_ppo(cfg, progress=False)
+                        max_tokens=64, temperature=0.7, lora_r=16, cpu=True, rollout_dtype=dtype,
+                        ppo_epochs=1, lr=5e-5, mixed_precision="bf16", progress=False)
+        run_ppo(cfg)
         for line in (out / "metrics.jsonl").read_text().splitlines():
             r = json.loads(line)
             if "reward/raw" in r:

@@ -1,6 +1,6 @@
 """vLLM PPO rollouts per engine dtype: the embedded model, 16 prompts x 64 new tokens
 (`ignore_eos`, so every rollout does the same work), weights pushed before each rollout as
-`cai train ppo --rollout-backend vllm` does. Each dtype runs in its own process (one engine
+`cai train ppo --backend vllm` does. Each dtype runs in its own process (one engine
 per process); prints engine start, push and rollout seconds and the ratio.
 
     flock /tmp/cai-vllm.lock python bench/vllm_rollout_dtype.py [--rollouts 4]

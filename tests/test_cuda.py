@@ -112,13 +112,13 @@ def test_ppo_with_lora_runs_on_the_gpu_and_resumes_the_same_curve(tmp_path, excl
     from cai.train.ppo import PPOConfig, run_ppo
 
     full = tmp_path / "full"
-    cfg = PPOConfig(policy=str(exclaiming_policy_dir), reward=REWARD, prompts=str(prompts_file),
-                    output_dir=str(full),
+    cfg = PPOConfig(model=str(exclaiming_policy_dir), reward=REWARD, prompts=str(prompts_file),
+                    out=str(full), progress=False,
                     iterations=4, rollout_batch_size=8, minibatch_size=8, micro_batch_size=4,
-                    ppo_epochs=2, max_new_tokens=12, temperature=1.0, learning_rate=3e-3,
+                    ppo_epochs=2, max_tokens=12, temperature=1.0, lr=3e-3,
                     eval_size=4, eval_every=2, eval_temperature=1.0, missing_eos_penalty=None,
-                    lora=True, adaptive_kl=True, kl_target=2.0, kl_horizon=40, keep_checkpoints=4)
-    summary = run_ppo(cfg, progress=False)
+                    lora_r=16, adaptive_kl=True, kl_target=2.0, kl_horizon=40, keep_checkpoints=4)
+    summary = run_ppo(cfg)
     assert summary["device"].startswith("cuda")
     assert summary["rollout_backend"] in ("transformers", "vllm")
     rows = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]
@@ -136,7 +136,8 @@ def test_ppo_with_lora_runs_on_the_gpu_and_resumes_the_same_curve(tmp_path, excl
     for name in ("iter-000003", "iter-000004"):
         shutil.rmtree(cut / "checkpoints" / name)
     (cut / "summary.json").unlink()
-    run_ppo(cfg.model_copy(update={"output_dir": str(cut)}), resume=True, progress=False)
+    (cut / "DONE").unlink()
+    run_ppo(cfg.model_copy(update={"out": str(cut), "resume": True}))
     again = {r["iteration"]: r for r in (json.loads(l) for l in (cut / "metrics.jsonl").read_text().splitlines())
              if "reward/raw" in r}
     assert sorted(again) == [1, 2, 3, 4]

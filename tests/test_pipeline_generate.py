@@ -147,7 +147,7 @@ sft: {{lr: 1.0e-5}}
 sample: {{prompts: train}}
 label: {{}}
 rm: {{data: [{human}:0.5, upstream:2]}}
-ppo: {{prompts: train, iterations: 2, lora: true}}
+ppo: {{prompts: train, iterations: 2, lora_r: 16}}
 eval: {{harmful: [{PROMPTS / 'red_team_eval.jsonl'}], benign: [{PROMPTS / 'helpful_eval.jsonl'}]}}
 """)
     stages = builtin_stages()
@@ -166,11 +166,11 @@ eval: {{harmful: [{PROMPTS / 'red_team_eval.jsonl'}], benign: [{PROMPTS / 'helpf
     assert steps["round1/rm"].data == [f"{human}:0.5", f"{run / 'round1' / 'label' / 'preferences'}:2"]
     assert steps["round1/rm"].model == "base-model"
     assert steps["round2/rm"].model == str(run / "round1" / "rm")
-    assert (steps["round1/ppo"].policy, steps["round1/ppo"].reward) == (str(run / "sft"),
+    assert (steps["round1/ppo"].model, steps["round1/ppo"].reward) == (str(run / "sft"),
                                                                          str(run / "round1" / "rm"))
     assert steps["round1/ppo"].out == str(run / "round1" / "ppo")
     policy1 = str(run / "round1" / "ppo" / "policy")
-    assert steps["round2/sample"].model == policy1 and steps["round2/ppo"].policy == policy1
+    assert steps["round2/sample"].model == policy1 and steps["round2/ppo"].model == policy1
     assert steps["round2/ppo"].prompts == str(run / "prompts" / "train.jsonl")
     ev = steps["eval"]
     assert (ev.model, ev.reference, ev.reward) == (str(run / "round2" / "ppo" / "policy"),

@@ -70,11 +70,11 @@ def prompts_file(tmp_path_factory) -> Path:
 
 
 def _config(policy, prompts, out, **kw) -> PPOConfig:
-    base = dict(policy=str(policy), reward=REWARD, prompts=str(prompts), output_dir=str(out),
+    base = dict(model=str(policy), reward=REWARD, prompts=str(prompts), out=str(out),
                 iterations=8, rollout_batch_size=8, minibatch_size=8, micro_batch_size=8,
-                ppo_epochs=2, max_new_tokens=12, temperature=1.0, learning_rate=1e-3,
+                ppo_epochs=2, max_tokens=12, temperature=1.0, lr=1e-3,
                 eval_size=4, eval_every=4, eval_temperature=1.0, missing_eos_penalty=None,
-                rollout_backend="transformers", cpu=True)
+                backend="transformers", cpu=True, progress=False)
     base.update(kw)
     return PPOConfig(**base)
 
@@ -91,7 +91,7 @@ def test_reward_rises_while_kl_stays_near_target(exclaiming_policy_dir, prompts_
     target = 2.0
     cfg = _config(exclaiming_policy_dir, prompts_file, tmp_path / "run", adaptive_kl=True,
                   kl_target=target, kl_horizon=40, kl_coef=0.1, eval_samples=2)
-    summary = run_ppo(cfg, progress=False)
+    summary = run_ppo(cfg)
     rows = _train_rows(tmp_path / "run")
     rewards = [rows[i]["reward/raw"] for i in sorted(rows)]
     kls = [rows[i]["kl"] for i in sorted(rows)]
@@ -132,12 +132,13 @@ def test_reward_rises_while_kl_stays_near_target(exclaiming_policy_dir, prompts_
     assert any((tmp_path / "run" / "tensorboard").iterdir())
     # rerunning a finished run is a no-op; a changed config is refused by field name
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
-    assert run_ppo(cfg, resume=True, progress=False)["last"] == summary["last"]
+    resumed = cfg.model_copy(update={"resume": True})
+    assert run_ppo(resumed)["last"] == summary["last"]
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
     with pytest.raises(FileExistsError, match="--resume"):
-        run_ppo(cfg, progress=False)
-    with pytest.raises(ValueError, match="learning_rate"):
-        run_ppo(cfg.model_copy(update={"learning_rate": 1e-4}), resume=True, progress=False)
+        run_ppo(cfg)
+    with pytest.raises(ValueError, match="lr"):
+        run_ppo(resumed.model_copy(update={"lr": 1e-4}))
 
 
 def test_several_held_out_samples_need_sampling(exclaiming_policy_dir, prompts_file, tmp_path):
@@ -148,7 +149,7 @@ def test_several_held_out_samples_need_sampling(exclaiming_policy_dir, prompts_f
 RUNNER = """
 import json, sys
 from cai.train.ppo import PPOConfig, run_ppo
-run_ppo(PPOConfig(**json.loads(sys.argv[1])), resume=True, progress=False)
+run_ppo(PPOConfig(**json.loads(sys.argv[1])))
 """
 
 
@@ -159,9 +160,9 @@ def test_sigkill_then_resume_continues_the_same_curve(exclaiming_policy_dir, pro
     included)."""
     kw = dict(iterations=4, eval_every=2, eval_size=4, adaptive_kl=True, kl_target=2.0, kl_horizon=40)
     full = _config(exclaiming_policy_dir, prompts_file, tmp_path / "full", **kw)
-    run_ppo(full, progress=False)
+    run_ppo(full)
 
-    cut = _config(exclaiming_policy_dir, prompts_file, tmp_path / "cut", **kw)
+    cut = _config(exclaiming_policy_dir, prompts_file, tmp_path / "cut", resume=True, **kw)
     env = child_env()
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, cut.model_dump_json()], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -174,7 +175,7 @@ def test_sigkill_then_resume_continues_the_same_curve(exclaiming_policy_dir, pro
     proc.wait()
     assert len(_train_rows(tmp_path / "cut")) < 4  # it really was cut short
 
-    run_ppo(cut, resume=True, progress=False)
+    run_ppo(cut)
     a, b = _train_rows(tmp_path / "full"), _train_rows(tmp_path / "cut")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     for it in (3, 4):
@@ -191,10 +192,10 @@ def test_cli_reads_the_ppo_yaml_section_with_flags_on_top(exclaiming_policy_dir,
     from cai.cli import app
 
     yaml_path = tmp_path / "pipeline.yaml"
-    yaml_path.write_text(f"ppo:\n  policy: {exclaiming_policy_dir}\n  reward: {REWARD}\n"
+    yaml_path.write_text(f"ppo:\n  model: {exclaiming_policy_dir}\n  reward: {REWARD}\n"
                          f"  prompts: {prompts_file}\n  iterations: 5\n  rollout_batch_size: 4\n"
-                         "  minibatch_size: 4\n  ppo_epochs: 1\n  max_new_tokens: 4\n"
-                         "  rollout_backend: transformers\n")  # the default is vLLM where installed
+                         "  minibatch_size: 4\n  ppo_epochs: 1\n  max_tokens: 4\n"
+                         "  backend: transformers\n")  # the default is vLLM where installed
     out = tmp_path / "cli-run"
     result = CliRunner().invoke(app, ["train", "ppo", "--config", str(yaml_path), "-o", str(out),
                                       "--iterations", "1", "--no-progress"])
@@ -203,7 +204,7 @@ def test_cli_reads_the_ppo_yaml_section_with_flags_on_top(exclaiming_policy_dir,
     assert json.loads((out / "ppo_config.json").read_text())["iterations"] == 1  # the flag won
     again = CliRunner().invoke(app, ["train", "ppo", "--config", str(yaml_path), "-o", str(out),
                                      "--iterations", "1", "--lr", "0.5", "--no-progress", "--resume"])
-    assert again.exit_code == 1 and "learning_rate" in again.output
+    assert again.exit_code == 1 and "lr (was" in again.output
 
 
 @pytest.mark.vllm
@@ -218,9 +219,9 @@ def test_vllm_rollouts_sample_from_the_pushed_weights(exclaiming_policy_dir_vllm
     if precision == "bf16" and not cpu_has_bf16_matmul():
         pytest.skip("vLLM's CPU bf16 kernels want AVX512-BF16/AMX")
     cfg = _config(exclaiming_policy_dir_vllm, prompts_file, tmp_path / "vllm", iterations=3, eval_every=0,
-                  eval_size=0, rollout_backend="vllm", lora=True, learning_rate=3e-3,
+                  eval_size=0, backend="vllm", lora_r=16, lr=3e-3,
                   mixed_precision=precision)
-    summary = run_ppo(cfg, progress=False)
+    summary = run_ppo(cfg)
     rows = _train_rows(tmp_path / "vllm")
     assert summary["rollout_backend"] == "vllm"
     assert summary["rollout_dtype"] == {"no": "torch.float32", "bf16": "torch.bfloat16"}[precision]
@@ -237,11 +238,9 @@ def test_bf16_scores_policy_and_reference_alike(exclaiming_policy_dir, prompts_f
     (non-LoRA, unprepared) reference alike: before any update their log-probs are then equal
     and the KL is exactly 0, as in fp32; a reference left in fp32 would show bf16 rounding as
     KL. With rollout_dtype=policy both runs sample in the weights' dtype, so the same responses."""
-    kw = dict(iterations=1, eval_every=0, eval_size=0, lora=False, rollout_dtype="policy")
-    run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "fp32", mixed_precision="no", **kw),
-            progress=False)
-    run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "bf16", mixed_precision="bf16", **kw),
-            progress=False)
+    kw = dict(iterations=1, eval_every=0, eval_size=0, lora_r=None, rollout_dtype="policy")
+    run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "fp32", mixed_precision="no", **kw))
+    run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "bf16", mixed_precision="bf16", **kw))
     fp32, bf16 = _train_rows(tmp_path / "fp32")[1], _train_rows(tmp_path / "bf16")[1]
     assert fp32["kl"] == 0.0 and bf16["kl"] == 0.0
     assert bf16["response/length"] == fp32["response/length"]
@@ -285,11 +284,11 @@ def test_transformers_rollouts_report_the_samplers_logprob_gap(exclaiming_policy
     """The sampler's log-prob of each drawn token against the trainer's rescoring: 0 up to
     float rounding when the fp32 policy samples and scores itself; small with the bf16 copy
     (bf16 rounding), and no larger after updates, since the copy is refreshed each iteration."""
-    kw = dict(iterations=3, eval_every=0, eval_size=0, lora=True, learning_rate=3e-3)
+    kw = dict(iterations=3, eval_every=0, eval_size=0, lora_r=16, lr=3e-3)
     run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "fp32", mixed_precision="no",
-                    rollout_dtype="policy", **kw), progress=False)
+                    rollout_dtype="policy", **kw))
     run_ppo(_config(exclaiming_policy_dir, prompts_file, tmp_path / "bf16", mixed_precision="bf16",
-                    rollout_dtype="bf16", **kw), progress=False)
+                    rollout_dtype="bf16", **kw))
     fp32, bf16 = _train_rows(tmp_path / "fp32"), _train_rows(tmp_path / "bf16")
     assert bf16[3]["kl"] > 0.01  # the policy moved
     assert max(fp32[i]["rollout/engine_logprob_gap"] for i in (1, 2, 3)) < 1e-4

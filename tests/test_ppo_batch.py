@@ -3,9 +3,10 @@ them, and give the log-probs and values the full-width rows give (tiny random Ll
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from cai.train.ppo import Batch, response_logprobs, response_values
+from cai.train.ppo_experience import Batch, response_logprobs, response_values
 
 EOS = 2
 
@@ -62,16 +63,18 @@ def test_trimmed_micro_batches_give_the_full_width_numbers(embedded_tokenizer):
 def test_resume_check_names_changed_fields_and_takes_new_ones_at_their_default():
     """A run saved before a field existed ran at that field's default: resuming with the
     default is no change; with another value it is, by name."""
-    from cai.train.ppo import PPOConfig, _config_diff
+    from cai.train.ppo_config import PPOConfig, config_diff
 
-    current = PPOConfig(policy="p", reward="r", prompts="x.jsonl", output_dir="o").model_dump()
+    current = PPOConfig(model="p", reward="r", prompts="x.jsonl", out="o").model_dump()
     saved = {k: v for k, v in current.items() if k != "mixed_precision"}
-    assert _config_diff(saved, current) == []
-    assert _config_diff(saved, {**current, "mixed_precision": "bf16"}) == ["mixed_precision"]
-    assert _config_diff({**saved, "learning_rate": 1.0}, current) == ["learning_rate"]
-    # a moved run directory, or other checkpoint settings, still resume
-    assert _config_diff(saved, {**current, "output_dir": "elsewhere", "save_every": 5,
-                                "keep_checkpoints": 9}) == []
+    assert config_diff(saved, current) == []
+    assert config_diff(saved, {**current, "mixed_precision": "bf16"}) == ["mixed_precision"]
+    assert config_diff({**saved, "lr": 1.0}, current) == ["lr"]
+    # a moved run directory, other checkpoint settings or another engine memory share still
+    # resume
+    assert config_diff(saved, {**current, "out": "elsewhere", "save_every": 5,
+                               "keep_checkpoints": 9, "resume": True, "progress": False,
+                               "backend_options": {"gpu_memory_utilization": 0.5}}) == []
 
 
 def test_default_rollout_backend_is_vllm_where_it_is_installed(monkeypatch):
@@ -107,3 +110,46 @@ def test_vllm_kv_cache_is_sized_for_the_rollout_batch(tmp_path):
                 intermediate_size=128, vocab_size=100).save_pretrained(tmp_path)
     assert kv_cache_bytes(str(tmp_path), torch.float32, 10) == 5120
     assert kv_cache_bytes(str(tmp_path), torch.bfloat16, 10) == 2560
+
+
+@pytest.mark.parametrize("old,new", [("output_dir", "out"), ("learning_rate", "lr"),
+                                     ("lora", "lora_r"), ("policy", "model"),
+                                     ("max_new_tokens", "max_tokens"),
+                                     ("rollout_backend", "backend"),
+                                     ("vllm_gpu_memory_utilization",
+                                      "backend_options.gpu_memory_utilization")])
+def test_old_ppo_keys_are_refused_naming_the_new_one(tmp_path, old, new):
+    """A PPO section written before the shared vocabulary fails to load, and the error names
+    the key that replaced the old one (no silent alias)."""
+    from cai.config import ConfigError, load_section
+    from cai.train.ppo_config import PPOConfig
+
+    section = {"model": "m", "reward": "r", "prompts": "p.jsonl", "out": "o"}
+    section.pop({"output_dir": "out", "policy": "model"}.get(old, ""), None)  # the old one instead
+    section[old] = {"lora": "true", "learning_rate": "1.0e-4", "max_new_tokens": "8",
+                    "rollout_backend": "vllm", "vllm_gpu_memory_utilization": "0.3"}.get(old, "x")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("ppo:\n" + "".join(f"  {k}: {v}\n" for k, v in section.items()))
+    with pytest.raises(ConfigError, match=f"`{old}` is now `{new}`"):
+        load_section(path, "ppo", PPOConfig)
+    fixed = {"model": "m", "reward": "r", "prompts": "p.jsonl", "out": "o"}
+    assert PPOConfig(**fixed).lr == 1e-5  # and the new spellings load
+
+
+def test_ppo_defaults_and_the_engine_share():
+    """PPO keeps its own defaults over the shared ones; the vLLM share lives in
+    backend_options and defaults to 0.1; a LoRA rank switches LoRA on (policy and value)."""
+    from cai.train.ppo_config import PPOConfig
+
+    c = PPOConfig(model="m", reward="r", prompts="p", out="o")
+    assert (c.lr, c.lr_scheduler, c.save_every, c.keep_checkpoints, c.lora_alpha, c.max_tokens,
+            c.backend, c.lora_r, c.gpu_memory_utilization) == (1e-5, "constant", 1, 2, 32, 64,
+                                                               None, None, 0.1)
+    assert not c.lora and not c.value_lora_on
+    c = PPOConfig(model="m", reward="r", prompts="p", out="o", lora_r=8,
+                  backend_options={"gpu_memory_utilization": 0.4})
+    assert c.lora and c.value_lora_on and c.gpu_memory_utilization == 0.4
+    with pytest.raises(ValueError, match="only gpu_memory_utilization"):
+        PPOConfig(model="m", reward="r", prompts="p", out="o", backend_options={"x": 1})
+    with pytest.raises(ValueError, match="model"):
+        PPOConfig(reward="r", prompts="p", out="o")  # PPO needs a policy to start from

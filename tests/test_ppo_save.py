@@ -17,10 +17,10 @@ REWARD = str(Path(__file__).parent / "ppo_reward_fns.py") + ":length"
 
 def _run(policy: Path, prompts: Path, out: Path, **kw) -> dict:
     return run_ppo(PPOConfig(
-        policy=str(policy), reward=REWARD, prompts=str(prompts), output_dir=str(out),
+        model=str(policy), reward=REWARD, prompts=str(prompts), out=str(out),
         iterations=1, rollout_batch_size=4, minibatch_size=4, micro_batch_size=4, ppo_epochs=1,
-        max_new_tokens=6, temperature=1.0, learning_rate=5e-2, missing_eos_penalty=None,
-        rollout_backend="transformers", cpu=True, lora=True, lora_r=4, **kw), progress=False)
+        max_tokens=6, temperature=1.0, lr=5e-2, missing_eos_penalty=None,
+        backend="transformers", cpu=True, lora_r=4, progress=False, **kw))
 
 
 def test_lora_policy_is_saved_merged_by_default(tiny_model_dir, tmp_path):
@@ -49,10 +49,8 @@ def test_lora_policy_is_saved_merged_by_default(tiny_model_dir, tmp_path):
     # the value model is a loadable full model too
     assert (merged.parent / "value_model" / "model.safetensors").is_file()
 
-    # `cai run` runs ppo again in a directory it kept (same config and inputs, a file gone):
-    # the step continues that run instead of refusing it
-    from cai.pipeline.stages import PPO
-
+    # `cai run` runs ppo again, with resume, in a directory it kept (same config and inputs):
+    # the step returns that run's summary instead of refusing it
     summary = json.loads((merged.parent / "summary.json").read_text())
     config = PPOConfig(**json.loads((merged.parent / "ppo_config.json").read_text()))
-    assert PPO.run_function()(config)["last"] == summary["last"]
+    assert run_ppo(config.model_copy(update={"resume": True}))["last"] == summary["last"]

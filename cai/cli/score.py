@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from cai.cli.common import fail
+from cai.cli.common import EXIT_USAGE, fail
 from cai.cli.stage import StageArgs, stage_command
 from cai.eval.score import JudgeScoreConfig, ScoreConfig
 
@@ -41,6 +41,9 @@ def score_cmd(args: StageArgs) -> None:
         return
     from cai.eval.score import run_score
 
+    if args.overrides.get("model") is None and args.path is None:
+        fail("score with a reward model (--model DIR) or with the feedback model (--judge)",
+             EXIT_USAGE)
     config = args.config(ScoreConfig)
     try:
         summary = run_score(config, log=typer.echo)

@@ -205,11 +205,30 @@ class StageArgs:
         """`cls` from the file's section with the flags on top; a bad config exits 1."""
         from cai.config import ConfigError, load_section
 
+        self._check_flags(cls)
         try:
             return load_section(self.path, self.section, cls, self.overrides,
                                 marker_key=self.marker_key)
         except ConfigError as e:
             fail(str(e))
+
+    def _check_flags(self, cls: type[BaseModel]) -> None:
+        """A flag's value that its field refuses is a usage error (exit 2) naming the flag;
+        what only the file or a combination of fields gets wrong stays bad input (exit 1)."""
+        from typing import Annotated
+
+        from pydantic import TypeAdapter, ValidationError
+
+        for name, value in self.overrides.items():
+            info = cls.model_fields.get(name)
+            if value is None or info is None or isinstance(value, dict):
+                continue
+            try:
+                annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+                TypeAdapter(annotation).validate_python(value)
+            except ValidationError as e:
+                reason = e.errors()[-1]["msg"]
+                fail(f"{flag(name)} {value!r}: {reason}", EXIT_USAGE)
 
 
 def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *, section: str,

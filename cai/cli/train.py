@@ -67,7 +67,7 @@ def rm_cmd(args: StageArgs) -> None:
     _report(_run(args, RMConfig, run_rm))
 
 
-from cai.train.ppo import PPOConfig  # noqa: E402
+from cai.train.ppo_config import PPOConfig  # noqa: E402
 
 
 @stage_command(app, "ppo", [PPOConfig], section="ppo", marker_key="prompts",

@@ -326,6 +326,31 @@ def _win_rows(ev: dict[str, Any]) -> list[list[str]]:
 # --------------------------------------------------------------------------- the report
 
 
+class _Doc:
+    """The report as HTML and Markdown at once: each piece is written to both."""
+
+    def __init__(self, title: str) -> None:
+        self.h: list[str] = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+                             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+                             f"<h1>{_e(title)}</h1>"]
+        self.md: list[str] = [f"# {title}", "", "Plots are in report.html beside this file.", ""]
+
+    def section(self, name: str, anchor: str) -> None:
+        self.h.append(f'<h2 id="{anchor}">{_e(name)}</h2>')
+        self.md.extend([f"## {name}", ""])
+
+    def missing(self, what: str, why: str) -> None:
+        self.h.append(f'<p class="missing">{_e(what)}: {_e(why)}</p>')
+        self.md.extend([f"_{what}: {why}_", ""])
+
+    def table(self, headers, rows, num=frozenset(), text=frozenset()) -> None:
+        self.h.append(_table(headers, rows, set(num), set(text)))
+        self.md.extend([_md_table(headers, rows), ""])
+
+    def html(self, fragment: str) -> None:
+        self.h.append(fragment)
+
+
 def write_report(run_dir: str | Path, *, ppo_metrics: str | Path | None = None,
                  rm_eval: str | Path | None = None, policy_eval: str | Path | None = None,
                  samples: str | Path | None = None, title: str | None = None,
@@ -348,156 +373,153 @@ def write_report(run_dir: str | Path, *, ppo_metrics: str | Path | None = None,
     ev = _read_json(paths["policy_eval"])
     sample_list = read_jsonl(paths["samples"]) if paths["samples"] else None
 
-    title = title or f"cai run report: {run_dir.name}"
-    h: list[str] = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-                    f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
-                    f"<h1>{_e(title)}</h1>"]
-    md: list[str] = [f"# {title}", "", "Plots are in report.html beside this file.", ""]
+    doc = _Doc(title or f"cai run report: {run_dir.name}")
+    _summary_section(doc, ev, ppo_rows)
+    _curves_section(doc, ppo_rows, paths["ppo_metrics"])
+    _rm_section(doc, rm)
+    _refusal_section(doc, ev)
+    _lengths_section(doc, ev, sample_list)
+    _categories_section(doc, ev)
+    _samples_section(doc, sample_list, sample_rows)
 
-    def section(name: str, anchor: str):
-        h.append(f'<h2 id="{anchor}">{_e(name)}</h2>')
-        md.extend([f"## {name}", ""])
-
-    def missing(what: str, why: str):
-        h.append(f'<p class="missing">{_e(what)}: {_e(why)}</p>')
-        md.extend([f"_{what}: {why}_", ""])
-
-    def table(headers, rows, num=frozenset(), text=frozenset()):
-        h.append(_table(headers, rows, set(num), set(text)))
-        md.extend([_md_table(headers, rows), ""])
-
-    # Summary
-    section("Before and after", "summary")
-    if ev:
-        table(["metric", "before (reference)", "after (policy)"], before_after_rows(ev, ppo_rows),
-              num={1, 2})
-        h.append(f'<p class="note">policy: {_e(ev["config"].get("model"))}; reference: '
-                 f'{_e(ev["config"].get("reference") or "none")}; {ev["prompts"]["harmful"]} harmful and '
-                 f'{ev["prompts"]["benign"]} benign held-out prompts. Intervals: 95% Wilson.</p>')
-        wins = _win_rows(ev)
-        if wins:
-            table(["judge", "prompts", "policy win rate (ties ½)", "wins/ties/losses",
-                   "mean P(policy better)"], wins, num={2, 3, 4})
-    else:
-        missing("No policy evaluation", "eval/eval.json not found (the evaluation stage did not run)")
-
-    # Curves
-    section("Reward and KL during PPO", "curves")
-    curves = ppo_curves(ppo_rows) if ppo_rows else None
-    if not curves or not any(curves.values()):
-        missing("No PPO metrics", "ppo/metrics.jsonl not found or has no reward/KL values "
-                                  "(the PPO stage was skipped or has not logged yet)")
-    else:
-        for kind, label in (("reward", "reward"), ("kl", "KL to reference (nats)")):
-            train, held = curves[kind], curves[f"eval_{kind}"]
-            if train or held:
-                h.append(f'<img alt="{_e(kind)} curve" src="{plot_curve(train, held, label, label + " per iteration")}">')
-            else:
-                missing(f"No {kind} values", "the metrics lines carry none of the known keys")
-        last = ppo_rows[-1]
-        md.append(f"{len(ppo_rows)} PPO metric lines; last: reward {_f(_pick(last, REWARD_KEYS))}, "
-                  f"KL {_f(_pick(last, KL_KEYS))}, held-out reward {_f(_pick(last, EVAL_REWARD_KEYS))}, "
-                  f"held-out KL {_f(_pick(last, EVAL_KL_KEYS))}.")
-        md.append("")
-        h.append(f'<p class="note">{len(ppo_rows)} metric lines from {_e(paths["ppo_metrics"])}.</p>')
-
-    # Reward model
-    section("Reward model: accuracy and calibration", "rm")
-    if not rm:
-        missing("No reward-model evaluation", "rm/eval.json not found (the reward-model stage was skipped)")
-    else:
-        acc_ci = rm.get("accuracy_ci95")
-        rows = [["held-out pairs", _f(rm.get("n") or rm.get("pairs"))],
-                ["accuracy", _f(rm.get("accuracy")) + (f" [{acc_ci[0]:.3f}–{acc_ci[1]:.3f}]" if acc_ci else "")],
-                ["ECE (expected calibration error)", _f(rm.get("ece"))],
-                ["'prefer the longer answer' baseline", _f(rm.get("length_baseline"))],
-                ["mean margin r(chosen) − r(rejected)", _f(rm.get("margin"))]]
-        table(["metric", "value"], rows, num={1})
-        bins = calibration_bins(rm)
-        if bins:
-            h.append(f'<img alt="reliability diagram" src="{plot_reliability(bins)}">')
-        else:
-            missing("No reliability diagram", "the RM evaluation has no per-bin calibration data "
-                                              "(only the ECE above)")
-
-    # Refusal
-    section("Refusal and over-refusal, before and after", "refusal")
-    if not ev:
-        missing("No refusal rates", "no policy evaluation")
-    else:
-        h.append(f'<img alt="refusal rates" src="{plot_rates(ev)}">')
-        rows = []
-        for side, name in (("reference", "before (reference)"), ("policy", "after (policy)")):
-            s = ev.get(side)
-            if not s:
-                continue
-            for kind in ("harmful", "benign"):
-                lab = s["labels"][kind]
-                rows.append([name, kind, str(lab["refusal"]), str(lab["redirection"]),
-                             str(lab["compliance"])])
-        table(["model", "prompts", "refusal", "safe redirection", "compliance"], rows,
-              num={2, 3, 4})
-        h.append('<p class="note">Verdicts from the transparent rule classifier '
-                 '(cai/eval/refusal.py); see the README for how it decides and its measured '
-                 'accuracy.</p>')
-
-    # Lengths
-    section("Response lengths", "lengths")
-    if not sample_list:
-        missing("No length histogram", "eval/samples.jsonl not found")
-    else:
-        pol = [int(r["policy"]["tokens"]) for r in sample_list if r.get("policy")]
-        ref = [int(r["reference"]["tokens"]) for r in sample_list if r.get("reference")]
-        h.append(f'<img alt="length histogram" src="{plot_lengths(pol, ref)}">')
-        rows = []
-        for side, name in (("reference", "before (reference)"), ("policy", "after (policy)")):
-            s = (ev or {}).get(side)
-            if s:
-                d, c = s["length_tokens"], s.get("reward_length") or {}
-                rows.append([name, _f(d.get("mean"), 1), _f(d.get("median"), 0), _f(d.get("p90"), 0),
-                             _f(c.get("pearson")), _f(c.get("spearman"))])
-        if rows:
-            table(["model", "mean tokens", "median", "p90", "reward~length Pearson",
-                   "Spearman"], rows, num={1, 2, 3, 4, 5})
-            h.append('<p class="note">A strong positive correlation of reward with length after '
-                     'PPO is a sign of reward hacking by verbosity.</p>')
-
-    # Categories
-    section("Per category", "categories")
-    cats = (ev or {}).get("categories")
-    if not cats:
-        missing("No per-category breakdown", "no policy evaluation")
-    else:
-        rows = [[c, v["kind"], str(v["n"]), _pct(v.get("reference_safe")), _pct(v.get("policy_safe")),
-                 _f(v.get("reference_reward")), _f(v.get("policy_reward")),
-                 _f(v.get("judge_win_rate"))] for c, v in cats.items()]
-        table(["category", "kind", "n", "refused/redirected before", "after", "reward before",
-               "reward after", "judge win rate"], rows, num={2, 3, 4, 5, 6, 7})
-
-    # Samples
-    section("Samples side by side", "samples")
-    if not sample_list:
-        missing("No samples", "eval/samples.jsonl not found")
-    else:
-        chosen = _pick_samples(sample_list, sample_rows)
-        rows = []
-        for r in chosen:
-            ref, pol = r.get("reference") or {}, r.get("policy") or {}
-            rows.append([r.get("id", ""), r.get("kind", ""), r.get("prompt", ""),
-                         ref.get("response", "–"), pol.get("response", ""),
-                         f"{ref.get('verdict', '–')} → {pol.get('verdict', '')}",
-                         f"{_f(ref.get('reward'))} → {_f(pol.get('reward'))}"])
-        table(["id", "kind", "prompt", "before (reference)", "after (policy)", "verdict",
-               "reward"], rows, text={2, 3, 4})
-        h.append(f'<p class="note">{len(chosen)} of {len(sample_list)} prompts (harmful and benign '
-                 'alternately); all are in eval/samples.jsonl.</p>')
-
-    h.append("</body></html>")
+    doc.html("</body></html>")
     out_html, out_md = run_dir / "report.html", run_dir / "report.md"
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_html, "\n".join(h))
-    atomic_write_text(out_md, "\n".join(md) + "\n")
+    atomic_write_text(out_html, "\n".join(doc.h))
+    atomic_write_text(out_md, "\n".join(doc.md) + "\n")
     return {"html": out_html, "md": out_md}
+
+
+def _summary_section(doc: _Doc, ev: dict | None, ppo_rows: list | None) -> None:
+    doc.section("Before and after", "summary")
+    if not ev:
+        doc.missing("No policy evaluation", "eval/eval.json not found (the evaluation stage did not run)")
+        return
+    doc.table(["metric", "before (reference)", "after (policy)"], before_after_rows(ev, ppo_rows),
+              num={1, 2})
+    doc.html(f'<p class="note">policy: {_e(ev["config"].get("model"))}; reference: '
+             f'{_e(ev["config"].get("reference") or "none")}; {ev["prompts"]["harmful"]} harmful and '
+             f'{ev["prompts"]["benign"]} benign held-out prompts. Intervals: 95% Wilson.</p>')
+    wins = _win_rows(ev)
+    if wins:
+        doc.table(["judge", "prompts", "policy win rate (ties ½)", "wins/ties/losses",
+                   "mean P(policy better)"], wins, num={2, 3, 4})
+
+
+def _curves_section(doc: _Doc, ppo_rows: list | None, source: Path | None) -> None:
+    doc.section("Reward and KL during PPO", "curves")
+    curves = ppo_curves(ppo_rows) if ppo_rows else None
+    if not curves or not any(curves.values()):
+        doc.missing("No PPO metrics", "ppo/metrics.jsonl not found or has no reward/KL values "
+                                      "(the PPO stage was skipped or has not logged yet)")
+        return
+    for kind, label in (("reward", "reward"), ("kl", "KL to reference (nats)")):
+        train, held = curves[kind], curves[f"eval_{kind}"]
+        if train or held:
+            doc.html(f'<img alt="{_e(kind)} curve" src="{plot_curve(train, held, label, label + " per iteration")}">')
+        else:
+            doc.missing(f"No {kind} values", "the metrics lines carry none of the known keys")
+    last = ppo_rows[-1]
+    doc.md.extend([f"{len(ppo_rows)} PPO metric lines; last: reward {_f(_pick(last, REWARD_KEYS))}, "
+                   f"KL {_f(_pick(last, KL_KEYS))}, held-out reward {_f(_pick(last, EVAL_REWARD_KEYS))}, "
+                   f"held-out KL {_f(_pick(last, EVAL_KL_KEYS))}.", ""])
+    doc.html(f'<p class="note">{len(ppo_rows)} metric lines from {_e(source)}.</p>')
+
+
+def _rm_section(doc: _Doc, rm: dict | None) -> None:
+    doc.section("Reward model: accuracy and calibration", "rm")
+    if not rm:
+        doc.missing("No reward-model evaluation", "rm/eval.json not found (the reward-model stage was skipped)")
+        return
+    acc_ci = rm.get("accuracy_ci95")
+    rows = [["held-out pairs", _f(rm.get("n") or rm.get("pairs"))],
+            ["accuracy", _f(rm.get("accuracy")) + (f" [{acc_ci[0]:.3f}–{acc_ci[1]:.3f}]" if acc_ci else "")],
+            ["ECE (expected calibration error)", _f(rm.get("ece"))],
+            ["'prefer the longer answer' baseline", _f(rm.get("length_baseline"))],
+            ["mean margin r(chosen) − r(rejected)", _f(rm.get("margin"))]]
+    doc.table(["metric", "value"], rows, num={1})
+    bins = calibration_bins(rm)
+    if bins:
+        doc.html(f'<img alt="reliability diagram" src="{plot_reliability(bins)}">')
+    else:
+        doc.missing("No reliability diagram", "the RM evaluation has no per-bin calibration data "
+                                              "(only the ECE above)")
+
+
+def _refusal_section(doc: _Doc, ev: dict | None) -> None:
+    doc.section("Refusal and over-refusal, before and after", "refusal")
+    if not ev:
+        doc.missing("No refusal rates", "no policy evaluation")
+        return
+    doc.html(f'<img alt="refusal rates" src="{plot_rates(ev)}">')
+    rows = []
+    for side, name in (("reference", "before (reference)"), ("policy", "after (policy)")):
+        s = ev.get(side)
+        if not s:
+            continue
+        for kind in ("harmful", "benign"):
+            lab = s["labels"][kind]
+            rows.append([name, kind, str(lab["refusal"]), str(lab["redirection"]),
+                         str(lab["compliance"])])
+    doc.table(["model", "prompts", "refusal", "safe redirection", "compliance"], rows,
+              num={2, 3, 4})
+    doc.html('<p class="note">Verdicts from the transparent rule classifier '
+             '(cai/eval/refusal.py); docs/eval.md says how it decides and its measured '
+             'accuracy.</p>')
+
+
+def _lengths_section(doc: _Doc, ev: dict | None, sample_list: list | None) -> None:
+    doc.section("Response lengths", "lengths")
+    if not sample_list:
+        doc.missing("No length histogram", "eval/samples.jsonl not found")
+        return
+    pol = [int(r["policy"]["tokens"]) for r in sample_list if r.get("policy")]
+    ref = [int(r["reference"]["tokens"]) for r in sample_list if r.get("reference")]
+    doc.html(f'<img alt="length histogram" src="{plot_lengths(pol, ref)}">')
+    rows = []
+    for side, name in (("reference", "before (reference)"), ("policy", "after (policy)")):
+        s = (ev or {}).get(side)
+        if s:
+            d, c = s["length_tokens"], s.get("reward_length") or {}
+            rows.append([name, _f(d.get("mean"), 1), _f(d.get("median"), 0), _f(d.get("p90"), 0),
+                         _f(c.get("pearson")), _f(c.get("spearman"))])
+    if rows:
+        doc.table(["model", "mean tokens", "median", "p90", "reward~length Pearson",
+                   "Spearman"], rows, num={1, 2, 3, 4, 5})
+        doc.html('<p class="note">A strong positive correlation of reward with length after '
+                 'PPO is a sign of reward hacking by verbosity.</p>')
+
+
+def _categories_section(doc: _Doc, ev: dict | None) -> None:
+    doc.section("Per category", "categories")
+    cats = (ev or {}).get("categories")
+    if not cats:
+        doc.missing("No per-category breakdown", "no policy evaluation")
+        return
+    rows = [[c, v["kind"], str(v["n"]), _pct(v.get("reference_safe")), _pct(v.get("policy_safe")),
+             _f(v.get("reference_reward")), _f(v.get("policy_reward")),
+             _f(v.get("judge_win_rate"))] for c, v in cats.items()]
+    doc.table(["category", "kind", "n", "refused/redirected before", "after", "reward before",
+               "reward after", "judge win rate"], rows, num={2, 3, 4, 5, 6, 7})
+
+
+def _samples_section(doc: _Doc, sample_list: list | None, sample_rows: int) -> None:
+    doc.section("Samples side by side", "samples")
+    if not sample_list:
+        doc.missing("No samples", "eval/samples.jsonl not found")
+        return
+    chosen = _pick_samples(sample_list, sample_rows)
+    rows = []
+    for r in chosen:
+        ref, pol = r.get("reference") or {}, r.get("policy") or {}
+        rows.append([r.get("id", ""), r.get("kind", ""), r.get("prompt", ""),
+                     ref.get("response", "–"), pol.get("response", ""),
+                     f"{ref.get('verdict', '–')} → {pol.get('verdict', '')}",
+                     f"{_f(ref.get('reward'))} → {_f(pol.get('reward'))}"])
+    doc.table(["id", "kind", "prompt", "before (reference)", "after (policy)", "verdict",
+               "reward"], rows, text={2, 3, 4})
+    doc.html(f'<p class="note">{len(chosen)} of {len(sample_list)} prompts (harmful and benign '
+             'alternately); all are in eval/samples.jsonl.</p>')
 
 
 def _pick_samples(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:

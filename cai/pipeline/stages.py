@@ -349,7 +349,7 @@ def _brief_ppo(s: dict[str, Any]) -> str:
 
 PPO = Stage(
     name="ppo",
-    config="cai.train.ppo:PPOConfig",
+    config="cai.train.ppo_config:PPOConfig",
     run="cai.train.ppo:run_ppo",
     wire=_wire_ppo,
     per_round=True,

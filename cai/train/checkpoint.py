@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from cai.io import atomic_write_json
-from cai.train.config import ConfigError, config_changes
+from cai.train.config import ConfigError, changed_fields, config_changes
 
 CONFIG_FILE = "train_config.json"
 STATE_FILE = "trainer_state.json"
@@ -46,9 +46,20 @@ class RunState:
 
 
 class RunDir:
-    def __init__(self, out: str | os.PathLike):
+    """`out` and its checkpoints. A stage with its own layout (PPO: `ppo_config.json`,
+    `checkpoints/iter-000002/ppo_state.json`) names it; `run_only` overrides the fields a
+    resume may change (default: cai.train.config.RUN_ONLY_FIELDS)."""
+
+    def __init__(self, out: str | os.PathLike, *, config_file: str = CONFIG_FILE,
+                 state_file: str = STATE_FILE, step_prefix: str = "step", step_digits: int = 8,
+                 run_only: frozenset[str] | None = None):
         self.path = Path(out)
         self.checkpoints = self.path / "checkpoints"
+        self.config_file, self.state_file = config_file, state_file
+        self.step_prefix, self.step_digits = step_prefix, step_digits
+        self.run_only = run_only
+        self._step_dir = (_STEP_DIR if step_prefix == "step"
+                          else re.compile(rf"^{re.escape(step_prefix)}-(\d+)$"))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -70,7 +81,7 @@ class RunDir:
         atomic_write_json(self.path / DONE_FILE, summary)
 
     def saved_config(self) -> dict[str, Any] | None:
-        p = self.path / CONFIG_FILE
+        p = self.path / self.config_file
         return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
 
     def check_config(self, config: BaseModel) -> None:
@@ -78,7 +89,11 @@ class RunDir:
         saved = self.saved_config()
         if saved is None:
             return
-        changes = config_changes(saved, config)
+        if self.run_only is None:
+            changes = config_changes(saved, config)
+        else:
+            changes = [f"{key} (was {was!r}, now {now!r})" for key, was, now in changed_fields(
+                saved, config.model_dump(mode="json"), type(config).model_fields, self.run_only)]
         if changes:
             raise ConfigError(f"{self.path} holds a run with a different config: "
                               + "; ".join(changes)
@@ -96,7 +111,7 @@ class RunDir:
         elif self.saved_config() is not None and ckpt is None:
             pass  # a run that died before its first checkpoint: start over
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path / CONFIG_FILE, config.model_dump(mode="json"))
+        atomic_write_json(self.path / self.config_file, config.model_dump(mode="json"))
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -104,7 +119,7 @@ class RunDir:
         if not self.checkpoints.is_dir():
             return []
         found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir()
-                 if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+                 if (m := self._step_dir.match(p.name)) and (p / self.state_file).is_file()]
         return [p for _, p in sorted(found)]
 
     def latest_checkpoint(self) -> Path | None:
@@ -112,16 +127,18 @@ class RunDir:
         return found[-1] if found else None
 
     def save_checkpoint(self, accelerator, state: RunState, keep: int) -> Path:
-        """accelerate save_state into a temp dir, then rename; prune to the last `keep`."""
-        final = self.checkpoints / f"step-{state.global_step:08d}"
-        tmp = self.checkpoints / f".tmp-step-{state.global_step:08d}"
+        """accelerate save_state into a temp dir, then rename; prune to the last `keep`.
+        `state` is a dataclass with a `global_step` (a stage may bring its own)."""
+        name = f"{self.step_prefix}-{state.global_step:0{self.step_digits}d}"
+        final = self.checkpoints / name
+        tmp = self.checkpoints / f".tmp-{name}"
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             self.checkpoints.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
-            atomic_write_json(tmp / STATE_FILE, asdict(state))
+            atomic_write_json(tmp / self.state_file, asdict(state))
             if final.exists():  # a rerun of the same step after a crash right after renaming
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -130,9 +147,9 @@ class RunDir:
         accelerator.wait_for_everyone()
         return final
 
-    def load_checkpoint(self, accelerator, path: Path) -> RunState:
+    def load_checkpoint(self, accelerator, path: Path, state_type: type = RunState):
         accelerator.load_state(str(path))
-        return RunState(**json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
+        return state_type(**json.loads((path / self.state_file).read_text(encoding="utf-8")))
 
     def remove_checkpoints(self) -> None:
         shutil.rmtree(self.checkpoints, ignore_errors=True)

@@ -33,15 +33,16 @@ class MetricsLog:
     reads as one uninterrupted run."""
 
     def __init__(self, accelerator, out: str | os.PathLike, *, resume_step: int | None,
-                 run_name: str):
+                 run_name: str, step_key: str = "step"):
         self.accelerator = accelerator
+        self.step_key = step_key  # the name of the step in each line (PPO: "iteration")
         self.path = Path(out) / METRICS_FILE
         if accelerator.is_main_process:
             if resume_step is None:
                 self.path.unlink(missing_ok=True)
             elif self.path.is_file():
                 kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                        if line.strip() and json.loads(line).get(step_key, 0) <= resume_step]
                 from cai.io import atomic_write_text
 
                 atomic_write_text(self.path, "".join(k + "\n" for k in kept))
@@ -53,7 +54,7 @@ class MetricsLog:
             print(f"warning: TensorBoard logging off ({type(e).__name__}: {e})")
 
     def log(self, step: int, values: dict[str, Any]) -> None:
-        row = {"step": step, **values}
+        row = {self.step_key: step, **values}
         if self.accelerator.is_main_process:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")

@@ -73,25 +73,55 @@ def pick_attn_implementation(requested: str, path: str, *, on_cpu: bool, rows: i
     return "eager" if saved <= EAGER_ATTENTION_BUDGET else None
 
 
-def load_causal_lm(path: str, tokenizer, attn_implementation: str | None = None):
+def zero_dropout(config) -> None:
+    """Set every dropout probability in a model config to 0 (PPO: its ratios compare
+    log-probs of the same tokens from two forward passes, which dropout would make disagree)."""
+    for key, value in list(config.to_dict().items()):
+        if "dropout" in key and isinstance(value, float):
+            setattr(config, key, 0.0)
+
+
+def load_config(path: str, *, no_dropout: bool = False, **values: Any):
+    """The model's config with `values` set before the model is built from it (so they shape
+    it, e.g. pad_token_id becomes the embedding's padding_idx); `no_dropout`: zero_dropout."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    if no_dropout:
+        zero_dropout(config)
+    for key, value in values.items():
+        setattr(config, key, value)
+    return config
+
+
+def load_causal_lm(path: str, tokenizer, attn_implementation: str | None = None, *,
+                   config=None):
+    """fp32 weights; `config` (from load_config) replaces the directory's own."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    extra = {"config": config} if config is not None else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                 attn_implementation=attn_implementation)
+                                                 attn_implementation=attn_implementation, **extra)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
-def load_reward_model(path: str, tokenizer, attn_implementation: str | None = None):
+def load_reward_model(path: str, tokenizer, attn_implementation: str | None = None, *,
+                      config=None):
     """A scalar head on the model (num_labels=1). pad_token_id must be set in the config:
-    the sequence-classification head reads the score at the last token that is not padding."""
+    the sequence-classification head reads the score at the last token that is not padding.
+    `config` (from load_config) replaces the directory's own; num_labels is set to 1 in it."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32,
-                                                               attn_implementation=attn_implementation)
+    if config is not None:
+        config.num_labels = 1
+    extra = {"config": config} if config is not None else {"num_labels": 1}
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32,
+                                                               attn_implementation=attn_implementation,
+                                                               **extra)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 

@@ -24,14 +24,6 @@ Conversation = list[dict[str, str]]
 RewardFn = Callable[[list[Conversation], list[str]], list[float]]
 
 
-def zero_dropout(config) -> None:
-    """Set every dropout probability in a model config to 0: PPO's ratios compare log-probs
-    of the same tokens from two forward passes, which dropout would make disagree."""
-    for key, value in list(config.to_dict().items()):
-        if "dropout" in key and isinstance(value, float):
-            setattr(config, key, 0.0)
-
-
 def load_callable(spec: str) -> RewardFn:
     """`file.py:function` or `package.module:function` -> the function."""
     target, sep, name = spec.rpartition(":")
@@ -67,19 +59,20 @@ class RewardModel:
     """A sequence-classification reward model scoring (conversation, response) as one chat."""
 
     def __init__(self, path: str, device: torch.device, batch_size: int = 8) -> None:
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from cai.train.modeling import load_config, load_reward_model
 
         self.path = path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        config = AutoConfig.from_pretrained(path)
-        zero_dropout(config)
+        config = load_config(path, no_dropout=True)
         if getattr(config, "num_labels", 1) != 1:
             raise ValueError(f"reward model {path} has {config.num_labels} labels; a reward model has 1")
         config.pad_token_id = self.tokenizer.pad_token_id
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, dtype=torch.float32).to(device).eval().requires_grad_(False)
+        self.model = load_reward_model(path, self.tokenizer, config=config).to(device).eval() \
+            .requires_grad_(False)
         self.device = device
         self.batch_size = batch_size
         self.max_length = 1024

@@ -1,6 +1,6 @@
 """PPO rollouts: sample responses from the current policy, as token ids.
 
-Two engines, chosen by `--rollout-backend`:
+Two engines, chosen by `backend`:
 
   transformers  `model.generate` (left-padded prompts, sampling at temperature T, top-p 1,
                 no top-k), on the policy itself or, under mixed precision, on a copy in the
@@ -42,8 +42,24 @@ def default_rollout_backend(device_type: str) -> str:
     return "vllm" if runs_here and importlib.util.find_spec("vllm") is not None else "transformers"
 
 
-def _sampling_seed(seed: int, iteration: int) -> int:
+def sampling_seed(seed: int, iteration: int) -> int:
+    """The seed of iteration k's rollout (and of its update's minibatch shuffle)."""
     return (seed * 1_000_003 + iteration * 7919) % (2**31 - 1)
+
+
+def prompt_indices(n_prompts: int, batch: int, iteration: int, seed: int) -> list[int]:
+    """The prompts of iteration k (1-based): positions (k-1)·B .. k·B-1 of an endless
+    sequence of shuffled passes over the prompts (pass e shuffled with seed (seed, e))."""
+    import random
+
+    start = (iteration - 1) * batch
+    out = []
+    for pos in range(start, start + batch):
+        epoch, offset = divmod(pos, n_prompts)
+        order = list(range(n_prompts))
+        random.Random(f"{seed}-{epoch}").shuffle(order)
+        out.append(order[offset])
+    return out
 
 
 class TransformersRollout:
@@ -75,7 +91,7 @@ class TransformersRollout:
             eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id,
             return_dict_in_generate=True, output_logits=not greedy)
         sampler = self.sampling_model if self.sampling_model is not None else model
-        torch.manual_seed(_sampling_seed(seed, iteration))
+        torch.manual_seed(sampling_seed(seed, iteration))
         device = next(sampler.parameters()).device
         out: list[list[int]] = []
         logprobs: list[list[float]] = []
@@ -198,7 +214,7 @@ class VLLMRollout:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        base = _sampling_seed(seed, iteration)
+        base = sampling_seed(seed, iteration)
         params = [SamplingParams(temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
                                  seed=base + i, logprobs=0) for i in range(len(prompt_ids))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params,
