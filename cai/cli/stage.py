@@ -200,6 +200,7 @@ class StageArgs:
     overrides: dict[str, Any]
     extras: dict[str, Any]
     marker_key: str | None = None
+    backend_flags: tuple[str, ...] = ()  # the BACKEND_FLAGS given (each is for --backend openai)
 
     def config(self, cls: type[BaseModel]) -> Any:
         """`cls` from the file's section with the flags on top; a bad config exits 1."""
@@ -207,10 +208,21 @@ class StageArgs:
 
         self._check_flags(cls)
         try:
-            return load_section(self.path, self.section, cls, self.overrides,
-                                marker_key=self.marker_key)
+            config = load_section(self.path, self.section, cls, self.overrides,
+                                  marker_key=self.marker_key)
         except ConfigError as e:
             fail(str(e))
+        self._check_backend_flags(config)
+        return config
+
+    def _check_backend_flags(self, config: Any) -> None:
+        """The remote-engine shorthands only mean something to `--backend openai`; another
+        engine would get them as keyword arguments it does not take."""
+        backend = getattr(config, "backend", None)
+        if self.backend_flags and backend != "openai":
+            names = " ".join(flag(name) for name in self.backend_flags)
+            fail(f"{names}: only for --backend openai (this run's backend: "
+                 f"{backend or 'the default'}); add --backend openai", EXIT_USAGE)
 
     def _check_flags(self, cls: type[BaseModel]) -> None:
         """A flag's value that its field refuses is a usage error (exit 2) naming the flag;
@@ -295,7 +307,7 @@ def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *
                 overrides[fname] = value
             if shorthand:
                 overrides["backend_options"] = {**overrides.get("backend_options", {}), **shorthand}
-            body(StageArgs(path, section, overrides, given, marker_key))
+            body(StageArgs(path, section, overrides, given, marker_key, tuple(shorthand)))
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {}
