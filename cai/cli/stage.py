@@ -201,6 +201,7 @@ class StageArgs:
     extras: dict[str, Any]
     marker_key: str | None = None
     backend_flags: tuple[str, ...] = ()  # the BACKEND_FLAGS given (each is for --backend openai)
+    text: tuple[str, ...] = ()  # fields passed as given: their own validator reads words ("off")
 
     def config(self, cls: type[BaseModel]) -> Any:
         """`cls` from the file's section with the flags on top; a bad config exits 1."""
@@ -233,7 +234,7 @@ class StageArgs:
 
         for name, value in self.overrides.items():
             info = cls.model_fields.get(name)
-            if value is None or info is None or isinstance(value, dict):
+            if value is None or info is None or isinstance(value, dict) or name in self.text:
                 continue
             try:
                 annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
@@ -307,7 +308,7 @@ def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *
                 overrides[fname] = value
             if shorthand:
                 overrides["backend_options"] = {**overrides.get("backend_options", {}), **shorthand}
-            body(StageArgs(path, section, overrides, given, marker_key, tuple(shorthand)))
+            body(StageArgs(path, section, overrides, given, marker_key, tuple(shorthand), text))
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {}
