@@ -2,7 +2,9 @@
 
 For production serving use `vllm serve`; this exists so the `openai` backend can be
 used and tested against a real HTTP server anywhere, including machines without vLLM.
-Requests are served one at a time (local backends are not thread-safe).
+Requests are served one at a time (local backends are not thread-safe). Besides chat
+completions and scoring completions it serves vLLM's `/tokenize` and `/detokenize` (same
+request and response shapes), so clients render chats and count tokens as the server does.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cai.backends.base import Backend, SamplingConfig
+from cai.backends.text import encode, render_chat
 from cai.schema import Message, check_conversation
 
 
@@ -43,11 +46,30 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    prompt: str
+    prompt: str | list[int]  # text, or token ids (what the openai backend sends to score)
     echo: bool = False
     logprobs: int | None = None
     max_tokens: int | None = 16
     temperature: float = 1.0
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize: a chat (`messages`) or raw text (`prompt`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[Message] | None = None
+    add_generation_prompt: bool = True
+    prompt: str | None = None
+    add_special_tokens: bool = False  # vLLM's default is True for text; cai never wants BOS twice
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    tokens: list[int]
 
 
 def build_app(backend: Backend, served_name: str | None = None) -> FastAPI:
@@ -57,7 +79,9 @@ def build_app(backend: Backend, served_name: str | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "cai"}]}
+        card = {"id": name, "object": "model", "owned_by": "cai",
+                "max_model_len": backend.context_length()}
+        return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions")
     def chat(req: ChatRequest) -> dict[str, Any]:
@@ -84,18 +108,38 @@ def build_app(backend: Backend, served_name: str | None = None) -> FastAPI:
         # Only the scoring form (echo + logprobs) is served: that is what AI feedback needs.
         if not (req.echo and req.logprobs is not None):
             raise HTTPException(400, "this endpoint serves only echo=true with logprobs (scoring)")
-        scorer = getattr(backend, "token_logprobs", None)
+        scorer = getattr(backend, "prompt_logprobs", None)
         if scorer is None:
             raise HTTPException(400, f"backend {backend.name!r} cannot score prompts; use transformers")
+        ids = encode(backend.tokenizer, req.prompt) if isinstance(req.prompt, str) else req.prompt
         with lock:
-            tokens, offsets, values = scorer(req.prompt)
+            values = scorer(ids)
+        tokens = [backend.tokenizer.decode([t]) for t in ids]
+        offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+        text = "".join(tokens)
         return {
             "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": name,
-            "choices": [{"index": 0, "text": req.prompt, "finish_reason": "length",
+            "choices": [{"index": 0, "text": text, "finish_reason": "length",
                          "logprobs": {"tokens": tokens, "token_logprobs": values,
                                       "text_offset": offsets, "top_logprobs": None}}],
         }
+
+    @app.post("/tokenize")
+    def tokenize(req: TokenizeRequest) -> dict[str, Any]:
+        if req.messages is not None:
+            text = render_chat(backend.tokenizer, [m.model_dump() for m in req.messages],
+                               req.add_generation_prompt)
+            ids = encode(backend.tokenizer, text)
+        elif req.prompt is not None:
+            ids = backend.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"]
+        else:
+            raise HTTPException(400, "give `messages` or `prompt`")
+        return {"tokens": ids, "count": len(ids), "max_model_len": backend.context_length()}
+
+    @app.post("/detokenize")
+    def detokenize(req: DetokenizeRequest) -> dict[str, Any]:
+        return {"prompt": backend.tokenizer.decode(req.tokens)}
 
     return app
 

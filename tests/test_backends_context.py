@@ -55,13 +55,3 @@ def test_backends_declare_tokenizer_and_count(tiny_backend):
     fit = context_fit(tiny_backend, CONV, reserve=2048 - n)
     assert fit.ok and not context_fit(tiny_backend, CONV, reserve=2049 - n).ok
 
-
-def test_openai_backend_without_tokenizer_cannot_count():
-    from cai.backends.openai_backend import OpenAIBackend
-
-    backend = OpenAIBackend("served", base_url="http://127.0.0.1:9/v1")
-    try:
-        assert backend.tokenizer is None and backend.count_tokens(CONV) is None
-        assert context_fit(backend, CONV, reserve=10 ** 6).ok
-    finally:
-        backend.close()

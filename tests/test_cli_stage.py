@@ -161,3 +161,28 @@ def test_help_shows_each_description_and_default_once(argv, cls):
             want += f" (default: {shown})"
             assert text.count(f"(default: {shown})") >= 1
         assert text.count(want) == 1, (name, want)
+
+
+@pytest.mark.parametrize("argv,given,backend", [
+    (["generate", "--prompts", "p.jsonl", "-o", "g", "--backend", "vllm"],
+     ["--base-url", "http://x/v1"], "vllm"),
+    (["label", "--pairs", "c.jsonl", "-o", "l", "--backend", "transformers"],
+     ["--api-key", "k", "--max-concurrency", "4"], "transformers"),
+    (["eval", "policy", "-m", "pol", "-o", "e", "-p", "h.jsonl"],
+     ["--request-timeout", "5"], "the default"),
+])
+def test_remote_engine_flags_without_backend_openai_are_usage_errors(argv, given, backend):
+    res = CliRunner().invoke(app, [*argv, *given])
+    assert res.exit_code == 2, res.output
+    names = " ".join(a for a in given if a.startswith("--"))
+    assert f"error: {names}: only for --backend openai (this run's backend: {backend}); " \
+           "add --backend openai" in res.output
+    assert "TypeError" not in res.output
+
+
+def test_remote_engine_flags_with_backend_openai_in_the_file(tmp_path, captured):
+    path = tmp_path / "g.yaml"
+    path.write_text("prompts: p.jsonl\nout: g\nbackend: openai\n")
+    res = CliRunner().invoke(app, ["generate", "--config", str(path), "--base-url", "http://x/v1"])
+    assert res.exit_code == 0, res.output
+    assert captured[-1].backend_options == {"base_url": "http://x/v1"}

@@ -45,10 +45,9 @@ def test_generate_rides_through_a_server_restart(tmp_path, tiny_backend):
     cfg = load_config(None, {
         "prompts": PROMPTS, "out": str(run), "backend": "openai", "model": "tiny",
         "backend_options": {"base_url": f"http://127.0.0.1:{port}/v1", "retry_for": 30.0,
-                            "concurrency": 4, **BACKOFF},
-        "limit": 8, "chunk_size": 4, "max_tokens": 6, "few_shot": False, "progress": False,
-        # the log-prob checks need the chat template, which this server-only backend lacks
-        "route": "random", "unchanged_threshold": "off", "min_relevance": "off"})
+                            "max_concurrency": 4, **BACKOFF},
+        # default checks (route auto, min_relevance): rendered through the server's /tokenize
+        "limit": 8, "chunk_size": 4, "max_tokens": 6, "few_shot": False, "progress": False})
     result: dict = {}
 
     def work():
@@ -85,7 +84,7 @@ def test_status_lines_show_the_outage_and_its_end(tiny_backend):
     port = free_port()
     lines: list[str] = []
     backend = OpenAIBackend("tiny", base_url=f"http://127.0.0.1:{port}/v1", retry_for=30,
-                            status=lines.append, concurrency=4, **BACKOFF)
+                            status=lines.append, max_concurrency=4, **BACKOFF)
     out: dict = {}
     worker = threading.Thread(target=lambda: out.setdefault("r", backend.generate(CONVS, GREEDY)))
     worker.start()
@@ -112,22 +111,25 @@ def test_exhausted_budget_is_one_paragraph_with_what_is_saved(tmp_path):
     assert result.exit_code == 3, result.output
     assert "Traceback" not in result.output and result.exception is None or \
         isinstance(result.exception, SystemExit)
-    assert f"error: http://127.0.0.1:{port}/v1: request 0 failed after" in result.output
+    assert f"error: http://127.0.0.1:{port}/v1: listing models failed after" in result.output
     assert "(retry budget 1 s, --retry-for): APIConnectionError" in result.output
     assert f"0 of 2 records saved in {run}. To resume once the server answers again" in result.output
 
 
 def test_generate_without_a_chat_template_fails_before_any_work(tmp_path, tiny_backend):
-    """The default log-prob checks score chat-formatted text; a server named without its
-    tokenizer cannot format it, so the run stops at once and says how to fix it."""
+    """The default log-prob checks score chat-formatted text; a server without /tokenize,
+    named by a model id that is nothing local, cannot format it, so the run stops at once
+    and names the flag that fixes it."""
+    served = build_app(tiny_backend, "tiny")
+    served.router.routes = [r for r in served.router.routes if getattr(r, "path", "") != "/tokenize"]
     port = free_port()
-    server = Server(build_app(tiny_backend, "tiny"), port).start()
+    server = Server(served, port).start()
     try:
         cfg = load_config(None, {
             "prompts": PROMPTS, "out": str(tmp_path / "run"), "backend": "openai",
             "model": "tiny", "backend_options": {"base_url": f"http://127.0.0.1:{port}/v1"},
             "limit": 2, "max_tokens": 4, "few_shot": False, "progress": False})
-        with pytest.raises(ValueError, match=r"--route auto.*backend_options: \{tokenizer"):
+        with pytest.raises(ValueError, match=r"--route auto.*pass --tokenizer"):
             run_generate(cfg)
         result = CliRunner().invoke(app, [
             "generate", "--prompts", PROMPTS, "-o", str(tmp_path / "cli"), "--backend", "openai",

@@ -149,14 +149,9 @@ class TransformersBackend(Backend):
         return scores
 
     @torch.no_grad()
-    def token_logprobs(self, text: str) -> tuple[list[str], list[int], list[float | None]]:
-        """Per-token (strings, character offsets, log-probs) of raw text, for the
-        OpenAI-compatible `/v1/completions` echo+logprobs request."""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        offsets = [o[0] for o in enc["offset_mapping"]]
+    def prompt_logprobs(self, ids: list[int]) -> list[float | None]:
+        """log P(ids[t] | ids[:t]) for every token (None for the first), for the
+        OpenAI-compatible `/v1/completions` echo+logprobs request (`cai serve`)."""
         logits = self.lm(input_ids=torch.tensor([ids], device=self.device)).logits.float()
         logp = torch.log_softmax(logits[0], dim=-1)
-        values: list[float | None] = [None] + [float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]
-        tokens = [self.tokenizer.decode([t]) for t in ids]
-        return tokens, offsets, values
+        return [None] + [float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]

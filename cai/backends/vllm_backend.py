@@ -165,6 +165,17 @@ class VLLMBackend(Backend):
                 sum(next_lp[tuple(p + c[:j])][tok].logprob for j, tok in enumerate(c))
                 for i, (p, c) in enumerate(pairs)]
 
+    def prompt_logprobs(self, ids: list[int]) -> list[float | None]:
+        """log P(ids[t] | ids[:t]) for every token (None for the first), from one prefill:
+        what `cai serve` answers an echo+logprobs `/v1/completions` request with."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids))], params,
+                                use_tqdm=self.use_tqdm)[0]
+        return [None] + [out.prompt_logprobs[t][tok].logprob for t, tok in enumerate(ids) if t]
+
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is None:

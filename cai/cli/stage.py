@@ -9,7 +9,9 @@
 Per field: `--field-name` (snake -> kebab), help = the field's description with the default
 printed here (never in the description), bools as `--x/--no-x`, lists repeatable, Literals as
 choices, `backend_options` as repeatable `--backend-option KEY=VALUE` (VALUE read as YAML),
-anything else (unions, tuples, nested settings) as one YAML value. A flag not given is None,
+anything else (unions, tuples, nested settings) as one YAML value; `text` fields as given.
+Commands with `backend_options` also get the remote-engine shorthands (BACKEND_FLAGS:
+`--base-url`, `--api-key`, `--tokenizer`, `--retry-for`, ...). A flag not given is None,
 so the file (or the class default) wins. Old spellings (`cai.config.RENAMED`) are usage
 errors that name the new flag. A small per-command table keeps positional arguments and short
 flags; `extras` are options that are not config fields (`--json`, `--judge`).
@@ -33,6 +35,34 @@ from cai.cli.common import EXIT_USAGE, fail
 from cai.config import RENAMED
 
 BACKEND_OPTION = "--backend-option"
+
+# Shorthand flags for the backend options a remote engine needs (`--backend openai`), on every
+# command with `backend_options`: flag field -> (type, help). A flag given wins over the same
+# key in `--backend-option` and in the file.
+BACKEND_FLAGS: dict[str, tuple[type, str]] = {
+    "base_url": (str, "--backend openai: the server's URL, e.g. http://host:8000/v1"),
+    "api_key": (str, "--backend openai: the server's API key (default: $OPENAI_API_KEY)"),
+    "tokenizer": (str, "--backend openai: the served model's tokenizer (registry name, directory "
+                       "or hub id), for servers without vLLM's /tokenize"),
+    "retry_for": (float, "--backend openai: seconds to keep retrying while the server gives no "
+                         "answer at all (refused, reset, 5xx) (default: 300)"),
+    "request_timeout": (float, "--backend openai: seconds one request waits for its answer; a "
+                               "busy server is waited for (default: 600)"),
+    "max_concurrency": (int, "--backend openai: requests in flight at once (default: 16)"),
+}
+
+
+def backend_flag_params() -> list[inspect.Parameter]:
+    """The BACKEND_FLAGS as keyword parameters of a typer command (each None when not given)."""
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                              default=typer.Option(None, flag(name), help=text, show_default=False))
+            for name, (kind, text) in BACKEND_FLAGS.items()]
+
+
+def pop_backend_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The BACKEND_FLAGS given, removed from `kwargs`, as backend options."""
+    given = {name: kwargs.pop(name, None) for name in BACKEND_FLAGS}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def flag(name: str) -> str:
@@ -170,6 +200,8 @@ class StageArgs:
     overrides: dict[str, Any]
     extras: dict[str, Any]
     marker_key: str | None = None
+    backend_flags: tuple[str, ...] = ()  # the BACKEND_FLAGS given (each is for --backend openai)
+    text: tuple[str, ...] = ()  # fields passed as given: their own validator reads words ("off")
 
     def config(self, cls: type[BaseModel]) -> Any:
         """`cls` from the file's section with the flags on top; a bad config exits 1."""
@@ -177,10 +209,21 @@ class StageArgs:
 
         self._check_flags(cls)
         try:
-            return load_section(self.path, self.section, cls, self.overrides,
-                                marker_key=self.marker_key)
+            config = load_section(self.path, self.section, cls, self.overrides,
+                                  marker_key=self.marker_key)
         except ConfigError as e:
             fail(str(e))
+        self._check_backend_flags(config)
+        return config
+
+    def _check_backend_flags(self, config: Any) -> None:
+        """The remote-engine shorthands only mean something to `--backend openai`; another
+        engine would get them as keyword arguments it does not take."""
+        backend = getattr(config, "backend", None)
+        if self.backend_flags and backend != "openai":
+            names = " ".join(flag(name) for name in self.backend_flags)
+            fail(f"{names}: only for --backend openai (this run's backend: "
+                 f"{backend or 'the default'}); add --backend openai", EXIT_USAGE)
 
     def _check_flags(self, cls: type[BaseModel]) -> None:
         """A flag's value that its field refuses is a usage error (exit 2) naming the flag;
@@ -191,7 +234,7 @@ class StageArgs:
 
         for name, value in self.overrides.items():
             info = cls.model_fields.get(name)
-            if value is None or info is None or isinstance(value, dict):
+            if value is None or info is None or isinstance(value, dict) or name in self.text:
                 continue
             try:
                 annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
@@ -227,7 +270,7 @@ def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *
         for fname, info in fields.items():
             if fname in positional:
                 continue
-            kind, annotation = ("yaml", Optional[str]) if fname in text else field_kind(info.annotation)
+            kind, annotation = ("text", Optional[str]) if fname in text else field_kind(info.annotation)
             kinds[fname] = kind
             decls = (short[fname],) if fname in short else ()
             params.append(inspect.Parameter(fname, inspect.Parameter.KEYWORD_ONLY,
@@ -242,11 +285,15 @@ def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *
         for ename, (annotation, option) in extras.items():
             params.append(inspect.Parameter(ename, inspect.Parameter.KEYWORD_ONLY,
                                             default=option, annotation=annotation))
+        with_backend = "backend_options" in fields
+        if with_backend:
+            params.extend(backend_flag_params())
 
         @functools.wraps(body)
         def command(**kwargs: Any) -> None:
             path = kwargs.pop("config")
             given = {k: kwargs.pop(k) for k in extras}
+            shorthand = pop_backend_flags(kwargs) if with_backend else {}
             overrides: dict[str, Any] = {}
             for fname, value in kwargs.items():
                 kind = kinds[fname]
@@ -259,11 +306,13 @@ def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *
                 elif kind == "yaml":
                     value = _parse_yaml(value, fname)
                 overrides[fname] = value
-            body(StageArgs(path, section, overrides, given, marker_key))
+            if shorthand:
+                overrides["backend_options"] = {**overrides.get("backend_options", {}), **shorthand}
+            body(StageArgs(path, section, overrides, given, marker_key, tuple(shorthand), text))
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {}
-        taken = {flag(e) for e in extras}
+        taken = {flag(e) for e in extras} | ({flag(b) for b in BACKEND_FLAGS} if with_backend else set())
         cls = type(f"{name.title()}Command", (_RefuseOldFlags,),
                    {"renamed": renamed_flags(fields, taken)})
         app.command(name, cls=cls)(command)

@@ -70,8 +70,7 @@ def check_scoring_support(backend: Backend, config: GenerateConfig) -> None:
     except ValueError as e:
         raise ConfigError(
             f"{', '.join(wanted)} score text with the model's chat template, which this "
-            f"backend cannot render ({e}). Name the tokenizer in the config "
-            "(backend_options: {tokenizer: <model or dir>}), or turn them off: --route random "
+            f"backend cannot render ({e}). Or turn them off: --route random "
             "--unchanged-threshold off --min-relevance off") from None
 
 
