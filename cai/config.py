@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -106,12 +106,16 @@ def renamed_key_message(old: str) -> str:
     return f"`{old}` is now `{new}`"
 
 
+def old_spellings(cls: type[BaseModel], data: dict[str, Any]) -> list[str]:
+    """The keys of `data` that are old spellings (RENAMED) and not fields of `cls`."""
+    return [k for k in data if k in RENAMED and k not in cls.model_fields]
+
+
 def refuse_renamed_keys(path: str | os.PathLike, section: str, data: dict[str, Any],
                         cls: type[BaseModel]) -> None:
     """ConfigError naming file, line, section and key for each old spelling in `data` (the
     `section:` read from `path`), before validation says it less precisely."""
-    keep = getattr(cls, "KEEP_KEYS", frozenset())
-    old = [k for k in data if k in RENAMED and k not in cls.model_fields and k not in keep]
+    old = old_spellings(cls, data)
     if not old:
         return
     lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -131,8 +135,6 @@ class StageConfig(BaseModel):
     whether it shows progress."""
 
     model_config = ConfigDict(extra="forbid")
-    # keys a subclass still uses under an old spelling's name for another idea (none today)
-    KEEP_KEYS: ClassVar[frozenset[str]] = frozenset()
 
     out: str = Field(description="output directory (or file, where the stage writes one)")
     model: str | None = Field(None, description="registry name, model directory or hub id "
@@ -144,8 +146,7 @@ class StageConfig(BaseModel):
     @classmethod
     def _refuse_old_spellings(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            old = [k for k in data if k in RENAMED and k not in cls.model_fields
-                   and k not in cls.KEEP_KEYS]
+            old = old_spellings(cls, data)
             if old:
                 raise ValueError("; ".join(renamed_key_message(k) for k in old))
         return data

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
-from cai.config import RENAMED, progress_bar, renamed_key_message, say
+from cai.config import old_spellings, progress_bar, renamed_key_message, say
 from cai.constitution.errors import LocatedError
 from cai.io import atomic_open, iter_rows
 from cai.pipeline.manifest import (hash_path, output_files, read_manifest,
@@ -121,7 +121,7 @@ def _build_config(pipeline: Pipeline, stage: Stage, wired: dict[str, Any],
         f"{stage.name}.{k}: filled in by the runner from upstream stages; leave it out")
         for k in stage.owned if k in section]
     errors += [pipeline.locate(stage.name, (k,)).error(f"{stage.name}.{k}: {renamed_key_message(k)}")
-               for k in section if k in RENAMED and k not in cls.model_fields]
+               for k in old_spellings(cls, section)]
     if errors:
         return None, errors
     run = pipeline.run
