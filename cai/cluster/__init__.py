@@ -1,0 +1,71 @@
+"""Connecting to a Ray cluster: the one place cai calls `ray.init`.
+
+Ray is an optional extra (`cai[ray]`); nothing outside a `ray:`/`--ray` run imports it.
+`ray.init` on an address where no cluster answers retries for minutes, so the address is
+probed first and a dead or wrong one is refused within seconds.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai.config import ConfigError
+
+PROBE_TIMEOUT_S = 5.0
+
+
+class RayConfig(BaseModel):
+    """Where and how wide a stage runs on Ray (`ray:` under `run:` or in a stage section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, description="cluster address (host:port, ray://host:port "
+                                                  "or auto); None starts a local Ray")
+    replicas: int = Field(1, ge=1, description="engine replicas (one actor, one engine each)")
+    gpus_per_replica: float = Field(0, ge=0, description="GPUs each replica reserves")
+    cpus_per_replica: float = Field(1, gt=0, description="CPUs each replica reserves")
+
+
+def require_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--ray needs Ray: pip install 'cai[ray]'") from None
+    return ray
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    rest = address.split("://", 1)[-1]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Raise ConfigError unless something listens at `address` (host:port forms only)."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        socket.create_connection(hp, timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"no Ray cluster answers at {address} ({e.strerror or e}); start one "
+                          "with `ray start --head` or check the address") from None
+
+
+def connect(address: str | None = None, **init_kwargs: Any) -> Any:
+    """`ray.init` once per process (a second call reuses the connection); returns `ray`."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    if address not in (None, "auto", "local"):
+        probe(address)
+    try:
+        ray.init(address=address, log_to_driver=False, **init_kwargs)
+    except ConnectionError as e:
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {e}") from None
+    return ray
