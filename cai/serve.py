@@ -9,16 +9,19 @@ request and response shapes), so clients render chats and count tokens as the se
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import threading
 import time
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cai.backends.base import Backend, SamplingConfig
 from cai.backends.text import encode, render_chat
+from cai.config import ConfigError
 from cai.schema import Message, check_conversation
 
 
@@ -72,8 +75,41 @@ class DetokenizeRequest(BaseModel):
     tokens: list[int]
 
 
-def build_app(backend: Backend, served_name: str | None = None) -> FastAPI:
-    app = FastAPI(title="cai OpenAI-compatible endpoint")
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a hostname: it may resolve to anything
+        return False
+
+
+def check_bind(host: str, api_key: str | None, insecure: bool = False) -> None:
+    """Refuse to serve beyond loopback without a key: anyone who reaches the port could use
+    the engine otherwise."""
+    if not is_loopback(host) and not api_key and not insecure:
+        raise ConfigError(f"--host {host} would serve beyond this machine without a key: give "
+                          "--api-key KEY (or CAI_API_KEY), or --insecure to serve openly")
+
+
+def bearer_check(api_key: str):
+    """A FastAPI dependency: 401 unless `Authorization: Bearer <api_key>`; compared in
+    constant time so the key cannot be guessed byte by byte from response times."""
+    expected = api_key.encode()
+
+    def check(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise HTTPException(401, "missing or wrong API key",
+                                headers={"WWW-Authenticate": "Bearer"})
+    return check
+
+
+def build_app(backend: Backend, served_name: str | None = None,
+              api_key: str | None = None) -> FastAPI:
+    """`api_key`: when given, every route asks for it as a bearer token."""
+    app = FastAPI(title="cai OpenAI-compatible endpoint",
+                  dependencies=[Depends(bearer_check(api_key))] if api_key else [])
     name = served_name or backend.model
     lock = threading.Lock()
 
@@ -144,7 +180,9 @@ def build_app(backend: Backend, served_name: str | None = None) -> FastAPI:
     return app
 
 
-def serve(backend: Backend, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(backend: Backend, host: str = "127.0.0.1", port: int = 8000, *,
+          api_key: str | None = None, insecure: bool = False) -> None:
     import uvicorn
 
-    uvicorn.run(build_app(backend), host=host, port=port, log_level="warning")
+    check_bind(host, api_key, insecure)
+    uvicorn.run(build_app(backend, api_key=api_key), host=host, port=port, log_level="warning")

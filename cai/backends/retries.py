@@ -137,6 +137,11 @@ def call_with_retries(call: Callable[[], T], *, what: str, where: str, watch: Se
     start = time.monotonic()
     try:
         result = retrying(call)
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+        # a wrong key is not an outage: retrying cannot help
+        raise BackendError(
+            f"{where}: the server refused the API key (HTTP {e.status_code}); pass the server's "
+            "key with --api-key or OPENAI_API_KEY") from None
     except RetryError as e:
         last = e.last_attempt.exception()
         tries = e.last_attempt.attempt_number
