@@ -4,7 +4,8 @@
                                                prompts=["red_team_eval.jsonl", "helpful_eval.jsonl"],
                                                reward="out/rm", out="out/eval"))
 
-Steps (each model is loaded once, one at a time, so two vLLM engines never coexist):
+Steps (each model it loads itself is loaded once, one at a time, so two vLLM engines it
+starts never coexist; `cai run` passes the policy's and the reference's engines from its pool):
 1. the policy answers every prompt (greedy by default: temperature 0, fixed seed) and, for
    the KL estimate, samples once more at temperature 1 (top-p 1, no top-k);
 2. the reference (if given) answers the same prompts with the same settings; it is also the
