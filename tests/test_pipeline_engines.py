@@ -118,3 +118,22 @@ def test_model_spellings_of_the_default_model_share_one_engine():
 
     assert model_key(None) == model_key(DEFAULT_MODEL) == model_key(str(models_dir() / DEFAULT_MODEL))
     assert model_key("out/ppo/policy") != model_key(None)
+
+
+def test_eval_takes_the_policy_reference_and_judge_engines(tmp_path):
+    from cai.eval.policy import EvalPolicyConfig
+    from cai.pipeline.runner import Step, step_engines
+    from cai.pipeline.stages import EVAL
+
+    def engines(**kw):
+        config = EvalPolicyConfig(out=str(tmp_path), model="pol", backend="vllm",
+                                  backend_options={"gpu_memory_utilization": 0.3}, **kw)
+        return step_engines(Step(key="eval", stage=EVAL, round=None, dir=tmp_path,
+                                 config=config, config_hash="", used=[]))
+
+    opts = {"gpu_memory_utilization": 0.3}
+    assert engines(reference="base") == {"backend": ("vllm", "pol", opts),
+                                         "reference_backend": ("vllm", "base", opts)}
+    assert engines(reference="base", judge_model="judge")["judge_backend"] == ("vllm", "judge", opts)
+    assert "judge_backend" not in engines(reference="base", judge_model="judge", constitution="none")
+    assert engines() == {"backend": ("vllm", "pol", opts)}  # no reference: the policy alone
