@@ -137,3 +137,37 @@ def test_eval_takes_the_policy_reference_and_judge_engines(tmp_path):
     assert engines(reference="base", judge_model="judge")["judge_backend"] == ("vllm", "judge", opts)
     assert "judge_backend" not in engines(reference="base", judge_model="judge", constitution="none")
     assert engines() == {"backend": ("vllm", "pol", opts)}  # no reference: the policy alone
+
+
+def test_cai_run_eval_reuses_generates_engine_for_policy_and_reference(tmp_path, tiny_model_dir):
+    """The real generate and eval stages (transformers backend, tiny random model): eval's
+    policy and reference are the base model, so the engine generate started serves both."""
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+    from cai.pipeline.manifest import read_manifest
+
+    prompts = Path(__file__).resolve().parent.parent / "pipelines" / "prompts"
+    path = tmp_path / "p.yaml"
+    path.write_text(f"""\
+run: {{name: t, out: {tmp_path / 'run'}, model: {tiny_model_dir}, backend: transformers}}
+prompts:
+  train: [{{file: {prompts / 'red_team_train.jsonl'}, limit: 2}}]
+generate: {{prompts: train, max_tokens: 4, few_shot: false}}
+eval:
+  model: {tiny_model_dir}
+  reference: {tiny_model_dir}
+  harmful: [{prompts / 'red_team_eval.jsonl'}]
+  benign: [{prompts / 'helpful_eval.jsonl'}]
+  limit: 1
+  max_tokens: 4
+  constitution: none
+""")
+    r = CliRunner().invoke(app, ["run", str(path)])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("starting the transformers engine") == 1
+    assert "reusing the transformers engine" in r.output
+    m = read_manifest(tmp_path / "run" / "eval")
+    assert m["status"] == "done" and m["engine_starts"] == 0
+    assert m["summary"]["kl"]["mean"] == 0.0  # the same weights on both sides
+    assert "policy_load_s" not in m["summary"]["timings"]  # eval loaded no model itself
