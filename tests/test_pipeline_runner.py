@@ -213,23 +213,33 @@ class FakeEngine:
         self.closed = True
 
 
-def test_one_engine_for_consecutive_stages_closed_before_training(tmp_path):
+def test_one_engine_for_the_run_kept_through_training_while_memory_allows(tmp_path):
+    from cai.pipeline import EnginePool
+
     opened = []
 
     def load(name, model, **options):
         opened.append(FakeEngine(f"{name}:{model}"))
         return opened[-1]
 
+    def pool(free_gib):
+        return EnginePool(lambda m: None, load, footprint=lambda *a: 2 << 30,
+                          available=lambda: free_gib << 30, train_reserve=8 << 30)
+
     engine = lambda config: ("fake", config.model, {})  # noqa: E731
     sts = stages(engine)
     text = BASE.replace("sft: {{value: 2}}\n", "")  # gen, sample, label share the base engine
-    go(write(tmp_path, text=text), sts, load_backend=load)
+    go(write(tmp_path, text=text), sts, engines=pool(20))
     assert len(opened) == 1 and opened[0].closed
     for key in ("gen", "sample", "label"):
         assert json.loads((tmp_path / "run" / key / "result.json").read_text())["backend"] == "fake:None"
     opened.clear()
-    go(write(tmp_path, out=tmp_path / "run2"), sts, load_backend=load)
-    assert len(opened) == 2  # gen | sft (trains: engine closed) | sample, label
+    go(write(tmp_path, out=tmp_path / "run2"), sts, engines=pool(20))
+    assert len(opened) == 1  # gen | sft (trains beside it: 20 GiB free) | sample, label
+    opened.clear()
+    go(write(tmp_path, out=tmp_path / "run3"), sts, engines=pool(6))
+    assert len(opened) == 2  # gen | sft (6 GiB free < 8 to train: closed) | sample, label
+    assert all(e.closed for e in opened)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cai.io import DataError
+from cai.train.accel import choose_mixed_precision
 from cai.train.sft import SFTConfig, encode_conversation, run_sft
 
 
@@ -62,6 +63,7 @@ def test_sft_run_saves_a_model_that_cai_loads_and_answers(tiny_model_dir, tmp_pa
     assert summary["eval_conversations"] == 5 and "loss" in summary["eval"]
     assert summary["trainable_parameters"] < summary["parameters"] / 10  # LoRA
     assert summary["attn_implementation"] == "eager"  # auto, on the CPU, short rows
+    assert summary["precision"] == choose_mixed_precision("auto")[1]
     assert (out / "DONE").is_file() and not (out / "checkpoints").exists()
     assert not list(out.glob("adapter_*"))  # merged: a plain model directory
     assert (out / "tensorboard").is_dir()

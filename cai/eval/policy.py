@@ -4,7 +4,8 @@
                                                prompts=["red_team_eval.jsonl", "helpful_eval.jsonl"],
                                                reward="out/rm", out="out/eval"))
 
-Steps (each model is loaded once, one at a time, so two vLLM engines never coexist):
+Steps (each model it loads itself is loaded once, one at a time, so two vLLM engines it
+starts never coexist; `cai run` passes the policy's and the reference's engines from its pool):
 1. the policy answers every prompt (greedy by default: temperature 0, fixed seed) and, for
    the KL estimate, samples once more at temperature 1 (top-p 1, no top-k);
 2. the reference (if given) answers the same prompts with the same settings; it is also the
@@ -25,8 +26,9 @@ import json
 import math
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pydantic import Field, field_validator
 
@@ -138,6 +140,46 @@ def _generate(backend, prompts: list[EvalPrompt], sampling) -> list[Any]:
     return [g[0] for g in backend.generate([p.messages for p in prompts], sampling)]
 
 
+class _Phases:
+    """One bar over the eval's phases (loads, answers, judge, relevance, rewards, KL): each
+    is one long engine or model call, so the bar ticks through it (elapsed, then ETA) and
+    names it; each phase's seconds are added to `timings[key]`."""
+
+    def __init__(self, names: list[str], progress: Callable[..., Any], disable: bool,
+                 timings: dict[str, float]) -> None:
+        self.bar = progress(total=len(names), desc="eval", unit="phase", disable=disable)
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, name: str, key: str) -> Iterator[None]:
+        from cai.progress import ticking
+
+        self.bar.set_postfix_str(name, refresh=True)
+        t = time.perf_counter()
+        with ticking(self.bar):
+            yield
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _phase_names(config: EvalPolicyConfig, own_policy: bool, want_kl: bool) -> list[str]:
+    """The phases `run_eval_policy` goes through with this config, in order."""
+    ref = config.reference is not None
+    names = ["load policy"] if own_policy else []
+    names += ["policy answers"] + (["KL samples"] if want_kl else [])
+    if config.relevance and not ref:
+        names.append("relevance")
+    if ref:
+        names += ["load reference", "reference answers"]
+        names += ["judge"] if config.constitution else []
+        names += ["relevance"] if config.relevance else []
+    names += ["reward model"] if config.reward else []
+    return names + (["KL log-probs"] if want_kl else [])
+
+
 def run_eval_policy(config: EvalPolicyConfig, *, backend=None, log: Callable[[str], None] = say,
                     progress: Callable[..., Any] = progress_bar, reference_backend=None,
                     judge_backend=None) -> dict[str, Any]:
@@ -147,7 +189,6 @@ def run_eval_policy(config: EvalPolicyConfig, *, backend=None, log: Callable[[st
     from cai.backends import SamplingConfig
     from cai.io import atomic_write_json, atomic_write_jsonl
 
-    say = log
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     files = config.files()
@@ -157,78 +198,38 @@ def run_eval_policy(config: EvalPolicyConfig, *, backend=None, log: Callable[[st
     if not prompts:
         raise ValueError("no usable prompts in " + ", ".join(p for p, _ in files))
     n_h = sum(p.kind == "harmful" for p in prompts)
-    say(f"{len(prompts)} prompts ({n_h} harmful, {len(prompts) - n_h} benign)"
+    log(f"{len(prompts)} prompts ({n_h} harmful, {len(prompts) - n_h} benign)"
         + (f"; {len(rejects)} rows rejected" if rejects else ""))
-    greedy = SamplingConfig(temperature=config.temperature, top_p=1.0, max_tokens=config.max_tokens,
-                            seed=config.seed)
-    unbiased = SamplingConfig(temperature=1.0, top_p=1.0, seed=config.seed,
-                              max_tokens=config.kl_max_tokens or config.max_tokens)
+    sampling = (SamplingConfig(temperature=config.temperature, top_p=1.0,
+                               max_tokens=config.max_tokens, seed=config.seed),
+                SamplingConfig(temperature=1.0, top_p=1.0, seed=config.seed,
+                               max_tokens=config.kl_max_tokens or config.max_tokens))
     want_kl = config.kl and config.reference is not None
-    owned = _Backends(config)
+    phase = _Phases(_phase_names(config, backend is None, want_kl), progress,
+                    not config.progress, timings)
     try:
-        t = time.perf_counter()
-        policy = backend or owned.load(config.model)
-        say(f"policy {config.model}: generating {len(prompts)} responses")
-        pol_gens = _generate(policy, prompts, greedy)
-        kl_gens = _generate(policy, prompts, unbiased) if want_kl else None
-        policy_tokenizer = policy.tokenizer
-        policy_lm = getattr(policy, "lm", None)
-        pol_pmi = ref_pmi = None
-        if config.relevance and config.reference is None:
-            t_rel = time.perf_counter()
-            pol_pmi = _relevance(policy, prompts, [g.text for g in pol_gens], say)
-            timings["relevance_s"] = time.perf_counter() - t_rel
-        owned.close(policy)
-        timings["policy_generate_s"] = time.perf_counter() - t
-
-        ref_gens, judge_labels = None, None
-        if config.reference is not None:
-            t = time.perf_counter()
-            ref = reference_backend or owned.load(config.reference)
-            say(f"reference {config.reference}: generating {len(prompts)} responses")
-            ref_gens = _generate(ref, prompts, greedy)
-            timings["reference_generate_s"] = time.perf_counter() - t
-            if config.constitution:
-                t = time.perf_counter()
-                judge = judge_backend or (ref if config.judge_model in (None, config.reference)
-                                          else owned.load(config.judge_model))
-                judge_labels = _judge(judge, config, prompts, [g.text for g in pol_gens],
-                                      [g.text for g in ref_gens], say)
-                timings["judge_s"] = time.perf_counter() - t
-            if config.relevance:
-                # one scorer for both sides, so before and after are comparable
-                t = time.perf_counter()
-                pol_pmi = _relevance(ref, prompts, [g.text for g in pol_gens], say)
-                ref_pmi = _relevance(ref, prompts, [g.text for g in ref_gens], say)
-                timings["relevance_s"] = time.perf_counter() - t
-            owned.close(ref)
+        side = _answer(config, prompts, sampling, want_kl, phase, log, backend,
+                       reference_backend, judge_backend)
+        pol_gens, ref_gens = side["policy"], side["reference"]
+        pol_texts = [g.text for g in pol_gens]
+        ref_texts = [g.text for g in ref_gens] if ref_gens else None
+        pol_rewards = ref_rewards = None
+        if config.reward:
+            with phase("reward model", "reward_s"):
+                pol_rewards, ref_rewards = _rewards(config, prompts, pol_texts, ref_texts, log,
+                                                    progress)
+        kl = None
+        if want_kl:
+            with phase("KL log-probs", "kl_s"):
+                kl = _kl(config, prompts, side["kl"], side["lm"], side["tokenizer"], log,
+                         progress)
     finally:
-        owned.close_all()
-
-    pol_texts = [g.text for g in pol_gens]
-    ref_texts = [g.text for g in ref_gens] if ref_gens else None
+        phase.close()
     pol_verdicts = [classify(r, p.text) for p, r in zip(prompts, pol_texts)]
     ref_verdicts = [classify(r, p.text) for p, r in zip(prompts, ref_texts)] if ref_texts else None
 
-    pol_rewards = ref_rewards = None
-    if config.reward:
-        t = time.perf_counter()
-        say(f"reward model {config.reward}: scoring")
-        texts = pol_texts + (ref_texts or [])
-        msgs = [p.messages for p in prompts] * (2 if ref_texts else 1)
-        scores = reward_scores_fn()(config.reward, msgs, texts, batch_size=config.batch_size)
-        pol_rewards = scores[:len(prompts)]
-        ref_rewards = scores[len(prompts):] if ref_texts else None
-        timings["reward_s"] = time.perf_counter() - t
-
-    kl = None
-    if want_kl:
-        t = time.perf_counter()
-        kl = _kl(config, prompts, kl_gens, policy_lm, policy_tokenizer, say, progress)
-        timings["kl_s"] = time.perf_counter() - t
-
     summary = _summarise(config, prompts, rejects, pol_gens, ref_gens, pol_verdicts, ref_verdicts,
-                         pol_rewards, ref_rewards, judge_labels, kl, (pol_pmi, ref_pmi))
+                         pol_rewards, ref_rewards, side["judge"], kl, side["pmi"])
     timings["total_s"] = time.perf_counter() - t0
     summary["timings"] = {k: round(v, 2) for k, v in timings.items()}
 
@@ -236,7 +237,7 @@ def run_eval_policy(config: EvalPolicyConfig, *, backend=None, log: Callable[[st
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out / SAMPLES_FILE, _samples(prompts, pol_gens, ref_gens, pol_verdicts,
                                                     ref_verdicts, pol_rewards, ref_rewards,
-                                                    judge_labels, kl, (pol_pmi, ref_pmi)))
+                                                    side["judge"], kl, side["pmi"]))
     atomic_write_json(out / EVAL_FILE, summary)
     if config.report is not None:
         from cai.eval.report import write_report
@@ -244,6 +245,76 @@ def run_eval_policy(config: EvalPolicyConfig, *, backend=None, log: Callable[[st
         paths = write_report(Path(config.report))
         summary = {**summary, "report": {k: str(v) for k, v in paths.items()}}
     return summary
+
+
+def _answer(config: EvalPolicyConfig, prompts: list[EvalPrompt], sampling: tuple, want_kl: bool,
+            phase: _Phases, log: Callable[[str], None], backend, reference_backend,
+            judge_backend) -> dict[str, Any]:
+    """The engine phases: both sides' answers, the KL samples, the judge's verdicts and the
+    relevance scores, each model loaded once and closed before the next is loaded."""
+    greedy, unbiased = sampling
+    out: dict[str, Any] = {"reference": None, "judge": None, "kl": None}
+    pol_pmi = ref_pmi = None
+    owned = _Backends(config)
+    try:
+        if backend is None:
+            with phase("load policy", "policy_load_s"):
+                backend = owned.load(config.model)
+        policy = backend
+        log(f"policy {config.model}: generating {len(prompts)} responses")
+        with phase("policy answers", "policy_generate_s"):
+            out["policy"] = _generate(policy, prompts, greedy)
+        if want_kl:
+            with phase("KL samples", "kl_samples_s"):
+                out["kl"] = _generate(policy, prompts, unbiased)
+        out["tokenizer"], out["lm"] = policy.tokenizer, getattr(policy, "lm", None)
+        pol_texts = [g.text for g in out["policy"]]
+        if config.relevance and config.reference is None:
+            with phase("relevance", "relevance_s"):
+                pol_pmi = _relevance(policy, prompts, pol_texts, log)
+        owned.close(policy)
+
+        if config.reference is not None:
+            ref = reference_backend
+            if ref is None:
+                with phase("load reference", "reference_load_s"):
+                    ref = owned.load(config.reference)
+            log(f"reference {config.reference}: generating {len(prompts)} responses")
+            with phase("reference answers", "reference_generate_s"):
+                out["reference"] = _generate(ref, prompts, greedy)
+            ref_texts = [g.text for g in out["reference"]]
+            if config.constitution:
+                with phase("judge", "judge_s"):
+                    judge = judge_backend or (ref if config.judge_model in (None, config.reference)
+                                              else owned.load(config.judge_model))
+                    out["judge"] = _judge(judge, config, prompts, pol_texts, ref_texts, log)
+            if config.relevance:
+                # one scorer for both sides, so before and after are comparable
+                with phase("relevance", "relevance_s"):
+                    pol_pmi = _relevance(ref, prompts, pol_texts, log)
+                    ref_pmi = _relevance(ref, prompts, ref_texts, log)
+            owned.close(ref)
+    finally:
+        owned.close_all()
+    out["pmi"] = (pol_pmi, ref_pmi)
+    return out
+
+
+def _rewards(config: EvalPolicyConfig, prompts: list[EvalPrompt], pol_texts: list[str],
+             ref_texts: list[str] | None, log: Callable[[str], None],
+             progress: Callable[..., Any]) -> tuple[list[float], list[float] | None]:
+    """Each side's rewards from the reward model, both sides in one scoring pass."""
+    log(f"reward model {config.reward}: scoring")
+    texts = pol_texts + (ref_texts or [])
+    msgs = [p.messages for p in prompts] * (2 if ref_texts else 1)
+    bar = progress(total=len(texts), desc="reward model", unit="seq",
+                   disable=not config.progress, leave=False)
+    try:
+        scores = reward_scores_fn()(config.reward, msgs, texts, batch_size=config.batch_size,
+                                    on_batch=bar.update)
+    finally:
+        bar.close()
+    return scores[:len(prompts)], (scores[len(prompts):] if ref_texts else None)
 
 
 def _relevance(scorer, prompts: list[EvalPrompt], texts: list[str],
@@ -292,7 +363,7 @@ def _judge(judge, config: EvalPolicyConfig, prompts: list[EvalPrompt], pol: list
     if too_long:
         say(f"judge: {len(too_long)} pairs too long for its context, not judged")
     say(f"judge ({c.name}, K={cfg.principles}, both orders): {len(pairs)} pairs")
-    for lab in label_pairs(judge, c, pairs, cfg):
+    for lab in label_pairs(judge, c, pairs, cfg, progress=config.progress):
         out[lab.pair.input["index"]] = lab.p_first
     return out
 

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from pydantic import Field
 
 from cai.config import StageConfig, progress_bar, say
+from cai.progress import loading
 
 from cai import stats
 
@@ -63,7 +64,8 @@ def run_eval_rm(config: EvalRMConfig, *, backend: Any = None, log: Callable[[str
     if not records:
         raise DataError(f"{config.data}: no usable preference pairs")
     t0 = time.perf_counter()
-    model, tokenizer = load_scoring_model(config.model)
+    with loading(progress, f"reward model {config.model}", disable=not config.progress):
+        model, tokenizer = load_scoring_model(config.model)
     chosen, rejected = [], []
     for rec in records:
         prompt = [m.model_dump() for m in rec.prompt]
@@ -71,8 +73,13 @@ def run_eval_rm(config: EvalRMConfig, *, backend: Any = None, log: Callable[[str
                                         config.max_length)[0])
         rejected.append(encode_for_reward(tokenizer, prompt, rec.rejected[-1].content,
                                           config.max_length)[0])
-    rewards_c, rewards_r = score_pairs(model, chosen, rejected, tokenizer.pad_token_id,
-                                       batch_size=config.batch_size)
+    bar = progress(total=2 * len(records), desc="reward model", unit="seq",
+                   disable=not config.progress)
+    try:
+        rewards_c, rewards_r = score_pairs(model, chosen, rejected, tokenizer.pad_token_id,
+                                           batch_size=config.batch_size, on_batch=bar.update)
+    finally:
+        bar.close()
     metrics = pair_metrics(rewards_c, rewards_r, [r.p_chosen for r in records],
                            [len(r.chosen[-1].content) for r in records],
                            [len(r.rejected[-1].content) for r in records])

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from pydantic import Field
 
 from cai.config import EngineConfig, StageConfig, progress_bar, say
+from cai.progress import loading
 
 
 class ScoreConfig(StageConfig):
@@ -102,6 +103,32 @@ def _write_rows(rows: list[dict], out: Path, data_path: str) -> None:
         atomic_write_jsonl(out, rows)
 
 
+JUDGE_CHUNK = 16  # rows per engine call: one progress step, small enough to move often
+
+
+def _judge_in_chunks(backend: Any, c: Any, items: list, config: JudgeScoreConfig,
+                     log: Callable[[str], None], progress: Callable[..., Any]) -> list[Any]:
+    """`score_responses` over `items`, JUDGE_CHUNK rows per call, with a progress bar. A
+    row's principles are drawn from (seed, its prompt, its response), not its position,
+    and one scorer keeps the cache across chunks, so the scores are those of one call."""
+    from cai.label.pointwise import ResponseScorer, score_responses
+
+    scorer = ResponseScorer(backend, c, few_shot=config.few_shot)
+    log(f"judging {len(items)} responses under {len(config.principles) or config.k} "
+        f"principle(s) each")
+    bar = progress(total=len(items), desc="judge", unit="row", disable=not config.progress)
+    scores: list[Any] = []
+    try:
+        for start in range(0, len(items), JUDGE_CHUNK):
+            chunk = items[start:start + JUDGE_CHUNK]
+            scores += score_responses(backend, c, chunk, principle_ids=config.principles or None,
+                                      k=config.k, seed=config.seed, scorer=scorer)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return scores
+
+
 def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,
                     log: Callable[[str], None] = say,
                     progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
@@ -110,7 +137,6 @@ def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,
     from cai.backends import load_backend
     from cai.constitution import load_constitution
     from cai.io import DataError
-    from cai.label.pointwise import score_responses
 
     out = Path(config.out)
     _check_out(out)
@@ -124,10 +150,11 @@ def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,
     t0 = time.perf_counter()
     owned = None
     if backend is None:
-        backend = owned = load_backend(config.backend, config.model, **config.backend_options)
+        with loading(progress, f"judge {config.model or 'default model'}",
+                     disable=not config.progress):
+            backend = owned = load_backend(config.backend, config.model, **config.backend_options)
     try:
-        scores = score_responses(backend, c, items, principle_ids=config.principles or None,
-                                 k=config.k, seed=config.seed, few_shot=config.few_shot, log=log)
+        scores = _judge_in_chunks(backend, c, items, config, log, progress)
         judge = backend.model
     finally:
         if owned is not None:
@@ -153,9 +180,15 @@ def run_score(config: ScoreConfig, *, backend: Any = None, log: Callable[[str], 
     _check_out(out)
     rows, items = _read_items(config.data, config.prompt_field, config.response_field)
     t0 = time.perf_counter()
-    model, tokenizer = load_scoring_model(config.model)
-    rewards = score(model, tokenizer, items, max_length=config.max_length,
-                    batch_size=config.batch_size)
+    with loading(progress, f"reward model {config.model}", disable=not config.progress):
+        model, tokenizer = load_scoring_model(config.model)
+    bar = progress(total=len(items), desc="reward model", unit="row",
+                   disable=not config.progress)
+    try:
+        rewards = score(model, tokenizer, items, max_length=config.max_length,
+                        batch_size=config.batch_size, on_batch=bar.update)
+    finally:
+        bar.close()
     for data, r in zip(rows, rewards):
         data["reward"] = r
     _write_rows(rows, out, config.data)

@@ -19,8 +19,10 @@ Messages = list[dict[str, str]]
 
 
 def reward_scores(rm_dir: str, prompts: Sequence[Messages | str], responses: Sequence[str], *,
-                  max_length: int = 2048, batch_size: int = 16) -> list[float]:
-    """Reward of each response to its prompt (a message list, or text = one user turn)."""
+                  max_length: int = 2048, batch_size: int = 16,
+                  on_batch: Callable[[int], None] | None = None) -> list[float]:
+    """Reward of each response to its prompt (a message list, or text = one user turn);
+    `on_batch(n)` after each batch of n responses (a progress bar)."""
     from cai.eval.rm import load_scoring_model
     from cai.train.reward import score
 
@@ -29,7 +31,8 @@ def reward_scores(rm_dir: str, prompts: Sequence[Messages | str], responses: Seq
     model, tokenizer = load_scoring_model(rm_dir)
     items = [([{"role": "user", "content": p}] if isinstance(p, str) else p, r)
              for p, r in zip(prompts, responses)]
-    return score(model, tokenizer, items, max_length=max_length, batch_size=batch_size)
+    return score(model, tokenizer, items, max_length=max_length, batch_size=batch_size,
+                 on_batch=on_batch)
 
 
 def load_causal_lm(path: str, device: str | None = None):

@@ -13,9 +13,10 @@ change, eval. `from_` forces a step and everything after it to run; `only` force
 the steps of that stage; the steps before (or around) them are used as they are and must
 have finished.
 
-Engines: stages that run on an inference engine get it as `backend=`. Consecutive steps
-on the same (backend, model, options) share one engine; it is closed before any step
-that does not use it, so a training step never runs beside an idle engine's memory.
+Engines: stages that run on an inference engine get it as `backend=` (eval also as
+`reference_backend=`). One engine per (backend, model, options) serves the whole run: it is
+kept while a later step needs it and the memory the next step claims allows
+(`cai.pipeline.engines.EnginePool`), and closed when no later step needs it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from cai.config import old_spellings, progress_bar, renamed_key_message, say
 from cai.constitution.errors import LocatedError
 from cai.io import atomic_open, iter_rows
+from cai.pipeline.engines import EnginePool
 from cai.pipeline.manifest import (hash_path, output_files, read_manifest,
                                    stale_reasons, write_manifest)
 from cai.pipeline.spec import Pipeline, PipelineError, validation_errors
@@ -209,40 +211,13 @@ def select(steps: list[Step], from_: str | None, only: str | None) -> set[str]:
 # --------------------------------------------------------------------------- engines
 
 
-class EnginePool:
-    """At most one inference engine at a time, shared by consecutive steps that need the
-    same one."""
-
-    def __init__(self, echo: Echo, load: Callable[..., Any] | None = None) -> None:
-        self.echo = echo
-        self.load = load
-        self.key: tuple[str, str, str] | None = None
-        self.backend: Any = None
-        self.starts = 0
-
-    def get(self, name: str | None, model: str | None, options: dict[str, Any]) -> Any:
-        from cai.backends import default_backend
-
-        name = name or default_backend()
-        key = (name, model or "", json.dumps(options, sort_keys=True))
-        if key == self.key:
-            return self.backend
-        self.close()
-        load = self.load
-        if load is None:
-            from cai.backends import load_backend as load
-        self.echo(f"  starting the {name} engine on {model or 'the default model'} ...")
-        t0 = time.perf_counter()
-        self.backend = load(name, model, **options)
-        self.key = key
-        self.starts += 1
-        self.echo(f"  engine ready in {time.perf_counter() - t0:.0f} s")
-        return self.backend
-
-    def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-        self.backend, self.key = None, None
+def step_engines(step: Step) -> dict[str, tuple[str | None, str | None, dict[str, Any]]]:
+    """The engines a step runs on, by the keyword its run function takes them as
+    (`backend`, and eval's `reference_backend` and `judge_backend`)."""
+    wanted = {"backend": step.stage.engine(step.config)} if step.stage.engine else {}
+    if step.stage.more_engines is not None:
+        wanted.update(step.stage.more_engines(step.config))
+    return {k: v for k, v in wanted.items() if v is not None}
 
 
 # --------------------------------------------------------------------------- run
@@ -325,14 +300,14 @@ def run_step(step: Step, inputs: dict[str, str | None], engines: EnginePool,
     t0 = time.perf_counter()
     try:
         run = step.stage.run_function()
-        backend = None
-        if step.stage.engine is not None:
-            engine_t0 = time.perf_counter()
-            backend = engines.get(*step.stage.engine(step.config))
+        engine_t0, starts = time.perf_counter(), engines.starts
+        shown = bool(getattr(step.config, "progress", True))
+        given = {kw: engines.get(*want, show_progress=shown)
+                 for kw, want in step_engines(step).items()}
+        if given:
             manifest["engine_start_s"] = round(time.perf_counter() - engine_t0, 2)
-        else:
-            engines.close()
-        summary = run(step.config, backend=backend, log=say, progress=progress_bar)
+            manifest["engine_starts"] = engines.starts - starts
+        summary = run(step.config, **{"backend": None, **given}, log=say, progress=progress_bar)
     except BaseException as e:
         manifest.update(status="failed", error=f"{type(e).__name__}: {e}",
                         seconds=round(time.perf_counter() - t0, 2))
@@ -352,14 +327,19 @@ def run_step(step: Step, inputs: dict[str, str | None], engines: EnginePool,
 def run_pipeline(pipeline: Pipeline, stages: list[Stage], *, from_: str | None = None,
                  only: str | None = None, echo: Echo = print,
                  log: Callable[[str], None] | None = None,
-                 load_backend: Callable[..., Any] | None = None) -> list[StepResult]:
+                 load_backend: Callable[..., Any] | None = None,
+                 engines: EnginePool | None = None) -> list[StepResult]:
     """Run what is not up to date (and what --from/--only force); returns what happened to
-    each step. Raises PipelineError, SelectionError or StageFailed."""
+    each step. Raises PipelineError, SelectionError or StageFailed. `engines` (else a new
+    pool loading with `load_backend`) starts and keeps the steps' inference engines."""
     steps = plan(pipeline, stages, echo)
     forced = select(steps, from_, only)
     needed = {key for s in steps if s.key in forced for key in s.used}
     manifests = {s.key: read_manifest(s.dir) or {} for s in steps}
-    engines = EnginePool(echo, load_backend)
+    engines = engines or EnginePool(echo, load_backend)
+    # the engines each step would run on (a step --from/--only leave out runs on none)
+    needs = [[engines.key(*want) for want in step_engines(s).values()]
+             if not forced or s.key in forced else [] for s in steps]
     results = []
     width = max(len(s.key) for s in steps)
     try:
@@ -387,6 +367,7 @@ def run_pipeline(pipeline: Pipeline, stages: list[Stage], *, from_: str | None =
             why = "forced by --from/--only" if step.key in forced and not reasons else "; ".join(reasons)
             echo(f"{tag}  running: {why}")
             _clear_if_changed(step, manifests[step.key], inputs)
+            engines.prepare(needs[n - 1], needs[n:], trains=not needs[n - 1])
             manifest = run_step(step, inputs, engines, log)
             manifests[step.key] = manifest
             brief = step.stage.brief(manifest["summary"] if isinstance(manifest["summary"], dict) else {})

@@ -86,6 +86,9 @@ class Stage:
     grows: tuple[str, ...] = ()
     # the inference engine the stage runs on, or None; passed to it as `backend=`
     engine: Callable[[Any], tuple[str | None, str | None, dict[str, Any]] | None] | None = None
+    # further engines it takes, by keyword (eval: reference_backend, judge_backend)
+    more_engines: Callable[[Any], dict[str, tuple[str | None, str | None, dict[str, Any]]]
+                           ] | None = None
     brief: Callable[[dict[str, Any]], str] = lambda s: ""  # one line from its summary
     # lines for the end of the run summary (eval: the report and its before/after table)
     final: Callable[[dict[str, Any], Path], list[str]] | None = None
@@ -423,11 +426,25 @@ def final_eval(s: dict[str, Any], stage_dir: Path) -> list[str]:
     return lines
 
 
+def _eval_engines(config: Any) -> dict[str, tuple[str | None, str | None, dict[str, Any]]]:
+    """The reference's engine (often the base model's, kept from generate and label) and a
+    judge's that is neither."""
+    backend, _, options = engine_of(config)
+    out = {}
+    if config.reference is not None:
+        out["reference_backend"] = (backend, config.reference, options)
+        if config.constitution and config.judge_model not in (None, config.reference):
+            out["judge_backend"] = (backend, config.judge_model, options)
+    return out
+
+
 EVAL = Stage(
     name="eval",
     config="cai.eval.policy:EvalPolicyConfig",
     run="cai.eval.policy:run_eval_policy",
     wire=_wire_eval,
+    engine=engine_of,
+    more_engines=_eval_engines,
     owned=("out", "report"),
     prompt_fields=("prompts", "harmful", "benign"),
     file_fields=("prompts", "harmful", "benign"),

@@ -8,29 +8,48 @@ import os
 from pathlib import Path
 
 
+def _cpu_probe(name: str) -> bool:
+    """torch.cpu's private feature probe `name` (absent or failing means no)."""
+    import torch
+
+    probe = getattr(torch.cpu, name, None)
+    try:
+        return bool(probe and probe())
+    except Exception:  # a private API
+        return False
+
+
 def cpu_has_bf16_matmul() -> bool:
     """True on CPUs with AMX tiles (Intel Sapphire Rapids and later), where oneDNN multiplies
     bf16 matrices several times faster than fp32 (bench/precision.py). avx512_bf16 alone only
     converts and dots faster; it is not enough to make autocast pay."""
-    import torch
-
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(probe and probe())
-    except Exception:  # a private API: absent or failing means no
-        return False
+    return _cpu_probe("_is_amx_tile_supported")
 
 
-def pick_mixed_precision(requested: str, cpu: bool = False) -> str:
-    """auto: bf16 on a CUDA GPU that supports it, and on a CPU with native bf16 matmul (AMX):
+def choose_mixed_precision(requested: str, cpu: bool = False) -> tuple[str, str]:
+    """(mixed precision, why), the why for people: "fp32: no AMX; avx512_bf16 absent".
+    auto: bf16 on a CUDA GPU that supports it, and on a CPU with native bf16 matmul (AMX):
     weights stay fp32, autocast runs the matmuls in bf16. Else fp32 ("no")."""
     if requested != "auto":
-        return requested
+        name = "fp32" if requested == "no" else requested
+        return requested, f"{name}: mixed_precision: {requested} in the config"
     import torch
 
     if not cpu and torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if cpu_has_bf16_matmul() else "no"
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "bf16: CUDA GPU with bf16"
+        return "no", "fp32: CUDA GPU without bf16"
+    if cpu_has_bf16_matmul():
+        return "bf16", "bf16: AMX (native bf16 matmul on this CPU)"
+    if _cpu_probe("_is_avx512_bf16_supported"):
+        # measured on an AMX machine with AMX unused (bench/precision.py)
+        return "no", "fp32: no AMX; avx512_bf16 alone measured slower than fp32"
+    return "no", "fp32: no AMX; avx512_bf16 absent"
+
+
+def pick_mixed_precision(requested: str, cpu: bool = False) -> str:
+    """The mixed precision of `choose_mixed_precision` (without the why)."""
+    return choose_mixed_precision(requested, cpu)[0]
 
 
 def allow_precision(mixed_precision: str, cpu: bool = False) -> None:

@@ -394,6 +394,7 @@ def _evaluate_and_say(config, models, prompts, iteration, log) -> dict:
 def _finish(config: PPOConfig, rd, models: PPOModels, record: dict) -> dict:
     """Save the policy and the value model as HF directories (LoRA merged unless
     merge_lora=False), write summary.json, and mark the run done."""
+    from cai.train.accel import choose_mixed_precision
     from cai.train.modeling import save_hf_model
 
     out, paths = Path(config.out), {}
@@ -407,7 +408,9 @@ def _finish(config: PPOConfig, rd, models: PPOModels, record: dict) -> dict:
                "rollout_dtype": str(models.engine.dtype or models.policy_model.dtype),
                "device": str(models.accelerator.device),
                "attn_implementation": models.policy_model.config._attn_implementation,
-               "mixed_precision": models.accelerator.mixed_precision, **paths}
+               "mixed_precision": models.accelerator.mixed_precision,
+               "precision": choose_mixed_precision(config.mixed_precision, cpu=config.cpu)[1],
+               **paths}
     atomic_write_json(out / SUMMARY, summary)
     rd.mark_done(summary)
     return summary

@@ -15,7 +15,7 @@ The pair metrics (accuracy, margin, ECE, calibration bins) are in `cai.stats`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 Messages = list[dict[str, str]]
 
@@ -52,8 +52,9 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int):
 
 
 def score_ids(model, sequences: Sequence[Sequence[int]], pad_id: int, *, batch_size: int = 16,
-              device=None) -> list[float]:
-    """Rewards of tokenised sequences (any order; batched by length to waste little padding)."""
+              device=None, on_batch: Callable[[int], None] | None = None) -> list[float]:
+    """Rewards of tokenised sequences (any order; batched by length to waste little padding).
+    `on_batch(n)` is called after each batch with its number of sequences (a progress bar)."""
     import torch
 
     device = device or next(model.parameters()).device
@@ -67,14 +68,17 @@ def score_ids(model, sequences: Sequence[Sequence[int]], pad_id: int, *, batch_s
                             use_cache=False).logits
             for i, r in zip(idx, rewards[:, 0].float().tolist()):
                 out[i] = r
+            if on_batch:
+                on_batch(len(idx))
     return out
 
 
 def score(model, tokenizer, items: Sequence[tuple[Messages, str]], *, max_length: int,
-          batch_size: int = 16) -> list[float]:
-    """Rewards of (prompt messages, response text) items."""
+          batch_size: int = 16, on_batch: Callable[[int], None] | None = None) -> list[float]:
+    """Rewards of (prompt messages, response text) items (`on_batch` as in `score_ids`)."""
     seqs = [encode_for_reward(tokenizer, p, r, max_length)[0] for p, r in items]
-    return score_ids(model, seqs, tokenizer.pad_token_id, batch_size=batch_size)
+    return score_ids(model, seqs, tokenizer.pad_token_id, batch_size=batch_size,
+                     on_batch=on_batch)
 
 
 # --------------------------------------------------------------------------- shared prompt
@@ -185,15 +189,18 @@ def per_position_scores(model, input_ids, attention_mask, position_ids=None):
 
 
 def score_pairs(model, chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]],
-                pad_id: int, *, batch_size: int = 16) -> tuple[list[float], list[float]]:
+                pad_id: int, *, batch_size: int = 16,
+                on_batch: Callable[[int], None] | None = None) -> tuple[list[float], list[float]]:
     """Rewards of tokenised (chosen, rejected) pairs, no gradients. Each pair's common prompt
     runs once (`pack_pairs`, batch_size // 2 pairs a batch, shortest first) where the model
-    takes it, else the sequences are scored one by one (`score_ids`)."""
+    takes it, else the sequences are scored one by one (`score_ids`). `on_batch(n)` is
+    called after each batch with the number of sequences it scored (2 per pair)."""
     import torch
 
     n = len(chosen)
     if takes_shared_prompt(model) is not None:
-        r = score_ids(model, list(chosen) + list(rejected), pad_id, batch_size=batch_size)
+        r = score_ids(model, list(chosen) + list(rejected), pad_id, batch_size=batch_size,
+                      on_batch=on_batch)
         return r[:n], r[n:]
     device = next(model.parameters()).device
     order = sorted(range(n), key=lambda i: len(chosen[i]) + len(rejected[i]))
@@ -207,6 +214,8 @@ def score_pairs(model, chosen: Sequence[Sequence[int]], rejected: Sequence[Seque
             rc, rr = token_rewards(model, batch)
             for i, c, r in zip(idx, rc.float().tolist(), rr.float().tolist()):
                 out_c[i], out_r[i] = c, r
+            if on_batch:
+                on_batch(2 * len(idx))
     return out_c, out_r
 
 

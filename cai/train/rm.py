@@ -128,7 +128,7 @@ def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] 
     Rerunning a finished run returns its summary without training again."""
     import torch
 
-    from cai.train.accel import make_accelerator, make_dataloader
+    from cai.train.accel import choose_mixed_precision, make_accelerator, make_dataloader
     from cai.train.checkpoint import RunDir
     from cai.train.losses import bradley_terry_loss
     from cai.train.loop import run_loop
@@ -216,6 +216,7 @@ def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] 
     summary = {
         "stage": "rm", "model": model_path, "out": str(run_dir.path),
         "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+        "precision": choose_mixed_precision(config.mixed_precision)[1],
         "attn_implementation": accelerator.unwrap_model(model).config._attn_implementation,
         "train_pairs": len(train), "eval_pairs": len(held), "rejected_pairs": len(rejects),
         "overlong": {"train": train_counts, "eval": eval_counts, "policy": config.overlong},

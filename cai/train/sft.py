@@ -133,7 +133,7 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
     directory is a HF model directory (`cai chat --model OUT`, vLLM)."""
     import torch
 
-    from cai.train.accel import make_accelerator, make_dataloader
+    from cai.train.accel import choose_mixed_precision, make_accelerator, make_dataloader
     from cai.train.checkpoint import RunDir
     from cai.train.data import read_conversations
     from cai.train.loop import run_loop
@@ -215,6 +215,7 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
     summary = {
         "stage": "sft", "model": model_path, "out": str(run_dir.path),
         "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+        "precision": choose_mixed_precision(config.mixed_precision)[1],
         "attn_implementation": model.config._attn_implementation,
         "train_conversations": len(train), "eval_conversations": len(held),
         "rejected_rows": len(rejects), "steps": result.state.global_step,

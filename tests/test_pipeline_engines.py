@@ -1,0 +1,173 @@
+"""One engine per model for the whole `cai run` (`cai.pipeline.engines.EnginePool`): started
+once, kept while a later step needs it and the next step's memory allows, closed when no
+later step needs it. Engines here are fakes that count starts and closes; memory is faked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from cai.pipeline import EnginePool, Stage, load_pipeline, run_pipeline
+
+GiB = 1 << 30
+EVENTS: list[str] = []
+
+
+class Engine:
+    def __init__(self, model):
+        self.model = model
+        EVENTS.append(f"start {model}")
+
+    def close(self):
+        EVENTS.append(f"close {self.model}")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    out: str
+    model: str | None = None
+    reference: str | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+def run(config, *, backend=None, reference_backend=None, log=None, progress=None):
+    EVENTS.append(f"{Path(config.out).name} on {getattr(backend, 'model', None)}"
+                  + (f" + {reference_backend.model}" if reference_backend else ""))
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    (Path(config.out) / "done").write_text("1")
+    return {}
+
+
+def stage(name, engine=True, reference=False):
+    return Stage(name=name, config=Config, run=run, wire=lambda w: {"out": str(w.dir)},
+                 engine=(lambda c: ("fake", c.model, {})) if engine else None,
+                 more_engines=((lambda c: {"reference_backend": ("fake", c.reference, {})})
+                               if reference else None))
+
+
+# the demo's shape: base model for generate and label, the SFT model for sample, the PPO
+# policy and the base model (reference) for eval; sft, rm and ppo train
+STAGES = [stage("generate"), stage("sft", engine=False), stage("sample"), stage("label"),
+          stage("rm", engine=False), stage("ppo", engine=False), stage("eval", reference=True)]
+PIPELINE = """\
+run: {{name: t, out: {out}}}
+generate: {{model: base}}
+sft: {{}}
+sample: {{model: sftmodel}}
+label: {{model: base}}
+rm: {{}}
+ppo: {{}}
+eval: {{model: policy, reference: base}}
+"""
+
+
+def go(tmp_path, free_gib: float, footprint_gib: float = 3) -> EnginePool:
+    path = tmp_path / "p.yaml"
+    path.write_text(PIPELINE.format(out=tmp_path / "run"))
+    pool = EnginePool(lambda m: None, lambda name, model, **o: Engine(model),
+                      footprint=lambda *a: int(footprint_gib * GiB),
+                      available=lambda: int(free_gib * GiB), train_reserve=8 * GiB)
+    EVENTS.clear()
+    run_pipeline(load_pipeline(path, [s.name for s in STAGES]), STAGES, echo=lambda m: None,
+                 engines=pool)
+    return pool
+
+
+def test_base_engine_serves_generate_label_and_eval_when_memory_allows(tmp_path):
+    pool = go(tmp_path, free_gib=20)
+    assert EVENTS == ["start base", "generate on base",
+                      "sft on None",  # trains beside the idle base engine: 20 GiB free
+                      "start sftmodel", "sample on sftmodel",
+                      "close sftmodel",  # no later step samples from it
+                      "label on base", "rm on None", "ppo on None",
+                      "start policy", "eval on policy + base",
+                      "close base", "close policy"]
+    assert (pool.starts, pool.reused) == (3, 2)  # 5 starts before: one per engine step + eval's two
+    for key in ("generate", "label", "eval"):
+        assert json.loads((tmp_path / "run" / key / "stage.json").read_text())["status"] == "done"
+    manifest = json.loads((tmp_path / "run" / "eval" / "stage.json").read_text())
+    assert manifest["engine_starts"] == 1  # the policy; the reference was running
+
+
+def test_tight_memory_closes_the_idle_engine_for_training_and_new_engines(tmp_path):
+    # 6 GiB free: under the 8 GiB a training step claims, over the 3 GiB of a new engine
+    go(tmp_path, free_gib=6)
+    assert EVENTS == ["start base", "generate on base",
+                      "close base", "sft on None",  # 6 GiB free < 8 to train
+                      "start sftmodel", "sample on sftmodel", "close sftmodel",
+                      "start base", "label on base",
+                      "close base", "rm on None", "ppo on None",
+                      "start policy", "start base", "eval on policy + base",
+                      "close policy", "close base"]
+
+
+def test_an_idle_engine_is_closed_when_a_new_one_would_not_fit(tmp_path):
+    # 9 GiB free: training fits beside the idle engine (>= 8), a 10 GiB engine does not
+    go(tmp_path, free_gib=9, footprint_gib=10)
+    assert EVENTS[:7] == ["start base", "generate on base", "sft on None",
+                          "close base",  # sample's 10 GiB engine does not fit beside it
+                          "start sftmodel", "sample on sftmodel", "close sftmodel"]
+
+
+def test_model_spellings_of_the_default_model_share_one_engine():
+    from cai.models import DEFAULT_MODEL, models_dir
+    from cai.pipeline.engines import model_key
+
+    assert model_key(None) == model_key(DEFAULT_MODEL) == model_key(str(models_dir() / DEFAULT_MODEL))
+    assert model_key("out/ppo/policy") != model_key(None)
+
+
+def test_eval_takes_the_policy_reference_and_judge_engines(tmp_path):
+    from cai.eval.policy import EvalPolicyConfig
+    from cai.pipeline.runner import Step, step_engines
+    from cai.pipeline.stages import EVAL
+
+    def engines(**kw):
+        config = EvalPolicyConfig(out=str(tmp_path), model="pol", backend="vllm",
+                                  backend_options={"gpu_memory_utilization": 0.3}, **kw)
+        return step_engines(Step(key="eval", stage=EVAL, round=None, dir=tmp_path,
+                                 config=config, config_hash="", used=[]))
+
+    opts = {"gpu_memory_utilization": 0.3}
+    assert engines(reference="base") == {"backend": ("vllm", "pol", opts),
+                                         "reference_backend": ("vllm", "base", opts)}
+    assert engines(reference="base", judge_model="judge")["judge_backend"] == ("vllm", "judge", opts)
+    assert "judge_backend" not in engines(reference="base", judge_model="judge", constitution="none")
+    assert engines() == {"backend": ("vllm", "pol", opts)}  # no reference: the policy alone
+
+
+def test_cai_run_eval_reuses_generates_engine_for_policy_and_reference(tmp_path, tiny_model_dir):
+    """The real generate and eval stages (transformers backend, tiny random model): eval's
+    policy and reference are the base model, so the engine generate started serves both."""
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+    from cai.pipeline.manifest import read_manifest
+
+    prompts = Path(__file__).resolve().parent.parent / "pipelines" / "prompts"
+    path = tmp_path / "p.yaml"
+    path.write_text(f"""\
+run: {{name: t, out: {tmp_path / 'run'}, model: {tiny_model_dir}, backend: transformers}}
+prompts:
+  train: [{{file: {prompts / 'red_team_train.jsonl'}, limit: 2}}]
+generate: {{prompts: train, max_tokens: 4, few_shot: false}}
+eval:
+  model: {tiny_model_dir}
+  reference: {tiny_model_dir}
+  harmful: [{prompts / 'red_team_eval.jsonl'}]
+  benign: [{prompts / 'helpful_eval.jsonl'}]
+  limit: 1
+  max_tokens: 4
+  constitution: none
+""")
+    r = CliRunner().invoke(app, ["run", str(path)])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("starting the transformers engine") == 1
+    assert "reusing the transformers engine" in r.output
+    m = read_manifest(tmp_path / "run" / "eval")
+    assert m["status"] == "done" and m["engine_starts"] == 0
+    assert m["summary"]["kl"]["mean"] == 0.0  # the same weights on both sides
+    assert "policy_load_s" not in m["summary"]["timings"]  # eval loaded no model itself
