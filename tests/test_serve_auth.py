@@ -13,7 +13,7 @@ from cai.backends import BackendError, SamplingConfig
 from cai.cli import app
 from cai.config import ConfigError
 from cai.serve import build_app, check_bind, is_loopback
-from tests.test_openai_backend import Server, client, free_port
+from test_openai_backend import Server, client, free_port
 
 KEY = "s3cret-key"
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
