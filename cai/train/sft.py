@@ -133,7 +133,7 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
     directory is a HF model directory (`cai chat --model OUT`, vLLM)."""
     import torch
 
-    from cai.train.accel import make_accelerator, make_dataloader
+    from cai.train.accel import main_process_only, make_accelerator, make_dataloader
     from cai.train.checkpoint import RunDir
     from cai.train.data import read_conversations
     from cai.train.loop import run_loop
@@ -146,6 +146,8 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
         log(f"{config.out}: already finished; nothing to do")
         return finished
     t0 = time.perf_counter()
+    accelerator = make_accelerator(config, run_dir.path)
+    log = main_process_only(accelerator, log)
     model_path = resolve_training_model(config.model)
     tokenizer = load_tokenizer(model_path)
     convs, rejects = [], []
@@ -162,8 +164,10 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
         raise DataError(f"{', '.join(config.data)}: no usable conversations"
                         + (f" ({len(rejects)} rejected; first: {rejects[0].location}: "
                            f"{rejects[0].reason})" if rejects else ""))
-    run_dir.start(config)
-    write_rejects(rejects, run_dir.path / REJECTS_FILE)
+    run_dir.start(config, write=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        write_rejects(rejects, run_dir.path / REJECTS_FILE)
+    accelerator.wait_for_everyone()
     if rejects:
         log(f"rejected {len(rejects)} rows; listed in {run_dir.path / REJECTS_FILE}")
         for r in rejects[:3]:
@@ -175,7 +179,6 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
                         f"{config.max_length} with an assistant token left")
     log(f"sft: {len(train)} conversations, {len(held)} held out")
 
-    accelerator = make_accelerator(config, run_dir.path)
     attn = pick_attn_implementation(config.attn_implementation, model_path,
                                     on_cpu=accelerator.device.type == "cpu", rows=config.batch_size,
                                     max_len=max(len(x["input_ids"]) for x in train + held))
@@ -189,10 +192,16 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
                              shuffle=True, seed=config.seed)
 
     def compute_loss(model, batch):
-        # transformers' causal-LM loss: shifted, mean over the tokens whose label is not -100
+        # transformers' causal-LM loss: shifted, summed over the tokens whose label is not -100
+        # and divided by that count over all ranks; DDP averages gradients over the ranks, so
+        # scaling by their number gives the mean over the global batch's tokens, as one process
+        tokens = (batch["labels"][:, 1:] != -100).sum()
+        if accelerator.num_processes > 1:
+            tokens = accelerator.reduce(tokens, "sum")
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    labels=batch["labels"], use_cache=False)
-        return out.loss, {}
+                    labels=batch["labels"], use_cache=False,
+                    num_items_in_batch=tokens.clamp(min=1))
+        return out.loss * accelerator.num_processes, {}
 
     def evaluate(model):
         total_loss, total_tokens = 0.0, 0
@@ -215,7 +224,7 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
     summary = {
         "stage": "sft", "model": model_path, "out": str(run_dir.path),
         "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
-        "attn_implementation": model.config._attn_implementation,
+        "attn_implementation": accelerator.unwrap_model(model).config._attn_implementation,
         "train_conversations": len(train), "eval_conversations": len(held),
         "rejected_rows": len(rejects), "steps": result.state.global_step,
         "epochs": config.epochs, "trainable_parameters": trainable, "parameters": total,
