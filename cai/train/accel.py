@@ -85,11 +85,19 @@ def make_accelerator(config, out: str | os.PathLike):
 
     set_seed(config.seed)
     project = ProjectConfiguration(project_dir=str(out), logging_dir=str(Path(out) / "tensorboard"))
+    from cai.train.strategy import make_plugin
+
     cpu = launched_on_cpu()
+    import torch
+
+    plugin = make_plugin(getattr(config, "strategy", "ddp"), grad_accum=config.grad_accum,
+                         max_grad_norm=config.max_grad_norm,
+                         on_cpu=cpu or not torch.cuda.is_available())
     precision = pick_mixed_precision(config.mixed_precision, cpu=cpu)
     allow_precision(precision, cpu=cpu)
     return Accelerator(
         cpu=cpu,
+        **plugin,
         mixed_precision=precision,
         gradient_accumulation_steps=config.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
