@@ -137,6 +137,10 @@ def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] 
                                     resolve_training_model, save_hf_model, trainable_parameters)
     from cai.train.data import load_preferences
 
+    if config.workers:
+        from cai.train.config import run_on_workers
+
+        return run_on_workers(config, run_rm, log)
     run_dir = RunDir(config.out)
     if (finished := run_dir.finished(config)) is not None:
         log(f"{config.out}: already finished; nothing to do")

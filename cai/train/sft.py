@@ -141,6 +141,10 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
                                     load_tokenizer, pick_attn_implementation,
                                     resolve_training_model, save_hf_model, trainable_parameters)
 
+    if config.workers:
+        from cai.train.config import run_on_workers
+
+        return run_on_workers(config, run_sft, log)
     run_dir = RunDir(config.out)
     if (finished := run_dir.finished(config)) is not None:
         log(f"{config.out}: already finished; nothing to do")
