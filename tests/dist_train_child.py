@@ -2,7 +2,8 @@
 test_train_distributed.py: each job of the spec (a stage, its config, and optionally a step at
 whose start rank 0 SIGKILLs itself) runs on every rank. Before the final model is saved each
 rank writes a digest of its parameters to `digest_dir/rank-R.json`, so the test can check that
-the ranks ended with the same weights."""
+the ranks ended with the same weights. A `ppo_statistics` job computes PPO's statistics on
+each rank's share of fixed rollouts over gloo (tests/ppo_fixed_rollouts.py)."""
 
 from __future__ import annotations
 
@@ -44,12 +45,32 @@ def kill_rank0_at(step_to_die: int | None):
     return before_step
 
 
+def ppo_statistics_on_gloo(out: Path) -> None:
+    """PPO's statistics on this rank's share of the fixed rollouts, summed over the ranks by
+    the same all-reduce run_ppo uses (cai.train.ppo.sum_over_ranks)."""
+    import torch
+    from accelerate import Accelerator
+    from ppo_fixed_rollouts import fixed_rollouts, ppo_statistics, shard
+
+    from cai.train.accel import launched_on_cpu
+    from cai.train.ppo import sum_over_ranks
+
+    acc = Accelerator(cpu=launched_on_cpu(), mixed_precision="no")
+    stats = ppo_statistics(shard(fixed_rollouts(), acc.process_index, acc.num_processes),
+                           sum_over_ranks(acc))
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(stats, out / f"rank-{acc.process_index}.pt")
+
+
 def main(spec_path: str) -> None:
     from cai.train.rm import RMConfig, run_rm
     from cai.train.sft import SFTConfig, run_sft
 
     stages = {"sft": (SFTConfig, run_sft), "rm": (RMConfig, run_rm)}
     for job in json.loads(Path(spec_path).read_text()):
+        if job["stage"] == "ppo_statistics":
+            ppo_statistics_on_gloo(Path(job["out"]))
+            continue
         cls, run = stages[job["stage"]]
         record_digests(Path(job["config"]["out"]) / "digests")
         run(cls(**job["config"]), before_step=kill_rank0_at(job.get("kill_at")))

@@ -53,12 +53,13 @@ def runs(tiny_model_dir, tmp_path_factory):
     one = {"sft": run_sft(SFTConfig(**sft, out=str(where / "sft-1"), batch_size=GLOBAL_BATCH)),
            "rm": run_rm(RMConfig(**rm, out=str(where / "rm-1"), batch_size=GLOBAL_BATCH))}
     half = GLOBAL_BATCH // 2
-    jobs = [{"stage": "sft", "config": dict(sft, out=str(where / "sft-2"), batch_size=half)},
+    jobs = [{"stage": "ppo_statistics", "out": str(where / "ppo-stats")},
+            {"stage": "sft", "config": dict(sft, out=str(where / "sft-2"), batch_size=half)},
             {"stage": "rm", "config": dict(rm, out=str(where / "rm-2"), batch_size=half)},
             {"stage": "sft", "kill_at": 3,
              "config": dict(sft, out=str(where / "sft-cut"), batch_size=half)}]
     first = torchrun(jobs, where)
-    resumed = torchrun([{"stage": "sft", "config": dict(jobs[2]["config"], resume=True)}], where)
+    resumed = torchrun([{"stage": "sft", "config": dict(jobs[-1]["config"], resume=True)}], where)
     return {"where": where, "one": one, "first": first, "resumed": resumed}
 
 
@@ -78,6 +79,15 @@ def test_two_ranks_follow_one_process_step_by_step(runs):
         assert len(digests) == 1
     # rank 0 alone logs: each line once
     assert first.stderr.count("sft: 32 conversations, 0 held out") == 2  # the two sft jobs
+
+
+def test_ppo_statistics_on_two_gloo_ranks_equal_one_process(runs):
+    import torch
+    from ppo_fixed_rollouts import fixed_rollouts, ppo_statistics
+    from test_ppo_distributed import assert_same_as_one_process
+
+    ranks = [torch.load(runs["where"] / "ppo-stats" / f"rank-{r}.pt") for r in (0, 1)]
+    assert_same_as_one_process(ranks, ppo_statistics(fixed_rollouts()))
 
 
 def test_sigkill_and_resume_on_two_ranks_continue_the_uninterrupted_run(runs):
