@@ -45,10 +45,10 @@ def runs(tiny_model_dir, tmp_path_factory):
     """Single-process references here; two-rank runs (complete, and killed at step 3) in one
     torchrun; then the killed run resumed in a second."""
     where = tmp_path_factory.mktemp("dist")
-    sft_data = write_sft_parquet(where / "sft-data", conversations(32))
+    sft_data = write_sft_parquet(where / "sft-data", conversations(40))
     rm_data = write_marker_pairs(where / "pairs.jsonl", 32)
     base = dict(COMMON, model=str(tiny_model_dir))
-    sft = dict(base, data=[str(sft_data)])
+    sft = dict(base, data=[str(sft_data)], eval_fraction=0.2)  # 8 held out, 32 to train on
     rm = dict(base, data=[str(rm_data)])
     one = {"sft": run_sft(SFTConfig(**sft, out=str(where / "sft-1"), batch_size=GLOBAL_BATCH)),
            "rm": run_rm(RMConfig(**rm, out=str(where / "rm-1"), batch_size=GLOBAL_BATCH))}
@@ -77,8 +77,13 @@ def test_two_ranks_follow_one_process_step_by_step(runs):
         digests = {json.loads((where / f"{stage}-2" / "digests" / f"rank-{r}.json").read_text())
                    ["digest"] for r in (0, 1)}
         assert len(digests) == 1
+    # the held-out loss: each rank scored half of the 8 conversations, the sums all-reduced
+    one_eval, two_eval = runs["one"]["sft"]["eval"], json.loads(
+        (where / "sft-2" / "DONE").read_text())["eval"]
+    assert one_eval["tokens"] == two_eval["tokens"] > 0
+    assert two_eval["loss"] == pytest.approx(one_eval["loss"], abs=1e-5)
     # rank 0 alone logs: each line once
-    assert first.stderr.count("sft: 32 conversations, 0 held out") == 2  # the two sft jobs
+    assert first.stderr.count("sft: 32 conversations, 8 held out") == 2  # the two sft jobs
 
 
 def test_ppo_statistics_on_two_gloo_ranks_equal_one_process(runs):

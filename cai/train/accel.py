@@ -77,19 +77,20 @@ def launched_on_cpu() -> bool:
 
 
 def make_accelerator(config, out: str | os.PathLike):
-    """An Accelerator for `config` (a TrainingConfig). The DataLoader sampler is replaced by
-    accelerate's seedable one, so epoch e always sees the same order (seed + e), which is
-    what lets a resumed run skip exactly the batches it already saw."""
+    """An Accelerator for `config` (a TrainingConfig), with its strategy's plugin
+    (cai.train.strategy) and gloo when several processes run on the CPU. The DataLoader
+    sampler is replaced by accelerate's seedable one, so epoch e always sees the same order
+    (seed + e), which is what lets a resumed run skip exactly the batches it already saw."""
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
-    set_seed(config.seed)
-    project = ProjectConfiguration(project_dir=str(out), logging_dir=str(Path(out) / "tensorboard"))
     from cai.train.strategy import make_plugin
 
+    set_seed(config.seed)
+    project = ProjectConfiguration(project_dir=str(out), logging_dir=str(Path(out) / "tensorboard"))
     cpu = launched_on_cpu()
-    import torch
-
+    # the sharded strategies are refused before a model loads when there is no GPU
     plugin = make_plugin(getattr(config, "strategy", "ddp"), grad_accum=config.grad_accum,
                          max_grad_norm=config.max_grad_norm,
                          on_cpu=cpu or not torch.cuda.is_available())

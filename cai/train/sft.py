@@ -208,16 +208,23 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
         return out.loss * accelerator.num_processes, {}
 
     def evaluate(model):
+        # each rank scores every num_processes-th conversation; the sums are all-reduced
+        mine = held[accelerator.process_index::accelerator.num_processes]
         total_loss, total_tokens = 0.0, 0
         with torch.no_grad():
-            for start in range(0, len(held), config.eval_batch_size):
-                batch = collate(held[start:start + config.eval_batch_size])
+            for start in range(0, len(mine), config.eval_batch_size):
+                batch = collate(mine[start:start + config.eval_batch_size])
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 n = int((batch["labels"][:, 1:] != -100).sum())
                 loss = model(**batch, use_cache=False).loss
                 total_loss += loss.item() * n
                 total_tokens += n
-        return {"loss": total_loss / max(total_tokens, 1), "tokens": total_tokens}
+        sums = torch.tensor([total_loss, total_tokens], dtype=torch.float64,
+                            device=accelerator.device)
+        if accelerator.num_processes > 1:
+            sums = accelerator.reduce(sums, "sum")
+        loss_sum, tokens = sums.tolist()
+        return {"loss": loss_sum / max(tokens, 1), "tokens": int(tokens)}
 
     result, model = run_loop(
         config, accelerator=accelerator, run_dir=run_dir, model=model, train_loader=loader,
