@@ -96,3 +96,15 @@ def test_strategy_is_a_config_key_and_a_flag(tmp_path):
     result = CliRunner().invoke(app, ["train", "rm", "--help"])
     assert "--strategy" in result.output
     assert set(STRATEGIES) == {"ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"}
+
+
+def test_ppo_refuses_what_it_cannot_yet_do_on_many_ranks(monkeypatch, tmp_path):
+    from cai.train.ppo_config import PPOConfig
+    from cai.train.ppo_setup import make_accelerator
+
+    base = dict(out=str(tmp_path / "ppo"), prompts="p.jsonl", reward="r.py:f", progress=False)
+    with pytest.raises(ConfigError, match="strategy fsdp2: cai train ppo runs one process"):
+        make_accelerator(PPOConfig(**base, strategy="fsdp2"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"runs in one process for now \(WORLD_SIZE=2\)"):
+        make_accelerator(PPOConfig(**base))
