@@ -102,7 +102,8 @@ def test_ppo_refuses_what_it_cannot_yet_do_on_many_ranks(monkeypatch, tmp_path):
     from cai.train.ppo_config import PPOConfig
     from cai.train.ppo_setup import make_accelerator
 
-    base = dict(out=str(tmp_path / "ppo"), prompts="p.jsonl", reward="r.py:f", progress=False)
+    base = dict(out=str(tmp_path / "ppo"), model="m", prompts="p.jsonl", reward="r.py:f",
+                progress=False)
     with pytest.raises(ConfigError, match="strategy fsdp2: cai train ppo runs one process"):
         make_accelerator(PPOConfig(**base, strategy="fsdp2"))
     monkeypatch.setenv("WORLD_SIZE", "2")
