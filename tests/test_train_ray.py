@@ -10,11 +10,12 @@ from test_train_sft import conversations, write_sft_parquet
 
 from cai.train.sft import SFTConfig, run_sft
 
-pytest.importorskip("ray.train")
+
 
 
 @pytest.fixture(scope="module")
 def two_node_cluster():
+    pytest.importorskip("ray.train")
     import ray
     from ray.cluster_utils import Cluster
 
@@ -52,3 +53,15 @@ def test_sft_on_two_ray_train_workers_on_two_nodes(two_node_cluster, tiny_model_
 def test_ray_settings_need_workers():
     with pytest.raises(ValueError, match="without workers"):
         SFTConfig(out="o", data=["d"], ray="127.0.0.1:6379")
+
+
+def test_workers_in_a_pipeline_training_section(tmp_path):
+    from cai.config import load_section
+    from cai.train.rm import RMConfig
+
+    spec = tmp_path / "p.yaml"
+    spec.write_text("rm:\n  data: pairs.jsonl\n  out: o\n  workers: 4\n  gpus_per_worker: 1\n"
+                    "  strategy: deepspeed_zero2\n")
+    cfg = load_section(spec, "rm", RMConfig, {"ray": "10.0.0.1:6379"})
+    assert (cfg.workers, cfg.gpus_per_worker, cfg.ray, cfg.strategy) == (
+        4, 1.0, "10.0.0.1:6379", "deepspeed_zero2")
