@@ -11,8 +11,6 @@ from test_train_sft import conversations, write_sft_parquet
 from cai.train.sft import SFTConfig, run_sft
 
 
-
-
 @pytest.fixture(scope="module")
 def two_node_cluster():
     pytest.importorskip("ray.train")
