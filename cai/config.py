@@ -180,6 +180,10 @@ class TrainConfig(StageConfig):
         "auto", description="attention kernel. auto: eager on a CPU when its saved attention "
                             "weights stay under 2 GiB (its backward beats SDPA's there), else "
                             "the model's default")
+    strategy: Literal["ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "ddp", description="how several processes share the work (cai.train.strategy): ddp "
+                           "(CPU or GPU); fsdp2 / deepspeed_zero2 / deepspeed_zero3 shard the "
+                           "model over GPUs")
     save_every: int | None = Field(100, ge=1, description="optimizer steps (PPO: iterations) "
                                                           "between checkpoints")
     keep_checkpoints: int = Field(1, ge=1, description="checkpoints kept while training")

@@ -145,3 +145,58 @@ def test_ppo_with_lora_runs_on_the_gpu_and_resumes_the_same_curve(tmp_path, excl
         for key, value in train[it].items():
             if not key.startswith("time/"):
                 assert again[it][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (it, key)
+
+
+def _torchrun_sft(tmp_path, tiny_model_dir, strategy: str) -> Path:
+    """SFT with `strategy` in one torchrun process on the GPU (FSDP2 and DeepSpeed need a
+    process group even on one GPU); returns the output directory."""
+    data = write_sft_parquet(tmp_path / "sft", conversations(32))
+    out = tmp_path / strategy
+    config = dict(model=str(tiny_model_dir), data=[str(data)], out=str(out), lr=1e-3,
+                  batch_size=8, epochs=2, log_every=1, save_every=4, eval_fraction=0.0,
+                  progress=False, mixed_precision="bf16", strategy=strategy)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps([{"stage": "sft", "config": config}]))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=1",
+                           str(Path(__file__).with_name("dist_train_child.py")), str(spec)],
+                          env=child_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+def _assert_trained_and_loads(out: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert (out / "DONE").is_file()
+    AutoModelForCausalLM.from_pretrained(out)  # the gathered HF directory is whole
+
+
+def test_fsdp2_sft_on_one_gpu(tiny_model_dir, tmp_path):
+    _assert_trained_and_loads(_torchrun_sft(tmp_path, tiny_model_dir, "fsdp2"))
+
+
+def test_deepspeed_zero2_sft_on_one_gpu(tiny_model_dir, tmp_path):
+    pytest.importorskip("deepspeed")
+    _assert_trained_and_loads(_torchrun_sft(tmp_path, tiny_model_dir, "deepspeed_zero2"))
+
+
+def test_ddp_sft_on_one_ray_train_gpu_worker(tiny_model_dir, tmp_path):
+    pytest.importorskip("ray.train")
+    import ray
+
+    from cai.train.sft import SFTConfig, run_sft
+
+    data = write_sft_parquet(tmp_path / "sft", conversations(16))
+    try:
+        summary = run_sft(SFTConfig(model=str(tiny_model_dir), data=[str(data)],
+                                    out=str(tmp_path / "ray"), lr=1e-3, batch_size=8,
+                                    log_every=1, save_every=None, eval_fraction=0.0,
+                                    progress=False, workers=1, gpus_per_worker=1))
+    finally:
+        ray.shutdown()
+    assert summary["device"].startswith("cuda") and summary["steps"] == 2
+    assert len(summary["workers"]) == 1

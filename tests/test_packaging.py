@@ -40,7 +40,15 @@ def test_wheel_lists_the_shipped_constitutions_and_dependencies(wheel):
     meta = Parser().parsestr(zipfile.ZipFile(wheel).read(meta_name).decode())
     requires = {r.split(";")[0].split(">")[0].split("=")[0].strip() for r in meta.get_all("Requires-Dist")}
     assert {"peft", "tensorboard", "matplotlib"} <= requires
-    assert meta.get_all("Provides-Extra") == ["dev"]
+    # Ray and DeepSpeed are optional extras, never base dependencies
+    assert sorted(meta.get_all("Provides-Extra")) == ["deepspeed", "dev", "ray"]
+    assert not {"ray", "deepspeed"} & requires_base(meta)
+
+
+def requires_base(meta) -> set[str]:
+    """The Requires-Dist names outside any extra."""
+    return {r.split(";")[0].split(">")[0].split("=")[0].split("[")[0].strip()
+            for r in meta.get_all("Requires-Dist") if "extra ==" not in r}
 
 
 def test_cai_from_the_unpacked_wheel_finds_them(wheel, tmp_path):

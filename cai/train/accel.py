@@ -79,24 +79,56 @@ def allow_precision(mixed_precision: str, cpu: bool = False) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
+def launched_on_cpu() -> bool:
+    """A run asked for the CPU (ACCELERATE_USE_CPU, as `accelerate launch --cpu` sets), or
+    started by a launcher (torchrun, Ray Train: WORLD_SIZE > 1) on a machine without a CUDA
+    GPU. accelerate sets up gloo for several CPU processes only when told the run is on the
+    CPU; without it each rank would train alone."""
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def make_accelerator(config, out: str | os.PathLike):
-    """An Accelerator for `config` (a TrainingConfig). The DataLoader sampler is replaced by
-    accelerate's seedable one, so epoch e always sees the same order (seed + e), which is
-    what lets a resumed run skip exactly the batches it already saw."""
+    """An Accelerator for `config` (a TrainingConfig), with its strategy's plugin
+    (cai.train.strategy) and gloo when several processes run on the CPU. The DataLoader
+    sampler is replaced by accelerate's seedable one, so epoch e always sees the same order
+    (seed + e), which is what lets a resumed run skip exactly the batches it already saw."""
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
+    from cai.train.strategy import make_plugin
+
     set_seed(config.seed)
     project = ProjectConfiguration(project_dir=str(out), logging_dir=str(Path(out) / "tensorboard"))
-    precision = pick_mixed_precision(config.mixed_precision)
-    allow_precision(precision)
+    cpu = launched_on_cpu()
+    # the sharded strategies are refused before a model loads when there is no GPU
+    plugin = make_plugin(getattr(config, "strategy", "ddp"), grad_accum=config.grad_accum,
+                         max_grad_norm=config.max_grad_norm,
+                         on_cpu=cpu or not torch.cuda.is_available())
+    precision = pick_mixed_precision(config.mixed_precision, cpu=cpu)
+    allow_precision(precision, cpu=cpu)
     return Accelerator(
+        cpu=cpu,
+        **plugin,
         mixed_precision=precision,
         gradient_accumulation_steps=config.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         project_config=project,
         log_with="tensorboard",
     )
+
+
+def main_process_only(accelerator, log):
+    """`log` on the main process; a no-op on the others, so N ranks print each line once."""
+    return log if accelerator.is_main_process else (lambda *_a, **_k: None)
 
 
 def make_dataloader(dataset, *, batch_size: int, collate_fn, shuffle: bool, seed: int):

@@ -99,8 +99,9 @@ class RunDir:
                               + "; ".join(changes)
                               + ". Use the same settings, or another output directory.")
 
-    def start(self, config: BaseModel) -> None:
-        """Prepare `out` for a fresh run or a resume (call unless `is_done()`)."""
+    def start(self, config: BaseModel, *, write: bool = True) -> None:
+        """Prepare `out` for a fresh run or a resume (call unless `is_done()`). Every rank of a
+        distributed run checks; only the main one writes (`write`)."""
         ckpt = self.latest_checkpoint()
         if ckpt is not None and not getattr(config, "resume", False):
             raise ConfigError(f"{self.path} holds an unfinished run (last checkpoint "
@@ -110,6 +111,8 @@ class RunDir:
             self.check_config(config)
         elif self.saved_config() is not None and ckpt is None:
             pass  # a run that died before its first checkpoint: start over
+        if not write:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path / self.config_file, config.model_dump(mode="json"))
 

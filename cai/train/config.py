@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 # One ConfigError for every stage; a resume against a different config raises it too.
 from cai.config import ConfigError, TrainConfig, load_section
@@ -42,6 +42,19 @@ class TrainingConfig(TrainConfig):
                                                            "(always once at the end)")
     keep_checkpoints_when_done: bool = Field(False, description="else removed once the model "
                                                                 "is saved")
+    # Ray Train (cai.cluster.train): the same run on `workers` workers of a Ray cluster
+    workers: int | None = Field(None, ge=1, description="Ray Train workers (None: this process, "
+                                                        "or the ranks torchrun/accelerate start)")
+    ray: str | None = Field(None, description="Ray cluster address for `workers` (None: a local "
+                                              "Ray on this machine)")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs each Ray Train worker reserves")
+
+    @model_validator(mode="after")
+    def _ray_needs_workers(self):
+        if self.workers is None and (self.ray is not None or self.gpus_per_worker):
+            raise ValueError("ray / gpus_per_worker set without workers: N (the number of "
+                             "Ray Train workers)")
+        return self
 
     @field_validator("data", mode="before")
     @classmethod
@@ -50,7 +63,7 @@ class TrainingConfig(TrainConfig):
 
 
 # Changing these between an interrupted run and its resume is allowed.
-RUN_ONLY_FIELDS = frozenset({"out", "resume", "progress", "log_every", "eval_every",
+RUN_ONLY_FIELDS = frozenset({"out", "resume", "progress", "log_every", "eval_every", "ray",
                              "save_every", "keep_checkpoints", "keep_checkpoints_when_done"})
 
 
@@ -77,5 +90,15 @@ def config_changes(saved: dict[str, Any], current: BaseModel) -> list[str]:
                                                 type(current).model_fields, RUN_ONLY_FIELDS)]
 
 
+def run_on_workers(config: TrainingConfig, run, log) -> dict[str, Any]:
+    """`run(config)` on `config.workers` Ray Train workers; each runs it without `workers`."""
+    from cai.cluster.train import run_on_ray_train
+
+    return run_on_ray_train(config.model_copy(update={"workers": None, "ray": None,
+                                                      "gpus_per_worker": 0}), run,
+                            address=config.ray, workers=config.workers,
+                            gpus_per_worker=config.gpus_per_worker, log=log)
+
+
 __all__ = ["ConfigError", "RUN_ONLY_FIELDS", "TrainingConfig", "changed_fields", "config_changes",
-           "load_section"]
+           "load_section", "run_on_workers"]

@@ -74,7 +74,8 @@ def run_loop(
     Returns the result and the prepared model."""
     from accelerate import skip_first_batches
 
-    num_steps = total_steps(config, len(train_loader))
+    # each process sees every num_processes-th batch (accelerate pads the last round evenly)
+    num_steps = total_steps(config, math.ceil(len(train_loader) / accelerator.num_processes))
     optimizer, scheduler = make_optimizer_and_scheduler(config, model, num_steps,
                                                         accelerator.num_processes)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer,
@@ -89,7 +90,7 @@ def run_loop(
                          resume_step=state.global_step if last_ckpt else None,
                          run_name=desc.replace(" ", "_"))
     progress = Progress(num_steps, state.global_step,
-                        enabled=config.progress and accelerator.is_local_main_process, desc=desc,
+                        enabled=config.progress and accelerator.is_main_process, desc=desc,
                         make=progress)
     result = LoopResult(state=state, train_seconds=0.0)
     window: dict[str, list[float]] = {}
@@ -120,12 +121,12 @@ def run_loop(
                 n_tok = count_tokens(batch)
                 step_tokens += n_tok
                 state.samples_seen += count_samples(batch) * accelerator.num_processes
-                loss_value = accelerator.reduce(loss.detach().float(), "mean").item()
+                values = reduce_mean(accelerator, {"loss": loss.detach().float(), **extra})
+                loss_value = values["loss"]
                 check_finite("loss", loss_value, step=state.global_step + 1,
                              last_checkpoint=run_dir.latest_checkpoint())
-                window.setdefault("loss", []).append(loss_value)
-                for k, v in extra.items():
-                    window.setdefault(k, []).append(float(v))
+                for k, v in values.items():
+                    window.setdefault(k, []).append(v)
                 if not accelerator.sync_gradients:
                     continue
                 # one optimizer step done
@@ -177,6 +178,18 @@ def run_loop(
     return result, model
 
 
+def reduce_mean(accelerator, values: dict[str, Any]) -> dict[str, float]:
+    """The mean of each metric over the processes, in one all-reduce (every rank gets it)."""
+    import torch
+
+    if accelerator.num_processes == 1:
+        return {k: float(v) for k, v in values.items()}
+    local = torch.tensor([float(v) for v in values.values()], dtype=torch.float64,
+                         device=accelerator.device)
+    mean = accelerator.reduce(local, "mean").tolist()
+    return dict(zip(values, mean))
+
+
 def _evaluate(model, evaluate):
     model.eval()
     try:
@@ -185,4 +198,5 @@ def _evaluate(model, evaluate):
         model.train()
 
 
-__all__ = ["LoopResult", "adamw", "make_optimizer_and_scheduler", "run_loop", "total_steps"]
+__all__ = ["LoopResult", "adamw", "make_optimizer_and_scheduler", "reduce_mean", "run_loop",
+           "total_steps"]

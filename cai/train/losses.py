@@ -6,6 +6,8 @@ Only torch is imported here, so each function can be checked against numbers wor
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 
 # ---------------------------------------------------------------------------------------------
@@ -27,22 +29,53 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return masked_sum(values, mask, dim) / count.clamp(min=1.0)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance over the masked-in positions (all dims). `unbiased` divides by n - 1, as
-    torch.var does by default."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+# Data-parallel PPO: each rank holds a share of the batch. `reduce_sum` (a sum over the ranks,
+# e.g. `lambda t: accelerator.reduce(t, "sum")`; None for one process) makes a statistic global,
+# so N ranks whiten, normalise and average exactly as one process with the whole batch.
+ReduceSum = Optional[Callable[[torch.Tensor], torch.Tensor]]
+
+
+def global_masked_mean(values: torch.Tensor, mask: torch.Tensor,
+                       reduce_sum: ReduceSum = None) -> torch.Tensor:
+    """masked_mean over the masked-in positions of every rank's share (one all-reduce)."""
+    if reduce_sum is None:
+        return masked_mean(values, mask)
+    mask = mask.to(values.dtype)
+    both = reduce_sum(torch.stack([masked_sum(values, mask), mask.sum()]))
+    return both[0] / both[1].clamp(min=1.0)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True,
+               reduce_sum: ReduceSum = None) -> torch.Tensor:
+    """Variance over the masked-in positions (all dims; all ranks' with `reduce_sum`).
+    `unbiased` divides by n - 1, as torch.var does by default."""
+    mean = global_masked_mean(values, mask, reduce_sum)
+    var = global_masked_mean((values - mean) ** 2, mask, reduce_sum)
     if unbiased:
         n = mask.to(values.dtype).sum()
+        n = reduce_sum(n) if reduce_sum is not None else n
         var = var * n / (n - 1).clamp(min=1.0)
     return var
 
 
+def rank_share_of_mean(values: torch.Tensor, mask: torch.Tensor,
+                       reduce_sum: ReduceSum = None) -> torch.Tensor:
+    """This rank's sum over the global count, times the number of ranks: the ranks' average of
+    it (what DDP does to gradients) is the mean over all ranks' masked-in positions."""
+    if reduce_sum is None:
+        return masked_mean(values, mask)
+    mask = mask.to(values.dtype)
+    count_and_ranks = reduce_sum(torch.stack([mask.sum().detach(), torch.ones_like(mask.sum())]))
+    return masked_sum(values, mask) / count_and_ranks[0].clamp(min=1.0) * count_and_ranks[1]
+
+
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  eps: float = 1e-8) -> torch.Tensor:
-    """(values - mean) / std over the masked-in positions; with shift_mean=False the mean is
-    added back (only the scale changes), as PPO does for rewards."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+                  eps: float = 1e-8, reduce_sum: ReduceSum = None) -> torch.Tensor:
+    """(values - mean) / std over the masked-in positions (of all ranks, with `reduce_sum`);
+    with shift_mean=False the mean is added back (only the scale changes), as PPO does for
+    rewards."""
+    mean = global_masked_mean(values, mask, reduce_sum)
+    var = masked_var(values, mask, reduce_sum=reduce_sum)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     return whitened if shift_mean else whitened + mean
 
@@ -133,9 +166,9 @@ def penalize_missing_eos(scores: torch.Tensor, has_eos: torch.Tensor, penalty: f
     return torch.where(has_eos.bool(), scores, scores - penalty)
 
 
-def whiten_scores(scores: torch.Tensor) -> torch.Tensor:
+def whiten_scores(scores: torch.Tensor, reduce_sum: ReduceSum = None) -> torch.Tensor:
     """Optional batch whitening of the sequence-level scores (mean 0, std 1 in the batch)."""
-    return masked_whiten(scores, torch.ones_like(scores))
+    return masked_whiten(scores, torch.ones_like(scores), reduce_sum=reduce_sum)
 
 
 def shape_rewards(
@@ -181,8 +214,11 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float = 0.2,
+    reduce_sum: ReduceSum = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate: mean over tokens of max(-A·ρ, -A·clip(ρ, 1±ε)), ρ = π/π_old.
+    With `reduce_sum` the loss is this rank's share of the mean over all ranks' tokens
+    (`rank_share_of_mean`).
 
     Returns (loss, clip fraction = share of tokens where the clipped term won,
     approx-KL = mean ½(log ρ)², a cheap KL(π_old‖π) for monitoring).
@@ -191,7 +227,7 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = rank_share_of_mean(torch.maximum(unclipped, clipped), mask, reduce_sum)
     with torch.no_grad():
         clip_frac = masked_mean((clipped > unclipped).to(logprobs.dtype), mask)
         approx_kl = masked_mean(0.5 * log_ratio**2, mask)
@@ -204,14 +240,16 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float = 0.2,
+    reduce_sum: ReduceSum = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss: ½·mean max((V - R)², (V_clip - R)²), V_clip = V_old + clip(V - V_old, ±ε).
+    With `reduce_sum`, this rank's share of the mean over all ranks' tokens.
 
     Returns (loss, share of tokens where the clipped error was the larger)."""
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     err = (values - returns) ** 2
     err_clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    loss = 0.5 * rank_share_of_mean(torch.maximum(err, err_clipped), mask, reduce_sum)
     with torch.no_grad():
         clip_frac = masked_mean((err_clipped > err).to(values.dtype), mask)
     return loss, clip_frac

@@ -64,8 +64,11 @@ class MetricsLog:
                                  step=step)
 
     def close(self) -> None:
+        # not accelerator.end_training(): it also destroys the process group, which belongs
+        # to the launcher and outlives a stage (`cai run` trains SFT, then the RM, then PPO)
         if self._trackers:
-            self.accelerator.end_training()
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
 
 
 class Progress:

@@ -126,6 +126,25 @@ def reward_scores(config: PPOConfig, models: PPOModels, messages: list, batch: B
     return raw, texts
 
 
+def sum_over_ranks(accelerator):
+    """`reduce_sum` for cai.train.losses: None in one process, else an all-reduce (sum), so
+    whitening, loss means and the KL controller see the global batch."""
+    if accelerator.num_processes == 1:
+        return None
+    return lambda t: accelerator.reduce(t, "sum")
+
+
+def global_kl_and_count(exp: Experience, reduce_sum) -> tuple[float, int]:
+    """(mean KL per response over every rank's rollouts, their number): the adaptive-KL
+    controller's input."""
+    per_response = exp.kl.sum(1)
+    if reduce_sum is None:
+        return per_response.mean().item(), len(exp.messages)
+    both = reduce_sum(torch.stack([per_response.sum(), torch.tensor(
+        float(per_response.shape[0]), dtype=per_response.dtype, device=per_response.device)]))
+    return (both[0] / both[1]).item(), int(both[1].item())
+
+
 def score(config: PPOConfig, models: PPOModels, exp: Experience) -> Experience:
     """Log-probs under policy and reference, values, and each response's score: the reward
     model's, normalised, less the missing-EOS penalty, optionally whitened."""
@@ -136,7 +155,8 @@ def score(config: PPOConfig, models: PPOModels, exp: Experience) -> Experience:
     scores = L.normalize_scores(exp.raw, models.rm_mean, models.rm_std)
     if config.missing_eos_penalty is not None:
         scores = L.penalize_missing_eos(scores, exp.batch.has_eos, config.missing_eos_penalty)
-    exp.scores = L.whiten_scores(scores) if config.whiten_rewards else scores
+    exp.scores = (L.whiten_scores(scores, sum_over_ranks(models.accelerator))
+                  if config.whiten_rewards else scores)
     sampled = models.engine.last_logprobs
     if sampled is not None:
         # the sampler (vLLM, or the transformers copy) drew these tokens with the weights
@@ -151,13 +171,16 @@ def score(config: PPOConfig, models: PPOModels, exp: Experience) -> Experience:
     return exp
 
 
-def advantages(config: PPOConfig, exp: Experience, beta: float) -> Experience:
-    """Per-token rewards (-β·KL, the score on the last token), GAE returns and advantages."""
+def advantages(config: PPOConfig, exp: Experience, beta: float,
+               reduce_sum=None) -> Experience:
+    """Per-token rewards (-β·KL, the score on the last token), GAE returns and advantages
+    (whitened over every rank's tokens with `reduce_sum`)."""
     mask = exp.mask
     exp.kl = L.kl_estimate(exp.logp, exp.ref_logp, config.kl_estimator) * mask
     exp.rewards = L.shape_rewards(exp.scores, exp.kl, mask, beta)
     adv, exp.returns = L.gae(exp.rewards, exp.values, mask, config.gamma, config.lam)
-    exp.advantages = L.masked_whiten(adv, mask) * mask if config.whiten_advantages else adv
+    exp.advantages = (L.masked_whiten(adv, mask, reduce_sum=reduce_sum) * mask
+                      if config.whiten_advantages else adv)
     return exp
 
 
@@ -203,10 +226,13 @@ def _micro_step(config: PPOConfig, models: PPOModels, exp: Experience, idx, mask
         with acc.autocast():
             new_logp, _ = response_logprobs(models.policy, rows, P, config.temperature)
             new_values = response_values(models.value_model, rows, P)
+        reduce_sum = sum_over_ranks(acc)
         pg_loss, clipfrac, approx_kl = L.policy_loss(
-            new_logp, exp.logp[idx, :r], exp.advantages[idx, :r], m, config.clip_range)
+            new_logp, exp.logp[idx, :r], exp.advantages[idx, :r], m, config.clip_range,
+            reduce_sum=reduce_sum)
         vf_loss, vf_clipfrac = L.value_loss(new_values, exp.values[idx, :r],
-                                            exp.returns[idx, :r], m, config.value_clip_range)
+                                            exp.returns[idx, :r], m, config.value_clip_range,
+                                            reduce_sum=reduce_sum)
         acc.backward(pg_loss + vf_loss)  # disjoint parameters: two separate losses
         if acc.sync_gradients and config.max_grad_norm is not None:
             acc.clip_grad_norm_(models.policy.parameters(), config.max_grad_norm)
@@ -343,9 +369,10 @@ def run_ppo(config: PPOConfig, *, backend: Any = None, log: Callable[[str], None
         t0 = time.perf_counter()
         exp = score(config, models, rollout(config, models, prompts, iteration))
         beta = models.kl_ctl.value
-        exp = advantages(config, exp, beta)
+        reduce_sum = sum_over_ranks(accelerator)
+        exp = advantages(config, exp, beta, reduce_sum)
         stats = update(config, models, exp, last_checkpoint=rd.latest_checkpoint())
-        models.kl_ctl.update(exp.kl.sum(1).mean().item(), len(exp.messages))
+        models.kl_ctl.update(*global_kl_and_count(exp, reduce_sum))
         record = {"iteration": iteration, **iteration_record(models, exp, stats, beta),
                   "time/iteration": time.perf_counter() - t0}
         if prompts.eval_ids and config.eval_every and iteration % config.eval_every == 0:

@@ -5,6 +5,7 @@ engine. The loaders are the training core's (cai.train.modeling)."""
 from __future__ import annotations
 
 import json
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,19 @@ def make_accelerator(config: PPOConfig):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
+    from cai.config import ConfigError
     from cai.train.accel import allow_precision, pick_mixed_precision
 
+    # The batch statistics are all-reduce aware (cai.train.losses, reduce_sum), but prompts,
+    # evaluation and output files are not split across ranks yet: N ranks would each roll out
+    # the same prompts and write the same files. Refuse rather than run that.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("cai train ppo runs in one process for now (WORLD_SIZE="
+                          f"{os.environ['WORLD_SIZE']}); start it without torchrun/accelerate "
+                          "launch (docs/scale-out.md#training-on-many-workers)")
+    if config.strategy != "ddp":
+        raise ConfigError(f"strategy {config.strategy}: cai train ppo runs one process "
+                          "(strategy: ddp); the sharded strategies are for sft and rm")
     precision = pick_mixed_precision(config.mixed_precision, cpu=config.cpu)
     allow_precision(precision, cpu=config.cpu)
     project = ProjectConfiguration(project_dir=config.out,

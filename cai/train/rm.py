@@ -128,7 +128,8 @@ def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] 
     Rerunning a finished run returns its summary without training again."""
     import torch
 
-    from cai.train.accel import choose_mixed_precision, make_accelerator, make_dataloader
+    from cai.train.accel import (choose_mixed_precision, main_process_only,
+                                 make_accelerator, make_dataloader)
     from cai.train.checkpoint import RunDir
     from cai.train.losses import bradley_terry_loss
     from cai.train.loop import run_loop
@@ -137,17 +138,25 @@ def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] 
                                     resolve_training_model, save_hf_model, trainable_parameters)
     from cai.train.data import load_preferences
 
+    if config.workers:
+        from cai.train.config import run_on_workers
+
+        return run_on_workers(config, run_rm, log)
     run_dir = RunDir(config.out)
     if (finished := run_dir.finished(config)) is not None:
         log(f"{config.out}: already finished; nothing to do")
         return finished
     t0 = time.perf_counter()
+    accelerator = make_accelerator(config, run_dir.path)
+    log = main_process_only(accelerator, log)
     model_path = resolve_training_model(config.model)
     tokenizer = load_tokenizer(model_path)
     train_recs, eval_recs, rejects, mix = load_preferences(
         config.data, config.eval_data, config.eval_fraction, config.seed)
-    run_dir.start(config)
-    _print_rejects(rejects, run_dir.path, log)
+    run_dir.start(config, write=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        _print_rejects(rejects, run_dir.path, log)
+    accelerator.wait_for_everyone()
     train, train_counts = tokenize_pairs(train_recs, tokenizer, config)
     held, eval_counts = tokenize_pairs(eval_recs, tokenizer, config)
     for name, counts in (("train", train_counts), ("eval", eval_counts)):
@@ -160,7 +169,6 @@ def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] 
     log(f"reward model: {len(train)} training pairs, {len(held)} held out "
          f"(split by prompt: {mix['test_prompts']} of {mix['prompts']} prompts)")
 
-    accelerator = make_accelerator(config, run_dir.path)
     # with share_prompt a pair is one row holding prompt, chosen and rejected
     rows = config.batch_size if config.share_prompt else 2 * config.batch_size
     longest = max((len(x["chosen"]) + len(x["rejected"]) if config.share_prompt

@@ -133,7 +133,8 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
     directory is a HF model directory (`cai chat --model OUT`, vLLM)."""
     import torch
 
-    from cai.train.accel import choose_mixed_precision, make_accelerator, make_dataloader
+    from cai.train.accel import (choose_mixed_precision, main_process_only,
+                                 make_accelerator, make_dataloader)
     from cai.train.checkpoint import RunDir
     from cai.train.data import read_conversations
     from cai.train.loop import run_loop
@@ -141,11 +142,17 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
                                     load_tokenizer, pick_attn_implementation,
                                     resolve_training_model, save_hf_model, trainable_parameters)
 
+    if config.workers:
+        from cai.train.config import run_on_workers
+
+        return run_on_workers(config, run_sft, log)
     run_dir = RunDir(config.out)
     if (finished := run_dir.finished(config)) is not None:
         log(f"{config.out}: already finished; nothing to do")
         return finished
     t0 = time.perf_counter()
+    accelerator = make_accelerator(config, run_dir.path)
+    log = main_process_only(accelerator, log)
     model_path = resolve_training_model(config.model)
     tokenizer = load_tokenizer(model_path)
     convs, rejects = [], []
@@ -162,8 +169,10 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
         raise DataError(f"{', '.join(config.data)}: no usable conversations"
                         + (f" ({len(rejects)} rejected; first: {rejects[0].location}: "
                            f"{rejects[0].reason})" if rejects else ""))
-    run_dir.start(config)
-    write_rejects(rejects, run_dir.path / REJECTS_FILE)
+    run_dir.start(config, write=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        write_rejects(rejects, run_dir.path / REJECTS_FILE)
+    accelerator.wait_for_everyone()
     if rejects:
         log(f"rejected {len(rejects)} rows; listed in {run_dir.path / REJECTS_FILE}")
         for r in rejects[:3]:
@@ -175,7 +184,6 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
                         f"{config.max_length} with an assistant token left")
     log(f"sft: {len(train)} conversations, {len(held)} held out")
 
-    accelerator = make_accelerator(config, run_dir.path)
     attn = pick_attn_implementation(config.attn_implementation, model_path,
                                     on_cpu=accelerator.device.type == "cpu", rows=config.batch_size,
                                     max_len=max(len(x["input_ids"]) for x in train + held))
@@ -189,22 +197,35 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
                              shuffle=True, seed=config.seed)
 
     def compute_loss(model, batch):
-        # transformers' causal-LM loss: shifted, mean over the tokens whose label is not -100
+        # transformers' causal-LM loss: shifted, summed over the tokens whose label is not -100
+        # and divided by that count over all ranks; DDP averages gradients over the ranks, so
+        # scaling by their number gives the mean over the global batch's tokens, as one process
+        tokens = (batch["labels"][:, 1:] != -100).sum()
+        if accelerator.num_processes > 1:
+            tokens = accelerator.reduce(tokens, "sum")
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    labels=batch["labels"], use_cache=False)
-        return out.loss, {}
+                    labels=batch["labels"], use_cache=False,
+                    num_items_in_batch=tokens.clamp(min=1))
+        return out.loss * accelerator.num_processes, {}
 
     def evaluate(model):
+        # each rank scores every num_processes-th conversation; the sums are all-reduced
+        mine = held[accelerator.process_index::accelerator.num_processes]
         total_loss, total_tokens = 0.0, 0
         with torch.no_grad():
-            for start in range(0, len(held), config.eval_batch_size):
-                batch = collate(held[start:start + config.eval_batch_size])
+            for start in range(0, len(mine), config.eval_batch_size):
+                batch = collate(mine[start:start + config.eval_batch_size])
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 n = int((batch["labels"][:, 1:] != -100).sum())
                 loss = model(**batch, use_cache=False).loss
                 total_loss += loss.item() * n
                 total_tokens += n
-        return {"loss": total_loss / max(total_tokens, 1), "tokens": total_tokens}
+        sums = torch.tensor([total_loss, total_tokens], dtype=torch.float64,
+                            device=accelerator.device)
+        if accelerator.num_processes > 1:
+            sums = accelerator.reduce(sums, "sum")
+        loss_sum, tokens = sums.tolist()
+        return {"loss": loss_sum / max(tokens, 1), "tokens": int(tokens)}
 
     result, model = run_loop(
         config, accelerator=accelerator, run_dir=run_dir, model=model, train_loader=loader,
@@ -216,7 +237,7 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
         "stage": "sft", "model": model_path, "out": str(run_dir.path),
         "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
         "precision": choose_mixed_precision(config.mixed_precision)[1],
-        "attn_implementation": model.config._attn_implementation,
+        "attn_implementation": accelerator.unwrap_model(model).config._attn_implementation,
         "train_conversations": len(train), "eval_conversations": len(held),
         "rejected_rows": len(rejects), "steps": result.state.global_step,
         "epochs": config.epochs, "trainable_parameters": trainable, "parameters": total,
