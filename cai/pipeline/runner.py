@@ -131,6 +131,10 @@ def _build_config(pipeline: Pipeline, stage: Stage, wired: dict[str, Any],
             continue
         if name == "backend_options":
             section[name] = {**value, **(section.get(name) or {})}
+        elif name == "ray":  # a stage's own `ray:` overrides key by key; `ray: null` opts out
+            own = section.get(name, {})
+            section[name] = None if own is None else \
+                {**value.model_dump(exclude_unset=True), **own}
         else:
             section.setdefault(name, value)
     def as_path(value: Any) -> Any:
@@ -326,9 +330,10 @@ def run_step(step: Step, inputs: dict[str, str | None], engines: EnginePool,
     try:
         run = step.stage.run_function()
         backend = None
-        if step.stage.engine is not None:
+        engine = step.stage.engine(step.config) if step.stage.engine is not None else None
+        if engine is not None:
             engine_t0 = time.perf_counter()
-            backend = engines.get(*step.stage.engine(step.config))
+            backend = engines.get(*engine)
             manifest["engine_start_s"] = round(time.perf_counter() - engine_t0, 2)
         else:
             engines.close()
