@@ -7,6 +7,7 @@ probed first and a dead or wrong one is refused within seconds.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -50,8 +51,9 @@ def connect(address: str | None = None, **init_kwargs: Any) -> Any:
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    if address not in (None, "auto", "local"):
-        probe(address)
+    target = address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
+    if target not in (None, "", "auto", "local"):
+        probe(target)
     try:
         ray.init(address=address, log_to_driver=False, **init_kwargs)
     except ConnectionError as e:

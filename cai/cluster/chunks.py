@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from cai.config import ConfigError, RayConfig
 
+ACTOR_NAME = "cai-engine"
 MAX_RESTARTS = 3  # per actor: a crash (OOM, a killed node) restarts it, a crash loop does not
 EngineSpec = tuple[str | None, str | None, dict[str, Any]]  # (backend, model, options)
 
@@ -58,39 +59,53 @@ def node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def start_actors(engine: EngineSpec, config: RayConfig, name_prefix: str | None = None
-                 ) -> list[Any]:
+def start_actors(engine: EngineSpec, config: RayConfig) -> list[Any]:
     """`config.replicas` engine actors, spread over the nodes (SPREAD), each reserving its
-    CPUs and GPUs. `name_prefix` names them `<prefix>-<i>` (tests and operators find them)."""
+    CPUs and GPUs, named `cai-engine-<i>` in the driver's namespace (`ray list actors`)."""
     from cai.cluster import connect
 
     ray = connect(config.address)
-    remote = ray.remote(EngineActor).options(
-        num_cpus=config.cpus_per_replica, num_gpus=config.gpus_per_replica,
-        max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
-        scheduling_strategy="SPREAD")
-    return [remote.options(name=f"{name_prefix}-{i}" if name_prefix else None).remote(*engine)
+    remote = ray.remote(EngineActor)
+    options = dict(num_cpus=config.cpus_per_replica, num_gpus=config.gpus_per_replica,
+                   max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
+                   scheduling_strategy="SPREAD")
+    return [remote.options(name=f"{ACTOR_NAME}-{i}", **options).remote(*engine)
             for i in range(config.replicas)]
 
 
+def placement(actors: list[Any]) -> list[dict[str, Any]]:
+    """Where each actor runs (node id, host, pid), once its engine is loaded; an engine that
+    cannot load on some node is a ConfigError naming that node."""
+    import ray
+
+    try:
+        return ray.get([a.where.remote() for a in actors])
+    except ray.exceptions.RayActorError as e:
+        raise ConfigError(f"a Ray engine actor could not start: {_cause(e)}") from None
+
+
 def run_chunks(fn: Callable[[Any, Any], Any], chunks: Sequence[Any], *, engine: EngineSpec,
-               ray_config: RayConfig, actors: list[Any] | None = None
+               ray_config: RayConfig, actors: list[Any] | None = None,
+               on_start: Callable[[list[dict[str, Any]]], None] | None = None
                ) -> Iterator[tuple[int, Any]]:
     """Yield `(index, fn(engine, chunks[index]))` for every chunk, in the order they finish.
     `actors`: ones the caller started (`start_actors`) and will stop; else they are started
-    here and killed when the iteration ends (finished, failed or abandoned)."""
+    here and killed when the iteration ends (finished, failed or abandoned). `on_start` gets
+    `placement(actors)` once every engine is loaded."""
     import ray
     from ray.util import ActorPool
 
     owned = actors is None
     if actors is None:
-        actors = start_actors(engine, ray_config,
-                              os.environ.get("CAI_RAY_ACTOR_PREFIX") or None)
+        actors = start_actors(engine, ray_config)
     fn_ref = ray.put(fn)  # shipped once, not once per chunk
     pool = ActorPool(actors)
     todo = dict(enumerate(chunks))
     died = ""
     try:
+        where = placement(actors)
+        if on_start is not None:
+            on_start(where)
         while todo:
             if not pool.has_free():  # the pool drops an actor that stays dead
                 raise ConfigError(f"every Ray engine actor died: {died}")

@@ -87,8 +87,9 @@ def chunk_rows(backend: Backend, chains: list[Chain], *, constitution: Any,
 
 def _run_on_ray(config: GenerateConfig, constitution: Any, rounds: int,
                 provenance: dict[str, Any], chunks: list[list[Chain]], store: RunStore,
-                bars: Progress) -> None:
-    """The chunks on `config.ray`'s engine actors; each is written here as it finishes."""
+                bars: Progress, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The chunks on `config.ray`'s engine actors; each is written here as it finishes.
+    Returns where the actors ran."""
     from functools import partial
 
     from cai.cluster.chunks import run_chunks
@@ -96,12 +97,21 @@ def _run_on_ray(config: GenerateConfig, constitution: Any, rounds: int,
     fn = partial(chunk_rows, constitution=constitution, config=config, rounds=rounds,
                  provenance=provenance)
     engine = (config.backend_name(), config.model, config.backend_options)
-    for i, (rows, calls) in run_chunks(fn, chunks, engine=engine, ray_config=config.ray):
+    where: list[dict[str, Any]] = []
+
+    def started(actors: list[dict[str, Any]]) -> None:
+        where.extend(actors)
+        log(f"cai generate: {len(actors)} Ray engine replicas on "
+            f"{len({a['node_id'] for a in actors})} nodes")
+
+    for i, (rows, calls) in run_chunks(fn, chunks, engine=engine, ray_config=config.ray,
+                                       on_start=started):
         bars.start_chunk()
         for call in calls:
             bars.observe(call)
         store.write_shard(rows)
         bars.chunk_done(len({ch.item.key for ch in chunks[i]}), len(chunks[i]), rounds)
+    return where
 
 
 def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
@@ -125,6 +135,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
     root = Path(config.out)
     owned: Backend | None = None
     bars: Progress | None = None
+    ray_actors: list[dict[str, Any]] = []  # where the engines ran, on Ray
     with RunStore(root) as store:
         manifest = store.open(identity, config.model_dump(mode="json"))
         if store.stale_holder:
@@ -162,7 +173,8 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
             if chunks and config.ray is not None:
                 bars = Progress(pending, len({ch.item.key for c in chunks for ch in c}),
                                 rounds, enabled=config.progress, make=progress)
-                _run_on_ray(config, constitution, rounds, provenance, chunks, store, bars)
+                ray_actors = _run_on_ray(config, constitution, rounds, provenance, chunks,
+                                         store, bars, log)
             elif chunks:
                 if backend is None:
                     backend = owned = load_backend(config.backend_name(), config.model,
@@ -208,6 +220,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
             "recommended": ({"model": registry_name(model_ref), "applied": recommended}
                             if recommended else None),
             "report": build_report(records, tags_field=config.principle_tags_field),
+            **({"ray_actors": ray_actors} if ray_actors else {}),
         }
         manifest.update(
             status="complete",

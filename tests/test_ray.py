@@ -1,0 +1,186 @@
+"""The data stages on a Ray cluster: two simulated nodes (`ray.cluster_utils.Cluster`, one
+CPU each), a tiny random model on the transformers backend, one engine per actor. Every
+record is written once, by the driver, into the files a local run writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from child_env import REPO, child_env
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                reason="needs the ray extra (pip install 'cai[ray]')")
+
+PROMPTS = str(REPO / "pipelines/prompts/red_team_train.jsonl")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two nodes of one CPU each, shared by this module; this process connects as a driver."""
+    from ray.cluster_utils import Cluster
+
+    from cai.cluster import connect
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray = connect(c.address)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def _gen_config(model_dir: Path, out: Path, *, limit: int = 6, ray: dict | None = None,
+                max_tokens: int = 8):
+    from cai.generate.config import load_config
+
+    return load_config(None, {
+        "prompts": PROMPTS, "out": str(out), "backend": "transformers", "model": str(model_dir),
+        "limit": limit, "chunk_size": 1, "max_tokens": max_tokens, "few_shot": False,
+        "temperature": 0.0, "seed": 3, "progress": False, "ray": ray})
+
+
+def _records(run: Path) -> list[dict]:
+    rows = [r for f in sorted((run / "revisions").glob("part-*.parquet"))
+            for r in pq.read_table(f).to_pylist()]
+    for r in rows:
+        r.pop("timings")  # wall-clock seconds differ between runs; everything else must not
+    return rows
+
+
+@pytest.fixture(scope="module")
+def local_generate(tmp_path_factory, tiny_model_dir):
+    """The same generation, greedy, in this process without Ray (12 records)."""
+    from cai.generate.run import run_generate
+
+    out = tmp_path_factory.mktemp("local") / "gen"
+    summary = run_generate(_gen_config(tiny_model_dir, out, limit=12, max_tokens=24))
+    records = {r["id"]: r for r in _records(out)}
+    records["summary"] = summary  # not a record id: 16 hex digits
+    return records
+
+
+def _assert_exactly_once_and_equal(run: Path, local: dict[str, dict], n: int) -> None:
+    rows = _records(run)
+    ids = [r["id"] for r in rows]
+    assert len(ids) == n and len(set(ids)) == n  # every record once: no loss, no duplicate
+    assert set(ids) == set(local) - {"summary"}
+    assert not list(run.rglob("*.tmp"))
+    for r in rows:
+        assert r == local[r["id"]]  # field by field, timings aside
+
+
+def test_generate_on_two_replicas_equals_local(cluster, tmp_path, tiny_model_dir,
+                                               local_generate):
+    from cai.generate.run import run_generate
+
+    out = tmp_path / "ray"
+    summary = run_generate(_gen_config(tiny_model_dir, out, limit=12, max_tokens=24,
+                                       ray={"address": cluster.address, "replicas": 2}))
+    nodes = {a["node_id"] for a in summary["ray_actors"]}
+    assert len(summary["ray_actors"]) == 2 and len(nodes) == 2  # one engine on each node
+    assert summary["records"] == 12 and summary["new_records"] == 12
+    _assert_exactly_once_and_equal(out, local_generate, 12)
+    local = local_generate["summary"]  # the datasets built from the records agree too
+    for key in ("status", "sft", "preferences", "tokens"):
+        assert summary[key] == local[key], key
+
+
+def _cli(model_dir: Path, out: Path, address: str) -> subprocess.Popen:
+    args = ["--prompts", PROMPTS, "-o", str(out), "--backend", "transformers", "--model",
+            str(model_dir), "--limit", "12", "--chunk-size", "1", "--max-tokens", "24",
+            "--no-few-shot", "--temperature", "0", "--seed", "3", "--no-progress",
+            "--ray", address, "--replicas", "2"]
+    return subprocess.Popen([sys.executable, "-m", "cai", "generate", *args], cwd=REPO,
+                            env=child_env(PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_shard(proc: subprocess.Popen, run: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any((run / "revisions").glob("part-*.parquet")):
+            return
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before the test could act:\n{proc.communicate()[1]}"
+    raise AssertionError("no shard written in time")
+
+
+def _engine_actors() -> list[tuple[str, str]]:
+    import ray
+
+    return [(a["name"], a["namespace"]) for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("cai-engine-")]
+
+
+def test_killed_actor_still_exactly_once(cluster, tmp_path, tiny_model_dir, local_generate):
+    import ray
+
+    out = tmp_path / "killed-actor"
+    proc = _cli(tiny_model_dir, out, cluster.address)
+    _wait_for_shard(proc, out)
+    name, namespace = _engine_actors()[0]
+    # a crash of the engine process: Ray restarts the actor and retries its chunk
+    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=False)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    _assert_exactly_once_and_equal(out, local_generate, 12)
+
+
+def test_sigkilled_driver_leaves_no_actors_and_rerun_completes(cluster, tmp_path,
+                                                               tiny_model_dir, local_generate):
+    out = tmp_path / "killed-driver"
+    proc = _cli(tiny_model_dir, out, cluster.address)
+    _wait_for_shard(proc, out)
+    assert _engine_actors()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(_records(out))
+    assert 0 < done_at_kill < 12
+    deadline = time.monotonic() + 60  # the actors die with their owner, the driver
+    while _engine_actors() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _engine_actors(), "engine actors outlived the SIGKILLed driver"
+
+    rerun = _cli(tiny_model_dir, out, cluster.address)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert f"{done_at_kill} of 12 records already done" in err
+    _assert_exactly_once_and_equal(out, local_generate, 12)
+
+
+def test_wrong_address_is_refused_in_seconds(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "cai", "generate", "--prompts", PROMPTS, "-o",
+                        str(tmp_path / "o"), "--limit", "1", "--backend", "transformers",
+                        "--ray", f"127.0.0.1:{port}"], cwd=REPO, env=child_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in r.stderr
+    assert time.monotonic() - t0 < 60  # Python start and imports; ray.init alone retries minutes
+
+
+def test_without_ray_ray_is_not_imported(tmp_path, tiny_model_dir):
+    code = ("import sys\nfrom cai.generate.config import load_config\n"
+            "from cai.generate.run import run_generate\n"
+            f"run_generate(load_config(None, {{'prompts': {PROMPTS!r}, 'out': {str(tmp_path / 'o')!r}, "
+            f"'backend': 'transformers', 'model': {str(tiny_model_dir)!r}, 'limit': 1, "
+            "'max_tokens': 4, 'progress': False}))\n"
+            "assert 'ray' not in sys.modules, 'ray imported by a local run'\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
