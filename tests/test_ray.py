@@ -122,30 +122,30 @@ def _engine_actors() -> list[tuple[str, str]]:
             if a["name"].startswith("cai-engine-")]
 
 
-def test_killed_actor_still_exactly_once(cluster, tmp_path, tiny_model_dir, local_generate):
+def test_killed_actor_then_sigkilled_driver_then_rerun_is_exactly_once(
+        cluster, tmp_path, tiny_model_dir, local_generate):
+    """One run through both failures (one driver start, not two: CI time): an engine
+    actor crashes mid-run, then the driver is SIGKILLed; the rerun finishes the rest."""
     import ray
 
-    out = tmp_path / "killed-actor"
+    out = tmp_path / "crashes"
     proc = _cli(tiny_model_dir, out, cluster.address)
     _wait_for_shard(proc, out)
     name, namespace = _engine_actors()[0]
     # a crash of the engine process: Ray restarts the actor and retries its chunk
     ray.kill(ray.get_actor(name, namespace=namespace), no_restart=False)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    _assert_exactly_once_and_equal(out, local_generate, 12)
-
-
-def test_sigkilled_driver_leaves_no_actors_and_rerun_completes(cluster, tmp_path,
-                                                               tiny_model_dir, local_generate):
-    out = tmp_path / "killed-driver"
-    proc = _cli(tiny_model_dir, out, cluster.address)
-    _wait_for_shard(proc, out)
-    assert _engine_actors()
+    written = len(_records(out))
+    deadline = time.monotonic() + 180
+    while len(_records(out)) < written + 3 and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_at_kill = len(_records(out))
-    assert 0 < done_at_kill < 12
+    rows = _records(out)
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)), "a chunk written twice after the actor crash"
+    done_at_kill = len(ids)
+    assert written < done_at_kill < 12, "the work went on past the crash, and was cut short"
     deadline = time.monotonic() + 60  # the actors die with their owner, the driver
     while _engine_actors() and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -156,6 +156,40 @@ def test_sigkilled_driver_leaves_no_actors_and_rerun_completes(cluster, tmp_path
     assert rerun.returncode == 0, err
     assert f"{done_at_kill} of 12 records already done" in err
     _assert_exactly_once_and_equal(out, local_generate, 12)
+
+
+def _write_pairs(path: Path) -> Path:
+    import json
+
+    rows = [{"prompt": f"Name a {thing}.", "chosen": f"A {good}.", "rejected": f"A {bad}."}
+            for thing, good, bad in [("fruit", "pear", "carrot"), ("colour", "blue", "chair"),
+                                     ("planet", "Mars", "spoon"), ("tree", "oak", "cloud"),
+                                     ("metal", "iron", "river"), ("bird", "crow", "brick"),
+                                     ("fish", "trout", "lamp"), ("flower", "rose", "stone")]]
+    rows.insert(3, {"prompt": "Name a sea.", "chosen": "Red.", "rejected": "word " * 3000})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "pointwise"])
+def test_label_on_two_replicas_equals_local(cluster, tmp_path, tiny_model_dir, mode):
+    from cai.data.store import read_preferences
+    from cai.label.run import LabelRunConfig, run_label
+
+    pairs = _write_pairs(tmp_path / "pairs.jsonl")
+    common = dict(pairs=str(pairs), principles=2, seed=3, few_shot=False, mode=mode,
+                  backend="transformers", model=str(tiny_model_dir), progress=False,
+                  **({"tau": 0.7} if mode == "pointwise" else {}))
+    local = run_label(LabelRunConfig(out=str(tmp_path / "local"), **common))
+    on_ray = run_label(LabelRunConfig(out=str(tmp_path / "ray"), **common,
+                                      ray={"address": cluster.address, "replicas": 2}))
+    a, b = read_preferences(tmp_path / "local"), read_preferences(tmp_path / "ray")
+    assert len(a) == len(b) == 8 and on_ray["too_long"] == local["too_long"] == 1
+    for x, y in zip(a, b):
+        assert x.id == y.id and x.chosen == y.chosen and x.labeler == y.labeler
+        assert x.p_chosen == pytest.approx(y.p_chosen, abs=1e-6)
+    assert (tmp_path / "local" / "rejects.jsonl").read_text() == \
+        (tmp_path / "ray" / "rejects.jsonl").read_text()
 
 
 def test_wrong_address_is_refused_in_seconds(tmp_path):
