@@ -192,6 +192,41 @@ def test_label_on_two_replicas_equals_local(cluster, tmp_path, tiny_model_dir, m
         (tmp_path / "ray" / "rejects.jsonl").read_text()
 
 
+def test_sample_and_judge_on_ray_split_their_batches_over_the_replicas(cluster, tmp_path,
+                                                                       tiny_model_dir):
+    """The stages without checkpoint chunks (sample, score --judge, eval policy) run their
+    batch calls through RayBackend: judge scores equal local ones to 1e-6; samples come back
+    one row per prompt, in order, with n responses (transformers seeds per call, so sampled
+    texts are not compared)."""
+    import json
+
+    from cai.eval.score import JudgeScoreConfig, run_judge_score
+    from cai.label.sample import SampleRunConfig, run_sample
+
+    ray = {"address": cluster.address, "replicas": 2}
+    engine = dict(backend="transformers", model=str(tiny_model_dir), progress=False)
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Name a {w}.", "response": f"A {w}."}) + "\n"
+                            for w in ["fruit", "tree", "bird", "fish", "metal", "planet"]))
+    scores = {}
+    for where, extra in (("local", {}), ("ray", {"ray": ray})):
+        run_judge_score(JudgeScoreConfig(data=str(data), out=str(tmp_path / f"{where}.jsonl"),
+                                         k=2, few_shot=False, **engine, **extra))
+        scores[where] = [json.loads(x) for x in (tmp_path / f"{where}.jsonl").read_text().splitlines()]
+    assert len(scores["ray"]) == 6
+    for a, b in zip(scores["local"], scores["ray"]):
+        assert a["judge_principles"].keys() == b["judge_principles"].keys()
+        assert a["judge_score"] == pytest.approx(b["judge_score"], abs=1e-6)
+
+    summary = run_sample(SampleRunConfig(prompts=PROMPTS, out=str(tmp_path / "cand.jsonl"),
+                                         limit=6, n=2, max_tokens=6, ray=ray, **engine))
+    rows = [json.loads(x) for x in (tmp_path / "cand.jsonl").read_text().splitlines()]
+    assert summary["rows"] == 6 and [r["source_id"] for r in rows] == \
+        [json.loads(x)["id"] for x in Path(PROMPTS).read_text().splitlines()[:6]]
+    assert all(len(r["responses"]) == 2 for r in rows)
+    assert summary["model"] == str(tiny_model_dir)
+
+
 def test_wrong_address_is_refused_in_seconds(tmp_path):
     import socket
 

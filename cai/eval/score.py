@@ -107,7 +107,6 @@ def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,
                     progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
     """Each row's verdict score from the feedback model; adds `judge_score` (mean over the
     principles) and `judge_principles` ({principle id: score}) to every row."""
-    from cai.backends import load_backend
     from cai.constitution import load_constitution
     from cai.io import DataError
     from cai.label.pointwise import score_responses
@@ -124,7 +123,9 @@ def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,
     t0 = time.perf_counter()
     owned = None
     if backend is None:
-        backend = owned = load_backend(config.backend, config.model, **config.backend_options)
+        from cai.cluster.backend import load_engine  # on Ray when config.ray is set
+
+        backend = owned = load_engine(config)
     try:
         scores = score_responses(backend, c, items, principle_ids=config.principles or None,
                                  k=config.k, seed=config.seed, few_shot=config.few_shot, log=log)
