@@ -23,6 +23,21 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 PROMPTS = str(REPO / "pipelines/prompts/red_team_train.jsonl")
 
 
+def _has_dashboard() -> bool:
+    """ray[default] (the dashboard and job server) installed, not only ray[data,train]."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    return get_dashboard_dependency_error() is None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Two nodes of one CPU each, shared by this module; this process connects as a driver."""
@@ -30,7 +45,9 @@ def cluster():
 
     from cai.cluster import connect
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": _has_dashboard(), "dashboard_port": _free_port(),
+        "dashboard_host": "127.0.0.1"})  # the dashboard runs `ray job submit`'s job server
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
     ray = connect(c.address)
@@ -228,11 +245,7 @@ def test_sample_and_judge_on_ray_split_their_batches_over_the_replicas(cluster, 
 
 
 def test_wrong_address_is_refused_in_seconds(tmp_path):
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()  # nothing listens there
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "cai", "generate", "--prompts", PROMPTS, "-o",
                         str(tmp_path / "o"), "--limit", "1", "--backend", "transformers",
@@ -253,3 +266,51 @@ def test_without_ray_ray_is_not_imported(tmp_path, tiny_model_dir):
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_a_pipeline(cluster, tmp_path, tiny_model_dir):
+    """`ray job submit --working-dir . -- cai run X.yaml` on the simulated cluster writes the
+    records a local `cai run` of the same file writes (stage timings printed for the notes)."""
+    import json
+
+    work = tmp_path / "project"
+    (work / "prompts").mkdir(parents=True)
+    (work / "prompts" / "p.jsonl").write_text(
+        "".join(Path(PROMPTS).read_text().splitlines(keepends=True)[:8]))
+
+    def pipeline(out: Path, ray: str) -> str:
+        return (f"run: {{name: t, out: {out}, model: {tiny_model_dir}, backend: transformers"
+                f"{ray}}}\nprompts: {{train: [{{file: prompts/p.jsonl}}]}}\n"
+                "generate: {prompts: train, max_tokens: 16, chunk_size: 2, few_shot: false, "
+                "temperature: 0.0, seed: 3}\n")
+
+    (work / "ray.yaml").write_text(pipeline(tmp_path / "job-out", ", ray: {replicas: 2}"))
+    (work / "local.yaml").write_text(pipeline(tmp_path / "local-out", ""))
+    t0 = time.monotonic()
+    if _has_dashboard():
+        dashboard = f"http://{cluster.head_node.address_info['webui_url']}"
+        job = subprocess.run(
+            [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address",
+             dashboard, "--working-dir", ".", "--", sys.executable, "-m", "cai", "run",
+             "ray.yaml"], cwd=work, env=child_env(), capture_output=True, text=True,
+            timeout=600)
+    else:  # without ray[default] no job server: run the entrypoint as the job would run it
+        job = subprocess.run([sys.executable, "-m", "cai", "run", "ray.yaml"], cwd=work,
+                             env=child_env(RAY_ADDRESS=cluster.address), capture_output=True,
+                             text=True, timeout=600)
+        print("\n(ray[default] missing: the job's entrypoint ran with RAY_ADDRESS instead)")
+    job_s = time.monotonic() - t0
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    t0 = time.monotonic()
+    local = subprocess.run([sys.executable, "-m", "cai", "run", "local.yaml"], cwd=work,
+                           env=child_env(), capture_output=True, text=True, timeout=600)
+    local_s = time.monotonic() - t0
+    assert local.returncode == 0, local.stderr[-3000:]
+    a, b = _records(tmp_path / "job-out" / "generate"), _records(tmp_path / "local-out" / "generate")
+    assert len(a) == 8 and sorted(a, key=lambda r: r["id"]) == sorted(b, key=lambda r: r["id"])
+    stage = json.loads((tmp_path / "job-out" / "generate" / "stage.json").read_text()) \
+        if (tmp_path / "job-out" / "generate" / "stage.json").exists() else {}
+    how = "ray job submit" if _has_dashboard() else "cai run with RAY_ADDRESS"
+    print(f"\n{how}: {job_s:.1f} s end to end (local cai run {local_s:.1f} s); "
+          f"generate stage {stage.get('seconds')} s")
