@@ -244,6 +244,20 @@ def test_sample_and_judge_on_ray_split_their_batches_over_the_replicas(cluster, 
     assert summary["model"] == str(tiny_model_dir)
 
 
+def test_a_model_a_node_cannot_load_is_an_error_naming_the_node(cluster, tmp_path):
+    from cai.config import ConfigError
+    from cai.generate.run import run_generate
+
+    missing = tmp_path / "not-on-this-node"
+    (missing / "config.json").parent.mkdir()
+    (missing / "config.json").write_text("{}")  # resolvable here, unloadable there
+    with pytest.raises(ConfigError) as e:
+        run_generate(_gen_config(missing, tmp_path / "o", limit=1,
+                                 ray={"address": cluster.address, "replicas": 1}))
+    assert "cannot load transformers engine" in str(e.value)
+    assert "node " in str(e.value) and "reachable from every node" in str(e.value)
+
+
 def test_wrong_address_is_refused_in_seconds(tmp_path):
     port = _free_port()  # nothing listens there
     t0 = time.monotonic()

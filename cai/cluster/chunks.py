@@ -18,6 +18,7 @@ fate-sharing; a vLLM engine inside one dies with the actor: `cai.backends.lifeli
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 from typing import Any, Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 from cai.config import ConfigError, RayConfig
 
 ACTOR_NAME = "cai-engine"
+_STARTS = itertools.count()  # eval may hold two engines' actors at once: names stay unique
 MAX_RESTARTS = 3  # per actor: a crash (OOM, a killed node) restarts it, a crash loop does not
 EngineSpec = tuple[str | None, str | None, dict[str, Any]]  # (backend, model, options)
 
@@ -49,9 +51,6 @@ class EngineActor:
     def where(self) -> dict[str, Any]:
         return {"node_id": node_id(), "host": socket.gethostname(), "pid": os.getpid()}
 
-    def close(self) -> None:
-        self.backend.close()
-
 
 def node_id() -> str:
     import ray
@@ -61,7 +60,8 @@ def node_id() -> str:
 
 def start_actors(engine: EngineSpec, config: RayConfig) -> list[Any]:
     """`config.replicas` engine actors, spread over the nodes (SPREAD), each reserving its
-    CPUs and GPUs, named `cai-engine-<i>` in the driver's namespace (`ray list actors`)."""
+    CPUs and GPUs, named `cai-engine-<start>-<i>` in the driver's namespace (`ray list
+    actors`)."""
     from cai.cluster import connect
 
     ray = connect(config.address)
@@ -69,7 +69,8 @@ def start_actors(engine: EngineSpec, config: RayConfig) -> list[Any]:
     options = dict(num_cpus=config.cpus_per_replica, num_gpus=config.gpus_per_replica,
                    max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
                    scheduling_strategy="SPREAD")
-    return [remote.options(name=f"{ACTOR_NAME}-{i}", **options).remote(*engine)
+    start = next(_STARTS)
+    return [remote.options(name=f"{ACTOR_NAME}-{start}-{i}", **options).remote(*engine)
             for i in range(config.replicas)]
 
 
@@ -103,9 +104,10 @@ def run_chunks(fn: Callable[[Any, Any], Any], chunks: Sequence[Any], *, engine: 
     todo = dict(enumerate(chunks))
     died = ""
     try:
-        where = placement(actors)
-        if on_start is not None:
-            on_start(where)
+        if owned or on_start is not None:
+            where = placement(actors)  # fails fast, naming the node, when an engine cannot load
+            if on_start is not None:
+                on_start(where)
         while todo:
             if not pool.has_free():  # the pool drops an actor that stays dead
                 raise ConfigError(f"every Ray engine actor died: {died}")

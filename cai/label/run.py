@@ -160,6 +160,8 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Lo
         config, tau, labels, too_long, labeler = _label_on_ray(config, c, pairs, log)
         rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
                             reason=why) for p, why in too_long]
+        if too_long:
+            log(f"{len(too_long)} pairs too long for the feedback model -> {rejects_file}")
     else:  # here, on one engine
         if backend is None:
             backend = owned = load_backend(config.backend, config.model, **config.backend_options)
