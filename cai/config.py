@@ -152,6 +152,21 @@ class StageConfig(BaseModel):
         return data
 
 
+class RayConfig(BaseModel):
+    """Where and how wide a stage runs on Ray (`ray:` under `run:` or in a stage section;
+    `--ray [ADDRESS] --replicas N`). Here, below every stage, so `EngineConfig` can hold it;
+    the code that uses it is `cai.cluster`, which is the only place Ray is imported."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, description="cluster address (host:port, ray://host:port "
+                                                  "or auto); None: $RAY_ADDRESS (set by `ray "
+                                                  "job submit`), else a local Ray")
+    replicas: int = Field(1, ge=1, description="engine replicas (one actor, one engine each)")
+    gpus_per_replica: float = Field(0, ge=0, description="GPUs each replica reserves")
+    cpus_per_replica: float = Field(1, gt=0, description="CPUs each replica reserves")
+
+
 class EngineConfig(StageConfig):
     """A stage that runs prompts through an inference engine (a cai backend)."""
 
@@ -163,6 +178,8 @@ class EngineConfig(StageConfig):
     prompt_field: str = Field("prompt", description="text field holding a single-turn prompt")
     messages_field: str = Field("messages", description="field holding a message list")
     max_tokens: int = Field(256, ge=1, description="tokens per generated answer")
+    ray: RayConfig | None = Field(None, description="run the engine work on Ray actors, one "
+                                                    "engine per replica (None: in this process)")
 
 
 class TrainConfig(StageConfig):

@@ -152,7 +152,7 @@ def test_help_shows_each_description_and_default_once(argv, cls):
     assert res.exit_code == 0
     text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", res.output).split())
     for name, info in cls.model_fields.items():
-        if not info.description or name == "backend_options":
+        if not info.description or name in ("backend_options", "ray"):  # their own flags
             continue
         default = info.get_default(call_default_factory=True) if not info.is_required() else None
         want = " ".join(info.description.split())
@@ -186,3 +186,57 @@ def test_remote_engine_flags_with_backend_openai_in_the_file(tmp_path, captured)
     res = CliRunner().invoke(app, ["generate", "--config", str(path), "--base-url", "http://x/v1"])
     assert res.exit_code == 0, res.output
     assert captured[-1].backend_options == {"base_url": "http://x/v1"}
+
+
+@pytest.mark.parametrize("flags,ray", [
+    ([], None),
+    (["--ray"], {}),  # $RAY_ADDRESS, else a local Ray
+    (["--ray", "--no-progress"], {}),  # a bare --ray before another flag
+    (["--ray", "10.0.0.1:6379", "--replicas", "2"], {"address": "10.0.0.1:6379", "replicas": 2}),
+    (["--replicas", "4", "--gpus-per-replica", "1"], {"replicas": 4, "gpus_per_replica": 1.0}),
+])
+def test_ray_flags_make_the_ray_block(flags, ray, tmp_path):
+    import typer
+
+    from cai.cli.stage import stage_command
+    from cai.config import EngineConfig, RayConfig
+
+    seen = []
+    cmd_app = typer.Typer()
+
+    @stage_command(cmd_app, "x", [EngineConfig], section="x")
+    def x(args):
+        seen.append(args.config(EngineConfig))
+
+    cmd_app.command("y")(lambda: None)  # two commands, so typer keeps the command name
+    res = CliRunner().invoke(cmd_app, ["x", "--out", "o", *flags])
+    assert res.exit_code == 0, res.output
+    assert seen[0].ray == (None if ray is None else RayConfig(**ray))
+
+
+def test_pipeline_ray_block_reaches_every_engine_stage_and_a_stage_overrides_it(tmp_path):
+    from cai.config import RayConfig
+    from cai.pipeline import builtin_stages
+    from cai.pipeline.runner import plan
+    from cai.pipeline.spec import load_pipeline
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    stages = builtin_stages()
+    def steps(run_extra: str, generate_extra: str = "") -> dict:
+        path = tmp_path / "p.yaml"
+        path.write_text(f"run: {{name: t, out: {tmp_path / 'run'}{run_extra}}}\n"
+                        f"prompts: {{train: [{{file: {tmp_path / 'p.jsonl'}}}]}}\n"
+                        f"generate: {{prompts: train{generate_extra}}}\nsft: {{}}\n"
+                        "sample: {prompts: train}\nlabel: {ray: {replicas: 3}}\n")
+        return {s.stage.name: s for s in plan(load_pipeline(path, [s.name for s in stages]),
+                                                stages, echo=lambda m: None)}
+
+    on = steps(", ray: {address: 'h:1', replicas: 2}", ", ray: null")
+    assert on["sample"].config.ray == RayConfig(address="h:1", replicas=2)
+    assert on["label"].config.ray == RayConfig(address="h:1", replicas=3)  # key by key
+    assert on["generate"].config.ray is None  # `ray: null`: this stage runs here
+    assert not hasattr(on["sft"].config, "ray")
+    off = steps("")
+    assert off["sample"].config.ray is None
+    # where the engines run is no part of a stage's identity: nothing reruns for it
+    assert on["sample"].config_hash == off["sample"].config_hash

@@ -65,6 +65,40 @@ def pop_backend_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in given.items() if value is not None}
 
 
+# Ray flags, on every command whose config has `ray` (EngineConfig): flag field -> (type, help).
+# `--ray` alone is Ray at $RAY_ADDRESS (set by `ray job submit`) or a local one; any of them
+# turns Ray on, and each given one overrides the same key of the file's `ray:`.
+RAY_FLAGS: dict[str, tuple[type, str]] = {
+    "ray": (str, "run the engine work on Ray: --ray alone ($RAY_ADDRESS, else a local Ray) or "
+                 "--ray ADDRESS (host:port, ray://host:port, auto)"),
+    "replicas": (int, "Ray: engine replicas, one actor and one engine each (default: 1)"),
+    "gpus_per_replica": (float, "Ray: GPUs each replica reserves (default: 0)"),
+    "cpus_per_replica": (float, "Ray: CPUs each replica reserves (default: 1)"),
+}
+
+
+def ray_flag_params() -> list[inspect.Parameter]:
+    """The RAY_FLAGS as keyword parameters (`--ray`'s value is optional: _RefuseOldFlags)."""
+    out = []
+    for name, (kind, text) in RAY_FLAGS.items():
+        out.append(inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+            default=typer.Option(None, flag(name), help=text, show_default=False)))
+    return out
+
+
+def pop_ray_flags(kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The RAY_FLAGS given, removed from `kwargs`, as a `ray:` mapping (None: none given)."""
+    given = {name: kwargs.pop(name, None) for name in RAY_FLAGS}
+    if all(v is None for v in given.values()):
+        return None
+    address = given.pop("ray")
+    out = {k: v for k, v in given.items() if v is not None}
+    if address:
+        out["address"] = address
+    return out
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -179,14 +213,19 @@ def renamed_flags(fields: dict[str, Any], taken: set[str]) -> dict[str, str]:
 
 class _RefuseOldFlags(TyperCommand):
     renamed: dict[str, str] = {}
+    optional_value: tuple[str, ...] = ()  # flags that may come without a value (`--ray`)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        for arg in args:
+        args = list(args)
+        for i, arg in enumerate(args):
             if arg == "--":
                 break
             old = arg.split("=", 1)[0]
             if old in self.renamed:
                 ctx.fail(f"{old} is now {self.renamed[old]}")  # a usage error: exit 2
+            # click has no optional option values: a bare one becomes `--flag=` (empty)
+            if arg in self.optional_value and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args[i] = arg + "="
         return super().parse_args(ctx, args)
 
 
@@ -257,6 +296,7 @@ def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *
     short = short or {}
     extras = extras or {}
     fields = {k: v for k, v in _fields(classes).items() if k not in skip}
+    with_ray = fields.pop("ray", None) is not None  # its own flags: RAY_FLAGS
 
     def register(body: Callable[[StageArgs], None]) -> Callable[[StageArgs], None]:
         kinds: dict[str, str] = {}
@@ -288,12 +328,15 @@ def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *
         with_backend = "backend_options" in fields
         if with_backend:
             params.extend(backend_flag_params())
+        if with_ray:
+            params.extend(ray_flag_params())
 
         @functools.wraps(body)
         def command(**kwargs: Any) -> None:
             path = kwargs.pop("config")
             given = {k: kwargs.pop(k) for k in extras}
             shorthand = pop_backend_flags(kwargs) if with_backend else {}
+            ray = pop_ray_flags(kwargs) if with_ray else None
             overrides: dict[str, Any] = {}
             for fname, value in kwargs.items():
                 kind = kinds[fname]
@@ -306,15 +349,19 @@ def stage_command(app: typer.Typer, name: str, classes: list[type[BaseModel]], *
                 elif kind == "yaml":
                     value = _parse_yaml(value, fname)
                 overrides[fname] = value
+            if ray is not None:
+                overrides["ray"] = ray
             if shorthand:
                 overrides["backend_options"] = {**overrides.get("backend_options", {}), **shorthand}
             body(StageArgs(path, section, overrides, given, marker_key, tuple(shorthand), text))
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {}
-        taken = {flag(e) for e in extras} | ({flag(b) for b in BACKEND_FLAGS} if with_backend else set())
+        taken = {flag(e) for e in extras} | ({flag(b) for b in BACKEND_FLAGS} if with_backend else set()) \
+            | ({flag(r) for r in RAY_FLAGS} if with_ray else set())
         cls = type(f"{name.title()}Command", (_RefuseOldFlags,),
-                   {"renamed": renamed_flags(fields, taken)})
+                   {"renamed": renamed_flags(fields, taken),
+                    "optional_value": (flag("ray"),) if with_ray else ()})
         app.command(name, cls=cls)(command)
         return body
 

@@ -7,26 +7,15 @@ probed first and a dead or wrong one is refused within seconds.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from cai.config import ConfigError
+from cai.config import ConfigError, RayConfig
 
 PROBE_TIMEOUT_S = 5.0
 
-
-class RayConfig(BaseModel):
-    """Where and how wide a stage runs on Ray (`ray:` under `run:` or in a stage section)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    address: str | None = Field(None, description="cluster address (host:port, ray://host:port "
-                                                  "or auto); None starts a local Ray")
-    replicas: int = Field(1, ge=1, description="engine replicas (one actor, one engine each)")
-    gpus_per_replica: float = Field(0, ge=0, description="GPUs each replica reserves")
-    cpus_per_replica: float = Field(1, gt=0, description="CPUs each replica reserves")
+__all__ = ["RayConfig", "connect", "probe", "require_ray"]
 
 
 def require_ray() -> Any:
@@ -62,8 +51,9 @@ def connect(address: str | None = None, **init_kwargs: Any) -> Any:
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    if address not in (None, "auto", "local"):
-        probe(address)
+    target = address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
+    if target not in (None, "", "auto", "local"):
+        probe(target)
     try:
         ray.init(address=address, log_to_driver=False, **init_kwargs)
     except ConnectionError as e:

@@ -120,9 +120,9 @@ class _Backends:
         self.opened: list[Any] = []
 
     def load(self, model: str):
-        from cai.backends import load_backend
+        from cai.cluster.backend import load_engine  # on Ray when config.ray is set
 
-        b = load_backend(self.config.backend, model, **self.config.backend_options)
+        b = load_engine(self.config, model)
         self.opened.append(b)
         return b
 

@@ -134,7 +134,6 @@ def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,
                     progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
     """Each row's verdict score from the feedback model; adds `judge_score` (mean over the
     principles) and `judge_principles` ({principle id: score}) to every row."""
-    from cai.backends import load_backend
     from cai.constitution import load_constitution
     from cai.io import DataError
 
@@ -150,9 +149,11 @@ def run_judge_score(config: JudgeScoreConfig, *, backend: Any = None,
     t0 = time.perf_counter()
     owned = None
     if backend is None:
+        from cai.cluster.backend import load_engine  # on Ray when config.ray is set
+
         with loading(progress, f"judge {config.model or 'default model'}",
                      disable=not config.progress):
-            backend = owned = load_backend(config.backend, config.model, **config.backend_options)
+            backend = owned = load_engine(config)
     try:
         scores = _judge_in_chunks(backend, c, items, config, log, progress)
         judge = backend.model

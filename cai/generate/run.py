@@ -74,6 +74,46 @@ def check_scoring_support(backend: Backend, config: GenerateConfig) -> None:
             "--unchanged-threshold off --min-relevance off") from None
 
 
+def chunk_rows(backend: Backend, chains: list[Chain], *, constitution: Any,
+               config: GenerateConfig, rounds: int, provenance: dict[str, Any]
+               ) -> tuple[list[dict[str, Any]], list[Any]]:
+    """One chunk on a Ray actor's engine: its rows and the engine calls it made (for the
+    driver's progress bars)."""
+    check_scoring_support(backend, config)
+    calls: list[Any] = []
+    run_chains(Run(backend, constitution, config, observe=calls.append), chains, rounds)
+    return [revision_row(ch, provenance) for ch in chains], calls
+
+
+def _run_on_ray(config: GenerateConfig, constitution: Any, rounds: int,
+                provenance: dict[str, Any], chunks: list[list[Chain]], store: RunStore,
+                bars: Progress, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The chunks on `config.ray`'s engine actors; each is written here as it finishes.
+    Returns where the actors ran."""
+    from functools import partial
+
+    from cai.cluster.chunks import run_chunks
+
+    fn = partial(chunk_rows, constitution=constitution, config=config, rounds=rounds,
+                 provenance=provenance)
+    engine = (config.backend_name(), config.model, config.backend_options)
+    where: list[dict[str, Any]] = []
+
+    def started(actors: list[dict[str, Any]]) -> None:
+        where.extend(actors)
+        log(f"cai generate: {len(actors)} Ray engine replicas on "
+            f"{len({a['node_id'] for a in actors})} nodes")
+
+    for i, (rows, calls) in run_chunks(fn, chunks, engine=engine, ray_config=config.ray,
+                                       on_start=started):
+        bars.start_chunk()
+        for call in calls:
+            bars.observe(call)
+        store.write_shard(rows)
+        bars.chunk_done(len({ch.item.key for ch in chunks[i]}), len(chunks[i]), rounds)
+    return where
+
+
 def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
                  log: Callable[[str], None] = say,
                  progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
@@ -95,6 +135,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
     root = Path(config.out)
     owned: Backend | None = None
     bars: Progress | None = None
+    ray_actors: list[dict[str, Any]] = []  # where the engines ran, on Ray
     with RunStore(root) as store:
         manifest = store.open(identity, config.model_dump(mode="json"))
         if store.stale_holder:
@@ -129,7 +170,12 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
                       "constitution": constitution.name,
                       "constitution_hash": gen["constitution_hash"], "config_hash": config_hash}
         try:
-            if chunks:
+            if chunks and config.ray is not None:
+                bars = Progress(pending, len({ch.item.key for c in chunks for ch in c}),
+                                rounds, enabled=config.progress, make=progress)
+                ray_actors = _run_on_ray(config, constitution, rounds, provenance, chunks,
+                                         store, bars, log)
+            elif chunks:
                 if backend is None:
                     backend = owned = load_backend(config.backend_name(), config.model,
                                                    **config.backend_options)
@@ -174,6 +220,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
             "recommended": ({"model": registry_name(model_ref), "applied": recommended}
                             if recommended else None),
             "report": build_report(records, tags_field=config.principle_tags_field),
+            **({"ray_actors": ray_actors} if ray_actors else {}),
         }
         manifest.update(
             status="complete",

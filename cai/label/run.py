@@ -65,19 +65,59 @@ def load_label_config(path: str | Path | None = None,
     return load_section(path, "label", LabelRunConfig, overrides, marker_key="pairs")
 
 
-def _resolve_mode(config: LabelRunConfig, backend: Backend
+def _resolve_mode(config: LabelRunConfig, model: str | None
                   ) -> tuple[LabelRunConfig, float | None]:
     """(config with `mode` set, tau as a number or None for pairwise / 'fit'), filling what
     the config leaves unset from the feedback model's defaults."""
     from cai.models import feedback_defaults
 
-    mode, default_tau = feedback_defaults(config.model or backend.model)
+    mode, default_tau = feedback_defaults(config.model or model)
     config = config.model_copy(update={"mode": config.mode or mode})
     if config.mode != "pointwise":
         return config, None
     if config.tau is None:
         config = config.model_copy(update={"tau": default_tau or DEFAULT_TAU})
     return config, None if config.tau == "fit" else float(config.tau)
+
+
+RAY_CHUNKS_PER_REPLICA = 4  # enough to keep every replica busy while one chunk is slow
+
+
+def label_chunk(backend: Backend, pairs: list, *, constitution: Any, config: LabelRunConfig,
+                tau: float | None) -> tuple[list, list, str]:
+    """One chunk of pairs on a Ray actor's engine: (labels, [(pair, why too long)], the
+    labeler's model name), as the local path computes them for all pairs at once."""
+    pairs, too_long = fitting_pairs(backend, constitution, pairs, config)
+    scorer = ResponseScorer(backend, constitution, few_shot=config.few_shot) \
+        if config.mode == "pointwise" else None
+    labels = label_pairs(backend, constitution, pairs, config, progress=False, tau=tau,
+                         scorer=scorer)
+    return labels, too_long, backend.model
+
+
+def _label_on_ray(config: LabelRunConfig, c: Any, pairs: list, log: Log
+                  ) -> tuple[LabelRunConfig, float | None, list, list, str]:
+    """`label_chunk` over `config.ray`'s engine actors; labels come back in input order."""
+    from functools import partial
+
+    from cai.cluster.chunks import run_chunks
+
+    if config.tau == "fit":
+        raise ConfigError("tau: fit is not available on Ray yet; give tau as a number")
+    config, tau = _resolve_mode(config, config.model)
+    log(f"mode {config.mode}" + (f", tau {config.tau}" if config.mode == "pointwise" else ""))
+    size = max(1, -(-len(pairs) // (config.ray.replicas * RAY_CHUNKS_PER_REPLICA)))
+    chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+    fn = partial(label_chunk, constitution=c, config=config, tau=tau)
+    done: dict[int, tuple] = {}
+    for i, result in run_chunks(fn, chunks, engine=(config.backend, config.model,
+                                                    config.backend_options),
+                                ray_config=config.ray):
+        done[i] = result
+    ordered = [done[i] for i in range(len(chunks))]
+    labels = [lab for r in ordered for lab in r[0]]
+    too_long = [t for r in ordered for t in r[1]]
+    return config, tau, labels, too_long, ordered[0][2]
 
 
 def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Log = say,
@@ -115,35 +155,43 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Lo
 
     start = time.perf_counter()
     owned = None
-    if backend is None:
-        backend = owned = load_backend(config.backend, config.model, **config.backend_options)
-    try:
-        t_loaded = time.perf_counter()
-        config, tau = _resolve_mode(config, backend)
-        log(f"mode {config.mode}" + (f", tau {config.tau}" if config.mode == "pointwise" else ""))
-        scorer = ResponseScorer(backend, c, few_shot=config.few_shot) \
-            if config.mode == "pointwise" else None
-        if config.tau == "fit":
-            fit_on, _ = fitting_pairs(backend, c, [p for p in human_pairs if p.key in human], config)
-            diffs = reference_diffs(label_pairs(backend, c, fit_on, config, log=log,
-                                                progress=config.progress, tau=1.0,
-                                                scorer=scorer), human)
-            if not diffs:
-                raise DataError(f"{config.eval_against}: no labeled pair fits the feedback "
-                                "model's context, so tau cannot be fitted")
-            tau = fit_tau(diffs)
-            log(f"tau fitted on {len(diffs)} human-labeled pairs: {tau:.3f}")
-        pairs, too_long = fitting_pairs(backend, c, pairs, config)
+    if config.ray is not None:
+        t_loaded = start
+        config, tau, labels, too_long, labeler = _label_on_ray(config, c, pairs, log)
         rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
                             reason=why) for p, why in too_long]
         if too_long:
             log(f"{len(too_long)} pairs too long for the feedback model -> {rejects_file}")
-        labels = label_pairs(backend, c, pairs, config, log=log, progress=config.progress,
-                             tau=tau, scorer=scorer)
-        labeler = backend.model
-    finally:
-        if owned is not None:
-            owned.close()
+    else:  # here, on one engine
+        if backend is None:
+            backend = owned = load_backend(config.backend, config.model, **config.backend_options)
+        try:
+            t_loaded = time.perf_counter()
+            config, tau = _resolve_mode(config, backend.model)
+            log(f"mode {config.mode}" + (f", tau {config.tau}" if config.mode == "pointwise" else ""))
+            scorer = ResponseScorer(backend, c, few_shot=config.few_shot) \
+                if config.mode == "pointwise" else None
+            if config.tau == "fit":
+                fit_on, _ = fitting_pairs(backend, c, [p for p in human_pairs if p.key in human], config)
+                diffs = reference_diffs(label_pairs(backend, c, fit_on, config, log=log,
+                                                    progress=config.progress, tau=1.0,
+                                                    scorer=scorer), human)
+                if not diffs:
+                    raise DataError(f"{config.eval_against}: no labeled pair fits the feedback "
+                                    "model's context, so tau cannot be fitted")
+                tau = fit_tau(diffs)
+                log(f"tau fitted on {len(diffs)} human-labeled pairs: {tau:.3f}")
+            pairs, too_long = fitting_pairs(backend, c, pairs, config)
+            rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
+                                reason=why) for p, why in too_long]
+            if too_long:
+                log(f"{len(too_long)} pairs too long for the feedback model -> {rejects_file}")
+            labels = label_pairs(backend, c, pairs, config, log=log, progress=config.progress,
+                                 tau=tau, scorer=scorer)
+            labeler = backend.model
+        finally:
+            if owned is not None:
+                owned.close()
     elapsed = time.perf_counter() - t_loaded
     run = run_info(c, config, tau=tau)
     records = [to_record(lab, labeler, run) for lab in labels]

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.backends import Backend, SamplingConfig, load_backend
+from cai.backends import Backend, SamplingConfig
 from cai.backends.context import prompt_budget
 from cai.config import ConfigError, EngineConfig, load_section, progress_bar, say
 from cai.constitution import Constitution, load_constitution
@@ -118,7 +118,9 @@ def run_sample(config: SampleRunConfig, *, backend: Backend | None = None,
     rejects_file = config.rejects_path()
     owned = None
     if backend is None:
-        backend = owned = load_backend(config.backend, config.model, **config.backend_options)
+        from cai.cluster.backend import load_engine  # on Ray when config.ray is set
+
+        backend = owned = load_engine(config)
     try:
         # a prompt that leaves no room for max_tokens would fail the whole batch
         max_prompt_tokens = config.max_prompt_tokens or prompt_budget(backend, config.max_tokens)

@@ -133,6 +133,14 @@ def _build_config(pipeline: Pipeline, stage: Stage, wired: dict[str, Any],
             continue
         if name == "backend_options":
             section[name] = {**value, **(section.get(name) or {})}
+        elif name == "ray" and "workers" in cls.model_fields:
+            # a training stage takes only the cluster's address, and only for its `workers:`
+            if section.get("workers") and "ray" not in section and value.address:
+                section["ray"] = value.address
+        elif name == "ray":  # a stage's own `ray:` overrides key by key; `ray: null` opts out
+            own = section.get(name, {})
+            section[name] = None if own is None else \
+                {**value.model_dump(exclude_unset=True), **own}
         else:
             section.setdefault(name, value)
     def as_path(value: Any) -> Any:

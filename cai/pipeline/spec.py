@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cai.config import RayConfig
 from cai.constitution.errors import LocatedError, did_you_mean
 from cai.constitution.yamlnodes import Node, Pos, parse, plain
 
@@ -53,6 +54,9 @@ class RunSettings(BaseModel):
                                                   "stage that runs an inference engine")
     backend_options: dict[str, Any] = Field(default_factory=dict,
                                             description="passed to load_backend for every engine")
+    ray: RayConfig | None = Field(None, description="run every engine stage on Ray (address, "
+                                                    "replicas, gpus_per_replica, "
+                                                    "cpus_per_replica); a stage may override")
     seed: int = 0
     rounds: int = Field(1, ge=1, le=MAX_ROUNDS, description="sample -> label -> rm -> ppo rounds")
 

@@ -77,10 +77,11 @@ class Stage:
     wire: Callable[[Wiring], dict[str, Any]]
     per_round: bool = False  # runs once per round (sample, label, rm, ppo)
     owned: tuple[str, ...] = ("out",)  # filled in by the runner only
-    shared: tuple[str, ...] = ("model", "backend", "backend_options", "seed")  # from run:
+    shared: tuple[str, ...] = ("model", "backend", "backend_options", "ray", "seed")  # run:
     prompt_fields: tuple[str, ...] = ()  # may name a `prompts:` set
     file_fields: tuple[str, ...] = ()  # user paths whose contents are inputs
-    volatile: tuple[str, ...] = ("progress",)  # not part of the config hash
+    # not part of the config hash (where the engines run changes no output)
+    volatile: tuple[str, ...] = ("progress", "ray")
     # fields that, when only they grew (None = no cap, the largest), leave the old outputs
     # in place because the stage resumes into them and ends as a fresh run would
     grows: tuple[str, ...] = ()
@@ -107,8 +108,11 @@ def _resolve(ref: Any) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def engine_of(config: Any) -> tuple[str | None, str | None, dict[str, Any]]:
-    """A stage config's own (backend, model, backend_options)."""
+def engine_of(config: Any) -> tuple[str | None, str | None, dict[str, Any]] | None:
+    """A stage config's own (backend, model, backend_options); None when it runs on Ray (its
+    engines live in the Ray actors, so the runner starts none here)."""
+    if getattr(config, "ray", None) is not None:
+        return None
     return (getattr(config, "backend", None), getattr(config, "model", None),
             dict(getattr(config, "backend_options", None) or {}))
 
@@ -131,7 +135,7 @@ GENERATE = Stage(
     wire=_wire_generate,
     prompt_fields=("prompts",),
     file_fields=("prompts",),
-    volatile=("progress", "chunk_size"),
+    volatile=("progress", "ray", "chunk_size"),
     grows=("limit",),  # a run directory accumulates records: --limit N = the first N prompts
     engine=engine_of,
     brief=_brief_generate,
@@ -428,8 +432,11 @@ def final_eval(s: dict[str, Any], stage_dir: Path) -> list[str]:
 
 def _eval_engines(config: Any) -> dict[str, tuple[str | None, str | None, dict[str, Any]]]:
     """The reference's engine (often the base model's, kept from generate and label) and a
-    judge's that is neither."""
-    backend, _, options = engine_of(config)
+    judge's that is neither. None on Ray: eval loads its engines in the actors."""
+    own = engine_of(config)
+    if own is None:
+        return {}
+    backend, _, options = own
     out = {}
     if config.reference is not None:
         out["reference_backend"] = (backend, config.reference, options)
