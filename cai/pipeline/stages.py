@@ -84,6 +84,9 @@ class Stage:
     # fields that, when only they grew (None = no cap, the largest), leave the old outputs
     # in place because the stage resumes into them and ends as a fresh run would
     grows: tuple[str, ...] = ()
+    # inputs the stage updates in place: when only they changed, the old outputs stay and
+    # the stage remakes what the change touched (generate: records of edited principles)
+    rebuilds: tuple[str, ...] = ()
     # the inference engine the stage runs on, or None; passed to it as `backend=`
     engine: Callable[[Any], tuple[str | None, str | None, dict[str, Any]] | None] | None = None
     brief: Callable[[dict[str, Any]], str] = lambda s: ""  # one line from its summary
@@ -130,6 +133,7 @@ GENERATE = Stage(
     file_fields=("prompts",),
     volatile=("progress", "chunk_size"),
     grows=("limit",),  # a run directory accumulates records: --limit N = the first N prompts
+    rebuilds=("constitution",),  # per-record principle hashes: cai.generate.incremental
     engine=engine_of,
     brief=_brief_generate,
 )
