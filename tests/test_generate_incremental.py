@@ -165,3 +165,32 @@ def test_removing_a_principle_remakes_only_its_records(tmp_path):
     remade = {rid for rid in before if after[rid] != before[rid]}
     assert had_b and remade == had_b and summary["new_records"] == len(had_b)
     assert not any("b" in r["principle_ids"] for r in after.values())
+
+
+def test_constitution_diff_counts_the_records_a_rerun_would_remake(tmp_path):
+    from typer.testing import CliRunner
+
+    from cai.cli.constitution import app
+
+    _, before, config = _random_run(tmp_path, ["a", "b", "c", "d"])
+    old = tmp_path / "old.yaml"
+    shutil.copy(config.constitution, old)
+    new = tmp_path / "new.yaml"
+    new.write_text(old.read_text().replace("Critique under b.", "Critique harder under b.")
+                   .replace("  - {id: d,", "  - {id: d, weight: 2,"))
+    had_b = sum("b" in r["principle_ids"] for r in before.values())
+    c = load_constitution(new)
+    d_moves = sum(any(sample_principle(c, 0, f"{rid}/round{k}").id != r["principle_ids"][k]
+                      for k in range(2)) and "b" not in r["principle_ids"]
+                  for rid, r in before.items())
+    result = CliRunner().invoke(app, ["diff", str(old), str(new), "--run", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "small 1 -> small 1: 2 changes"
+    assert lines[1].split() == ["edited", "b", str(had_b), "records"]
+    assert lines[2].split()[:2] == ["redrawn", "d"]
+    assert lines[-1] == (f"{had_b + d_moves} of 60 records in {tmp_path / 'run'} "
+                         "would be made again")
+    summary = run_generate(config.model_copy(update={"constitution": str(new)}),
+                           backend=HashBackend())
+    assert summary["new_records"] == had_b + d_moves

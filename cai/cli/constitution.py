@@ -1,4 +1,4 @@
-"""`cai constitution ...`: validate, show, new, render, schema. Imports stay light (no torch)."""
+"""`cai constitution ...`: validate, show, new, render, schema, diff. Imports stay light (no torch)."""
 
 from __future__ import annotations
 
@@ -254,3 +254,44 @@ def _print_chat_template(model: str, stages: dict[str, list[dict]], answer_token
 def schema_cmd() -> None:
     """Print the JSON Schema of constitution files (for editor completion)."""
     typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command("diff")
+def diff_cmd(
+    old: str = typer.Argument(..., help="the constitution before (file or shipped name)"),
+    new: str = typer.Argument(..., help="the constitution after"),
+    run: Path = typer.Option(None, "--run", help="a `cai generate` run directory: count the "
+                                                 "records each change makes again"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """The principles that changed between two constitutions (edited text or examples,
+    added, removed, other weight or tags) and, with --run, how many records of that run a
+    rerun would make again for each."""
+    from cai.constitution import diff_constitutions
+
+    a, b = _load_or_exit(old), _load_or_exit(new)
+    counts = None
+    if run is not None:
+        from cai.generate.touched import touched  # pyarrow: only with --run
+
+        try:
+            counts = touched(run, b)
+        except FileNotFoundError as e:
+            fail(str(e))
+    d = diff_constitutions(a, b, few_shot=counts["few_shot"] if counts else True)
+    if as_json:
+        typer.echo(json.dumps({**d.to_dict(), "touched": counts}, indent=2))
+        return
+    by = counts["by_cause"] if counts else {}
+    rows = [(kind, pid) for kind in ("edited", "added", "removed", "redrawn")
+            for pid in getattr(d, kind)] + ([("frame", "(system prompt / examples)")] if d.frame else [])
+    typer.echo(f"{a.name} {a.version} -> {b.name} {b.version}: "
+               + (f"{len(rows)} change{'s' * (len(rows) != 1)}" if rows else "no changes"))
+    width = max([len(p) for _, p in rows] + [8])
+    for kind, pid in rows:
+        n = by.get(counts["frame"] if kind == "frame" else pid, 0) if counts else None
+        typer.echo(f"  {kind:<8} {pid:<{width}}" + ("" if n is None else f"  {n} records"))
+    if counts:
+        if by.get(counts["route"]):
+            typer.echo(f"  routing  {'(candidates changed)':<{width}}  {by[counts['route']]} records")
+        typer.echo(f"{counts['stale']} of {counts['records']} records in {run} would be made again")

@@ -18,6 +18,7 @@ kept as it is, byte for byte.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from cai.constitution import FRAME, Constitution, principle_hashes, sample_principle
@@ -61,22 +62,29 @@ def _tags_field(record: dict[str, Any], field: str | None) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
+@dataclass(frozen=True)
+class Stale:
+    """Why a record is made again: the parts of the constitution to blame (FRAME, ROUTE or
+    principle ids: the one whose hash changed, or the old and new draw) and a sentence."""
+
+    causes: tuple[str, ...]
+    reason: str
+
+
 def stale_reason(record: dict[str, Any], c: Constitution, config: GenerateConfig,
-                 table: dict[str, str]) -> str | None:
+                 table: dict[str, str]) -> Stale | None:
     """Why `record` must be made again under `c`, or None when it stands."""
     if not record.get("principle_hashes"):
-        return "made before principle hashes were stored"
+        return Stale((), "made before principle hashes were stored")
     for key, h in json.loads(record["principle_hashes"]).items():
         if table.get(key) != h:
-            return (f"{key} changed" if key in table else f"{key} removed")
+            return Stale((key,), f"{key} changed" if key in table else f"{key} removed")
     route = record["route"]
     drawable = [p for p in c.principles if p.weight > 0]
-    known = {t for p in drawable for t in p.tags}
     field = _tags_field(record, config.principle_tags_field)
-    mode = effective_route(config)
-    if mode == "auto" and (route == "tags" or scored(route)) \
-            and (route == "tags") != bool(known.intersection(field)):
-        return "its tags field now routes it the other way"
+    if effective_route(config) == "auto" and (route == "tags" or scored(route)) \
+            and (route == "tags") != bool({t for p in drawable for t in p.tags}.intersection(field)):
+        return Stale((ROUTE,), "its tags field now routes it the other way")
     if route == "tags":
         tags: tuple[str, ...] = tuple(field)
     elif route == BENIGN:
@@ -87,16 +95,17 @@ def stale_reason(record: dict[str, Any], c: Constitution, config: GenerateConfig
         now = route if scored(route) and route != BENIGN else \
             sample_principle(c, config.seed, f"{record['id']}/round{i}", tags=tags).id
         if now != r["principle_id"]:
-            return f"round {i + 1} now draws {now} instead of {r['principle_id']}"
+            return Stale((r["principle_id"], now),
+                         f"round {i + 1} now draws {now} instead of {r['principle_id']}")
     return None
 
 
 def stale_records(records: Iterable[dict[str, Any]], c: Constitution, config: GenerateConfig,
-                  table: dict[str, str]) -> dict[str, str]:
-    """{record id: reason} for every record that must be made again."""
+                  table: dict[str, str]) -> dict[str, Stale]:
+    """{record id: why} for every record that must be made again."""
     out = {}
     for rec in records:
-        reason = stale_reason(rec, c, config, table)
-        if reason:
-            out[rec["id"]] = reason
+        why = stale_reason(rec, c, config, table)
+        if why:
+            out[rec["id"]] = why
     return out

@@ -52,7 +52,7 @@ def drop_stale(store: RunStore, constitution: Constitution, config: GenerateConf
     stale = stale_records(store.iter_records(), constitution, config, table)
     if stale:
         store.drop(set(stale))
-        why = Counter(stale.values())
+        why = Counter(s.reason for s in stale.values())
         log(f"cai generate: {store.root}: the constitution changed; remaking {len(stale)} "
             "records (" + "; ".join(f"{n}: {r}" for r, n in why.most_common(5))
             + (", ..." if len(why) > 5 else "") + ")")
