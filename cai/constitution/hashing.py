@@ -49,6 +49,16 @@ def principle_hashes(c: Constitution, few_shot: bool = True) -> dict[str, str]:
     return {FRAME: frame_hash(c, few_shot), **{p.id: principle_hash(c, p.id) for p in c.principles}}
 
 
+def feedback_hashes(c: Constitution, few_shot: bool = True) -> dict[str, str]:
+    """As `principle_hashes`, for AI feedback: the frame is the worked comparisons shown
+    before every question (with their principles' questions), when few-shot is on."""
+    shots = [{**ex.model_dump(mode="json"),
+              "questions": [c.principle(ex.principle).comparison,
+                            c.principle(ex.principle).judgement_question]}
+             for ex in c.feedback_few_shot] if few_shot else []
+    return {FRAME: content_hash(shots), **{p.id: principle_hash(c, p.id) for p in c.principles}}
+
+
 @dataclass
 class ConstitutionDiff:
     """Principles edited (their text or examples), added, removed, or with other draws
