@@ -295,3 +295,55 @@ def diff_cmd(
         if by.get(counts["route"]):
             typer.echo(f"  routing  {'(candidates changed)':<{width}}  {by[counts['route']]} records")
         typer.echo(f"{counts['stale']} of {counts['records']} records in {run} would be made again")
+
+
+@app.command("test")
+def test_cmd(
+    file: str = typer.Argument(..., help="constitution file or shipped name (its `tests:` and "
+                                         "NAME.tests.yaml beside it)"),
+    model: str = typer.Option(None, "--model", help="feedback model: judges critique cases, "
+                                                    "compares preference cases (default: the "
+                                                    "embedded model)"),
+    policy: str = typer.Option(None, "--policy", help="model or directory that answers "
+                                                      "behaviour cases (default: --model)"),
+    backend: str = typer.Option(None, "--backend", help="vllm | transformers (default: vllm "
+                                                        "when installed)"),
+    junit: Path = typer.Option(None, "--junit", help="also write JUnit XML here"),
+    min_pass: float = typer.Option(0.8, "--min-pass", min=0.0, max=1.0,
+                                   help="exit 1 when a principle's pass rate is below this"),
+    few_shot: bool = typer.Option(True, "--few-shot/--no-few-shot",
+                                  help="show the constitution's worked comparisons"),
+    max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="behaviour answers' length"),
+) -> None:
+    """Run the constitution's test cases: a pytest-like table, pass rates per principle and
+    per kind; exit 1 when a principle falls below --min-pass."""
+    from cai.constitution.cases import load_cases
+
+    try:
+        c, cases, files = load_cases(file)
+    except ConstitutionError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if not cases:
+        fail(f"{file}: no test cases (write a `tests:` section, or "
+             f"{Path(c.sources[0]).stem}.tests.yaml beside it)")
+    from cai.backends import load_backend
+    from cai.eval.casereport import below, format_results, junit_xml
+    from cai.eval.casetests import run_cases
+
+    typer.echo(f"{c.name} {c.version}: {len(cases)} cases from {', '.join(files)}", err=True)
+    feedback = load_backend(backend, model)
+    pol = load_backend(backend, policy) if policy and policy != model else None
+    try:
+        results = run_cases(cases, c, feedback, pol, few_shot=few_shot, max_tokens=max_tokens)
+    finally:
+        for b in (feedback, pol):
+            if b is not None:
+                b.close()
+    typer.echo(format_results(results, min_pass))
+    if junit:
+        from cai.io import atomic_write_text
+
+        atomic_write_text(junit, junit_xml(results, c.name))
+    if below(results, min_pass):
+        raise typer.Exit(1)

@@ -110,6 +110,7 @@ def _resolve(path: Path, chain: list[Path], errors: list[LocatedError],
 
     _check_schema_version(root, errors)
     _check_duplicate_ids(root, errors)
+    root.value.pop("tests", None)  # the file's own cases (cases.py), not constitution content
     extends = root.value.pop("extends", None)
     if extends is None:
         return root, True
