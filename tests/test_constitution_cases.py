@@ -170,3 +170,14 @@ def test_sibling_tests_file_and_located_errors(tmp_path):
     assert (4, "tests[2]: a behaviour case needs 'expect'") in got
     assert (5, "tests[3]: a preference case needs 'rejected'") in got
     assert all(e.file.endswith("tiny.tests.yaml") for e in info.value.errors)
+
+
+def test_shipped_constitutions_have_three_cases_per_principle():
+    from cai.constitution import shipped_names
+
+    for name in shipped_names():
+        c, cases, _ = load_cases(name)
+        for p in c.principles:
+            kinds = [k.kind for k in cases if k.principle == p.id]
+            assert len(kinds) >= 3 and set(kinds) == {"behaviour", "critique", "preference"}, \
+                (name, p.id, kinds)

@@ -33,17 +33,19 @@ def validate_cmd(
     files: list[str] = typer.Argument(..., help="constitution files or shipped names"),
 ) -> None:
     """Check files and print every error as FILE:LINE:COL: message; exit 1 if any."""
+    from cai.constitution.cases import load_cases
+
     failed = 0
     for ref in files:
         try:
-            c = load_constitution(ref)
+            c, cases, _ = load_cases(ref)  # the constitution and its test cases
         except ConstitutionError as e:
             failed += 1
             typer.echo(str(e), err=True)
             typer.echo(f"FAIL {ref}: {len(e.errors)} error{'s' * (len(e.errors) != 1)}", err=True)
             continue
         typer.echo(f"ok   {ref}: {c.name} {c.version}, {len(c.principles)} principles, "
-                   f"hash {c.content_hash()}")
+                   f"{len(cases)} test cases, hash {c.content_hash()}")
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
