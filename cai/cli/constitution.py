@@ -349,3 +349,30 @@ def test_cmd(
         atomic_write_text(junit, junit_xml(results, c.name))
     if below(results, min_pass):
         raise typer.Exit(1)
+
+
+@app.command("health")
+def health_cmd(
+    run_dir: Path = typer.Argument(..., help="a `cai run` directory (generate/, label/, eval/) "
+                                             "or a `cai generate` run directory"),
+    constitution: str = typer.Option(None, "--constitution", help="the constitution (default: "
+                                                                  "the one generate used)"),
+    as_json: bool = typer.Option(False, "--json", help="print the figures as JSON"),
+) -> None:
+    """Per principle: how often it was drawn or routed, how often its critique changed the
+    answer, its usable-revision rate and reject reasons, its labels' position consistency
+    and confidence, and the final policy's decline and on-topic rates on held-out prompts
+    routed to it. Principles below the thresholds (docs/constitutions.md) are flagged."""
+    from cai.eval.health import run_health
+    from cai.eval.health_table import format_health, used_constitution
+
+    if not run_dir.is_dir():
+        fail(f"{run_dir}: no such directory")
+    ref = constitution or used_constitution(run_dir)
+    if ref is None:
+        fail(f"{run_dir}: no generate manifest names the constitution; pass --constitution")
+    health = run_health(run_dir, _load_or_exit(ref))
+    if as_json:
+        typer.echo(json.dumps(health, indent=2))
+        return
+    typer.echo(format_health(health))
