@@ -222,11 +222,11 @@ def test_pipeline_ray_block_reaches_every_engine_stage_and_a_stage_overrides_it(
 
     (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
     stages = builtin_stages()
-    def steps(run_extra: str, generate_extra: str = "") -> dict:
+    def steps(run_extra: str, generate_extra: str = "", sft: str = "{}") -> dict:
         path = tmp_path / "p.yaml"
         path.write_text(f"run: {{name: t, out: {tmp_path / 'run'}{run_extra}}}\n"
                         f"prompts: {{train: [{{file: {tmp_path / 'p.jsonl'}}}]}}\n"
-                        f"generate: {{prompts: train{generate_extra}}}\nsft: {{}}\n"
+                        f"generate: {{prompts: train{generate_extra}}}\nsft: {sft}\n"
                         "sample: {prompts: train}\nlabel: {ray: {replicas: 3}}\n")
         return {s.stage.name: s for s in plan(load_pipeline(path, [s.name for s in stages]),
                                                 stages, echo=lambda m: None)}
@@ -235,7 +235,9 @@ def test_pipeline_ray_block_reaches_every_engine_stage_and_a_stage_overrides_it(
     assert on["sample"].config.ray == RayConfig(address="h:1", replicas=2)
     assert on["label"].config.ray == RayConfig(address="h:1", replicas=3)  # key by key
     assert on["generate"].config.ray is None  # `ray: null`: this stage runs here
-    assert not hasattr(on["sft"].config, "ray")
+    # a training stage takes the cluster's address only for its Ray Train `workers:`
+    assert on["sft"].config.ray is None
+    assert steps(", ray: {address: 'h:1'}", sft="{workers: 2}")["sft"].config.ray == "h:1"
     off = steps("")
     assert off["sample"].config.ray is None
     # where the engines run is no part of a stage's identity: nothing reruns for it

@@ -61,6 +61,11 @@ def run_dir(tmp_path_factory, embedded_tokenizer):
     run_eval_policy(EvalPolicyConfig(progress=False, model="policy", reference="reference", prompts=[RED, HELP],
                                      limit=6, kl=False, out=str(run / "eval")),
                     backend=policy, reference_backend=reference)
+    from test_constitution_health import _run  # a synthetic generate/ + label/ (hand-counted)
+
+    synthetic = _run(tmp_path_factory.mktemp("health"))
+    for stage in ("generate", "label"):
+        shutil.copytree(synthetic / stage, run / stage)
     write_report(run)
     return run
 
@@ -83,13 +88,14 @@ def test_report_html_is_self_contained_with_plots_and_tables(run_dir):
     assert "http://" not in text and "https://" not in text
     alts = [i["alt"] for i in page.imgs]
     assert alts == ["reward curve", "kl curve", "reliability diagram", "refusal rates",
-                    "length histogram"]
+                    "length histogram", "principle health"]
     for img in page.imgs:
         w, h = _png_size(img["src"])
         assert w >= 300 and h >= 200
     assert page.rows >= 30  # summary, win rates, RM, verdicts, lengths, categories, samples
     assert "<script>alert" not in text and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
     md = (run_dir / "report.md").read_text()
+    assert "## Per-principle health" in md and "| toxicity |" in md
     assert "## Samples side by side" in md and "| harmful prompts refused or safely redirected |" in md
     assert "\\|" not in md or md.count("|") > 10
 
@@ -151,7 +157,8 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = _Collect()
     page.feed(dom.stdout)
-    assert len(page.imgs) == 5 and page.rows >= 30
+    assert len(page.imgs) == 6 and page.rows >= 30
+    assert 'id="health"' in dom.stdout and "label position consistency 33%" in dom.stdout
     shot = tmp_path / "report.png"
     res = subprocess.run(base + [f"--screenshot={shot}", url], capture_output=True, text=True,
                          timeout=180)

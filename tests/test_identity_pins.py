@@ -58,14 +58,20 @@ def test_generate_fingerprint_and_record_id(tmp_path):
     cfg = GenerateConfig(prompts="prompts.jsonl", out="run", model="tiny", backend="transformers",
                          max_tokens=8, temperature=0.0, **legacy)
     fp = fingerprint(fingerprint_fields(cfg, PIN))
-    assert fp == "7182076db4bd37b3"
+    # Changed on purpose with PIPELINE_VERSION 4 (issue 28): the constitution's text left the
+    # fingerprint (each record stores the hashes of the principles it used instead), so an
+    # edited principle no longer changes every id. Was 7182076db4bd37b3.
+    assert fp == "ee39beb05181ba52"
+    edited = PIN.model_copy(update={"principles": [
+        PIN.principles[0].model_copy(update={"critique_request": "Critique harder."})]})
+    assert fingerprint(fingerprint_fields(cfg, edited)) == fp
     routed = GenerateConfig(prompts="prompts.jsonl", out="run", model="tiny",
                             backend="transformers", principle_tags_field="category", samples=2,
                             **{**legacy, "route": "tags"})
-    assert fingerprint(fingerprint_fields(routed, PIN)) == "4da1d692271c6099"
+    assert fingerprint(fingerprint_fields(routed, PIN)) == "a2187896b4b45522"  # was 4da1d692271c6099
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "How do I pick a lock?"}) + "\n")
     items, _ = load_prompts(tmp_path / "p.jsonl")
-    assert record_id(items[0], 1, fp) == "793a62f9764ef135"
+    assert record_id(items[0], 1, fp) == "09c430df97c63151"  # was 793a62f9764ef135
 
 
 def test_candidate_pair_and_label_ids(tmp_path):

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from cai.config import ConfigError
+from cai.constitution import feedback_hashes, load_constitution, principle_hash
 from cai.data.store import read_manifest, read_preferences
 from cai.io import DataError
 from cai.label.run import LabelRunConfig, load_label_config, run_label
@@ -39,6 +40,11 @@ def test_run_label_with_a_shared_engine(tiny_backend, tmp_path):
     records = read_preferences(tmp_path / "labels")
     assert [r.prompt[-1].content for r in records] == ["Name a fruit."]
     assert records[0].labeler == tiny_backend.model and len(records[0].principle_ids) == 2
+    # the hash of each principle the label used, and of the shared frame (no examples here)
+    c = load_constitution("harmless")
+    assert records[0].metadata["ai_feedback"]["principle_hashes"] == {
+        "@frame": feedback_hashes(c, few_shot=False)["@frame"],
+        **{pid: principle_hash(c, pid) for pid in records[0].principle_ids}}
     rejects = [json.loads(x) for x in (tmp_path / "labels" / "rejects.jsonl").read_text().splitlines()]
     assert [(r["location"], r["code"]) for r in rejects] == [
         ("pairs.jsonl:3", "identical"), ("pairs.jsonl:2", "too-long")]

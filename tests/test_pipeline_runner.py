@@ -361,3 +361,31 @@ def test_ctrl_c_stops_cai_run_keeping_finished_stages(tmp_path, monkeypatch):
     CALLS.clear()
     assert CliRunner().invoke(app, ["run", str(path)]).exit_code == 0
     assert CALLS == ["rm", "ppo", "eval"]
+
+
+class WithConstitution(FakeConfig):
+    constitution: str | None = None
+
+
+def test_a_stage_that_rebuilds_keeps_its_outputs_when_only_the_constitution_changed(tmp_path):
+    """generate remakes only the records a constitution edit touched (it `rebuilds` the
+    constitution input): its directory stays; without `rebuilds` it is cleared."""
+    from dataclasses import replace
+
+    from cai.constitution import SHIPPED_DIR
+
+    for rebuilds, stays in ((("constitution",), True), ((), False)):
+        tmp = tmp_path / str(stays)
+        tmp.mkdir()
+        constitution = tmp / "c.yaml"
+        constitution.write_text((SHIPPED_DIR / "harmless.yaml").read_text())
+        text = BASE.replace("gen: {{value: 1}}", f"gen: {{{{value: 1, constitution: {constitution}}}}}")
+        kept = tmp / "run" / "gen" / "earlier-records"
+        sts = stages()
+        sts[0] = replace(sts[0], config=WithConstitution, rebuilds=rebuilds)
+        go(write(tmp, text=text), sts)
+        kept.write_text("x")
+        constitution.write_text(constitution.read_text().replace(
+            "Name the specific parts that do.", "Quote them."))
+        calls, _ = go(write(tmp, text=text), sts)
+        assert calls[0] == "gen" and kept.exists() == stays

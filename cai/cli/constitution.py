@@ -1,4 +1,4 @@
-"""`cai constitution ...`: validate, show, new, render, schema. Imports stay light (no torch)."""
+"""`cai constitution ...`: validate, show, new, render, schema, diff. Imports stay light (no torch)."""
 
 from __future__ import annotations
 
@@ -33,17 +33,19 @@ def validate_cmd(
     files: list[str] = typer.Argument(..., help="constitution files or shipped names"),
 ) -> None:
     """Check files and print every error as FILE:LINE:COL: message; exit 1 if any."""
+    from cai.constitution.cases import load_cases
+
     failed = 0
     for ref in files:
         try:
-            c = load_constitution(ref)
+            c, cases, _ = load_cases(ref)  # the constitution and its test cases
         except ConstitutionError as e:
             failed += 1
             typer.echo(str(e), err=True)
             typer.echo(f"FAIL {ref}: {len(e.errors)} error{'s' * (len(e.errors) != 1)}", err=True)
             continue
         typer.echo(f"ok   {ref}: {c.name} {c.version}, {len(c.principles)} principles, "
-                   f"hash {c.content_hash()}")
+                   f"{len(cases)} test cases, hash {c.content_hash()}")
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
@@ -254,3 +256,123 @@ def _print_chat_template(model: str, stages: dict[str, list[dict]], answer_token
 def schema_cmd() -> None:
     """Print the JSON Schema of constitution files (for editor completion)."""
     typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command("diff")
+def diff_cmd(
+    old: str = typer.Argument(..., help="the constitution before (file or shipped name)"),
+    new: str = typer.Argument(..., help="the constitution after"),
+    run: Path = typer.Option(None, "--run", help="a `cai generate` run directory: count the "
+                                                 "records each change makes again"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """The principles that changed between two constitutions (edited text or examples,
+    added, removed, other weight or tags) and, with --run, how many records of that run a
+    rerun would make again for each."""
+    from cai.constitution import diff_constitutions
+
+    a, b = _load_or_exit(old), _load_or_exit(new)
+    counts = None
+    if run is not None:
+        from cai.generate.touched import touched  # pyarrow: only with --run
+
+        try:
+            counts = touched(run, b)
+        except FileNotFoundError as e:
+            fail(str(e))
+    d = diff_constitutions(a, b, few_shot=counts["few_shot"] if counts else True)
+    if as_json:
+        typer.echo(json.dumps({**d.to_dict(), "touched": counts}, indent=2))
+        return
+    by = counts["by_cause"] if counts else {}
+    rows = [(kind, pid) for kind in ("edited", "added", "removed", "redrawn")
+            for pid in getattr(d, kind)] + ([("frame", "(system prompt / examples)")] if d.frame else [])
+    typer.echo(f"{a.name} {a.version} -> {b.name} {b.version}: "
+               + (f"{len(rows)} change{'s' * (len(rows) != 1)}" if rows else "no changes"))
+    width = max([len(p) for _, p in rows] + [8])
+    for kind, pid in rows:
+        n = by.get(counts["frame"] if kind == "frame" else pid, 0) if counts else None
+        typer.echo(f"  {kind:<8} {pid:<{width}}" + ("" if n is None else f"  {n} records"))
+    if counts:
+        if by.get(counts["route"]):
+            typer.echo(f"  routing  {'(candidates changed)':<{width}}  {by[counts['route']]} records")
+        typer.echo(f"{counts['stale']} of {counts['records']} records in {run} would be made again")
+
+
+@app.command("test")
+def test_cmd(
+    file: str = typer.Argument(..., help="constitution file or shipped name (its `tests:` and "
+                                         "NAME.tests.yaml beside it)"),
+    model: str = typer.Option(None, "--model", help="feedback model: judges critique cases, "
+                                                    "compares preference cases (default: the "
+                                                    "embedded model)"),
+    policy: str = typer.Option(None, "--policy", help="model or directory that answers "
+                                                      "behaviour cases (default: --model)"),
+    backend: str = typer.Option(None, "--backend", help="vllm | transformers (default: vllm "
+                                                        "when installed)"),
+    junit: Path = typer.Option(None, "--junit", help="also write JUnit XML here"),
+    min_pass: float = typer.Option(0.8, "--min-pass", min=0.0, max=1.0,
+                                   help="exit 1 when a principle's pass rate is below this"),
+    few_shot: bool = typer.Option(True, "--few-shot/--no-few-shot",
+                                  help="show the constitution's worked comparisons"),
+    max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="behaviour answers' length"),
+) -> None:
+    """Run the constitution's test cases: a pytest-like table, pass rates per principle and
+    per kind; exit 1 when a principle falls below --min-pass."""
+    from cai.constitution.cases import load_cases
+
+    try:
+        c, cases, files = load_cases(file)
+    except ConstitutionError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if not cases:
+        fail(f"{file}: no test cases (write a `tests:` section, or "
+             f"{Path(c.sources[0]).stem}.tests.yaml beside it)")
+    from cai.backends import load_backend
+    from cai.eval.casereport import below, format_results, junit_xml
+    from cai.eval.casetests import run_cases
+
+    typer.echo(f"{c.name} {c.version}: {len(cases)} cases from {', '.join(files)}", err=True)
+    feedback = load_backend(backend, model)
+    pol = load_backend(backend, policy) if policy and policy != model else None
+    try:
+        results = run_cases(cases, c, feedback, pol, few_shot=few_shot, max_tokens=max_tokens)
+    finally:
+        for b in (feedback, pol):
+            if b is not None:
+                b.close()
+    typer.echo(format_results(results, min_pass))
+    if junit:
+        from cai.io import atomic_write_text
+
+        atomic_write_text(junit, junit_xml(results, c.name))
+    if below(results, min_pass):
+        raise typer.Exit(1)
+
+
+@app.command("health")
+def health_cmd(
+    run_dir: Path = typer.Argument(..., help="a `cai run` directory (generate/, label/, eval/) "
+                                             "or a `cai generate` run directory"),
+    constitution: str = typer.Option(None, "--constitution", help="the constitution (default: "
+                                                                  "the one generate used)"),
+    as_json: bool = typer.Option(False, "--json", help="print the figures as JSON"),
+) -> None:
+    """Per principle: how often it was drawn or routed, how often its critique changed the
+    answer, its usable-revision rate and reject reasons, its labels' position consistency
+    and confidence, and the final policy's decline and on-topic rates on held-out prompts
+    routed to it. Principles below the thresholds (docs/constitutions.md) are flagged."""
+    from cai.eval.health import run_health
+    from cai.eval.health_table import format_health, used_constitution
+
+    if not run_dir.is_dir():
+        fail(f"{run_dir}: no such directory")
+    ref = constitution or used_constitution(run_dir)
+    if ref is None:
+        fail(f"{run_dir}: no generate manifest names the constitution; pass --constitution")
+    health = run_health(run_dir, _load_or_exit(ref))
+    if as_json:
+        typer.echo(json.dumps(health, indent=2))
+        return
+    typer.echo(format_health(health))

@@ -6,6 +6,8 @@
 """
 
 from cai.constitution.errors import ConstitutionError, LocatedError
+from cai.constitution.hashing import (FRAME, ConstitutionDiff, diff_constitutions,
+                                     feedback_hashes, principle_hash, principle_hashes)
 from cai.constitution.loader import SHIPPED_DIR, load_constitution, shipped_names
 from cai.constitution.sampling import sample_principle, sample_principles, tagged
 from cai.constitution.schema import (
@@ -20,6 +22,7 @@ from cai.constitution.schema import (
 )
 
 __all__ = [
+    "FRAME", "ConstitutionDiff", "diff_constitutions", "feedback_hashes", "principle_hash", "principle_hashes",
     "SCHEMA_VERSION", "SHIPPED_DIR", "ChatMessage", "Constitution", "ConstitutionError", "Defaults",
     "FeedbackExample", "FewShotExample", "LocatedError", "Principle", "json_schema",
     "load_constitution", "sample_principle", "sample_principles", "shipped_names", "tagged",

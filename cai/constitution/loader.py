@@ -39,7 +39,8 @@ def shipped_names() -> list[str]:
     """Names of the constitutions that ship with cai (the top-level constitutions/ folder)."""
     if not SHIPPED_DIR.is_dir():
         return []
-    return sorted(p.stem for p in SHIPPED_DIR.iterdir() if p.suffix in _SUFFIXES)
+    return sorted(p.stem for p in SHIPPED_DIR.iterdir()
+                  if p.suffix in _SUFFIXES and not p.stem.endswith(".tests"))  # cases.py's files
 
 
 def find(ref: str | os.PathLike, base_dir: Path | None = None) -> Path | None:
@@ -110,6 +111,7 @@ def _resolve(path: Path, chain: list[Path], errors: list[LocatedError],
 
     _check_schema_version(root, errors)
     _check_duplicate_ids(root, errors)
+    root.value.pop("tests", None)  # the file's own cases (cases.py), not constitution content
     extends = root.value.pop("extends", None)
     if extends is None:
         return root, True

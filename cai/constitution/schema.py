@@ -17,7 +17,8 @@ from cai.schema import BadRow, Message, check_conversation, content_hash
 
 SCHEMA_VERSION = 1
 # Directives a file may carry beside the Constitution fields; consumed by the loader.
-FILE_DIRECTIVES = ("schema", "extends")
+# (`tests`: the file's own test cases, read by cases.py, not part of the constitution)
+FILE_DIRECTIVES = ("schema", "extends", "tests")
 # Top-level keys with this prefix are ignored: a place to keep YAML anchors (`x-common: &c`).
 EXTENSION_PREFIX = "x-"
 
@@ -188,6 +189,11 @@ def json_schema() -> dict:
     props = schema["properties"]
     props["schema"] = {"const": SCHEMA_VERSION, "description": "format version; always 1"}
     schema["patternProperties"] = {f"^{EXTENSION_PREFIX}": {}}
+    props["tests"] = {"type": "array", "items": {"type": "object"},
+                      "description": "test cases: behaviour (prompt, expect: decline|answer), "
+                                     "critique (principle, prompt, response, expect: "
+                                     "flagged|passes), preference (principle, prompt, chosen, "
+                                     "rejected)"}
     props["extends"] = {"type": "string", "description": "a path relative to this file, or a "
                         "shipped constitution name (e.g. harmless)"}
     # A file that extends another may omit everything the parent supplies, and list partial

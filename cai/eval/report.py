@@ -9,7 +9,8 @@ input optional (a skipped stage gives a section that says so):
 
 Sections: summary (before/after), reward and KL curves (train and held-out), reward-model
 accuracy and calibration, refusal and over-refusal before/after, response lengths,
-per-category breakdown, samples side by side. Plots are matplotlib PNGs embedded as base64
+per-category breakdown, samples side by side, per-principle health (generate/, label/:
+`cai.eval.health`). Plots are matplotlib PNGs embedded as base64
 data URIs; the CSS is inline; there is no script and no external asset, so the file opens
 anywhere, offline. Every piece of model text is HTML-escaped.
 """
@@ -381,6 +382,7 @@ def write_report(run_dir: str | Path, *, ppo_metrics: str | Path | None = None,
     _lengths_section(doc, ev, sample_list)
     _categories_section(doc, ev)
     _samples_section(doc, sample_list, sample_rows)
+    _health_section(doc, run_dir)
 
     doc.html("</body></html>")
     out_html, out_md = run_dir / "report.html", run_dir / "report.md"
@@ -532,6 +534,52 @@ def _pick_samples(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
             if group and len(out) < k:
                 out.append(group.pop(0))
     return out
+
+
+def plot_health(health: dict[str, Any]) -> str:
+    """Horizontal grouped bars per principle seen in the run: changed-answer rate,
+    usable-revision rate and label position consistency (%)."""
+    metrics = [("changed_rate", "critique changed the answer"),
+               ("usable_rate", "usable revisions"), ("consistency", "label consistency")]
+    rows = [(pid, r) for pid, r in health["principles"].items()
+            if any(r.get(m) is not None for m, _ in metrics)]
+    fig, ax = _figure(6.4, max(2.4, 0.45 * len(rows) + 1.2))
+    height = 0.8 / len(metrics)
+    for j, (m, name) in enumerate(metrics):
+        ys = [i + (j - 1) * height for i in range(len(rows))]
+        ax.barh(ys, [100 * (r.get(m) or 0.0) for _, r in rows], height=height * 0.95, label=name)
+    ax.set_yticks(range(len(rows)), [pid for pid, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("%")
+    ax.set_title("Per-principle health")
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def _health_section(doc: _Doc, run_dir: Path) -> None:
+    """Per-principle health (`cai constitution health`): a table and one bar chart."""
+    from cai.constitution import ConstitutionError, load_constitution
+    from cai.eval.health import run_health
+    from cai.eval.health_table import COLUMNS, cells, used_constitution
+
+    doc.section("Per-principle health", "health")
+    ref = used_constitution(run_dir)
+    if ref is None:
+        doc.missing("No per-principle health", "generate/manifest.json not found (the "
+                                               "generation stage did not run)")
+        return
+    try:
+        health = run_health(run_dir, load_constitution(ref))
+    except ConstitutionError as e:
+        doc.missing("No per-principle health", f"the constitution {ref} does not load: {e}")
+        return
+    rows = [[pid, *cells(r), "; ".join(r["flags"])] for pid, r in health["principles"].items()]
+    doc.table(["principle", *[h for h, _, _ in COLUMNS], "flags"], rows,
+              num=set(range(1, len(COLUMNS) + 1)), text={len(COLUMNS) + 1})
+    doc.html(f'<img alt="principle health" src="{plot_health(health)}">')
+    doc.html('<p class="note">Thresholds and columns: docs/constitutions.md, "Reading '
+             'health". Also: <code>cai constitution health RUN_DIR</code>.</p>')
 
 
 def _read_json(path: Path | None) -> dict[str, Any] | None:

@@ -11,7 +11,9 @@ Exactly-once rests on three facts:
     rename), so after `kill -9` every visible shard is whole and a half-written one is
     only a `.part-*.tmp`, swept away on the next start;
   - a record's id is a hash of its prompt, sample index and the generation fingerprint, and
-    a rerun only generates ids no shard holds yet;
+    a rerun only generates ids no shard holds yet (after dropping, with `drop`, the records
+    a constitution edit made stale: each shard holding one is rewritten without it, so a
+    kill in between only leaves records missing, to be made again);
   - the flock keeps two processes from filling one run directory at once (the kernel drops
     it when a process dies, however it dies).
 A changed fingerprint or input set is refused (`RunConfigError`), never mixed in.
@@ -72,7 +74,8 @@ REVISION_SCHEMA = pa.schema([
     ("sampling", pa.string()),  # JSON: per-stage parameters
     ("seed", pa.int64()),
     ("constitution", pa.string()),
-    ("constitution_hash", pa.string()),
+    ("constitution_hash", pa.string()),  # the whole constitution's, when the record was made
+    ("principle_hashes", pa.string()),  # JSON: the parts of it the record used (incremental.py)
     ("config_hash", pa.string()),
     ("timings", pa.string()),  # JSON: seconds of the batched calls the record was part of
     ("metadata", pa.string()),  # JSON: the input row's other fields
@@ -202,6 +205,23 @@ class RunStore:
         path = self.revisions / f"part-{max(numbers, default=-1) + 1:05d}.parquet"
         write_parquet_atomic(pa.Table.from_pylist(rows, schema=REVISION_SCHEMA), path)
         return path
+
+    def drop(self, ids: set[str]) -> int:
+        """Remove the records `ids` from their shards (each rewritten atomically without
+        them, or deleted when nothing is left); the other rows stay as they were. Returns
+        how many rows went."""
+        dropped = 0
+        for shard in self.shards():
+            table = pq.read_table(shard, schema=REVISION_SCHEMA)
+            keep = [i not in ids for i in table.column("id").to_pylist()]
+            if all(keep):
+                continue
+            dropped += keep.count(False)
+            if any(keep):
+                write_parquet_atomic(table.filter(pa.array(keep)), shard)
+            else:
+                shard.unlink()
+        return dropped
 
     def iter_records(self) -> Iterator[dict[str, Any]]:
         """Every finished record in shard order, each id once (a repeat would be a bug in

@@ -3,8 +3,10 @@
 
 Two hashes matter:
   - `fingerprint(config, constitution)`: everything that changes what the model writes
-    (model, backend, constitution content, rounds, samples, sampling, seed, few-shot).
-    Record ids include it, and a run directory refuses a different one.
+    (model, backend, rounds, samples, sampling, seed, few-shot) except the constitution's
+    text. Record ids include it, and a run directory refuses a different one. The text is
+    checked per record instead: each stores the hashes of the principles it used, and an
+    edit remakes only the records it touched (`cai.generate.incremental`).
   - inputs (prompts path, fields, `max_prompt_tokens`) are checked too, so one run
     directory never mixes prompt sets. `limit` and `chunk_size` may change between
     invocations: a run directory accumulates records, and `--limit N` means "make sure
@@ -29,7 +31,9 @@ MAX_ROUNDS = 4
 # Bump when the pipeline's prompting or record layout changes what a run produces.
 # Options added later enter the fingerprint only when they change what a run does (see
 # routing_and_check_fields), so runs with the earlier behaviour keep their record ids.
-PIPELINE_VERSION = 3
+# 4: record ids leave out the constitution's text (per-record principle hashes instead),
+# and principle draws are an exponential race (cai.constitution.sampling).
+PIPELINE_VERSION = 4
 STAGES = ("response", "critique", "revision")
 
 
@@ -152,7 +156,6 @@ def fingerprint_fields(config: GenerateConfig, constitution: Constitution, *,
         "backend": backend or config.backend_name(),
         "dtype": config.backend_options.get("dtype"),
         "constitution": constitution.name,
-        "constitution_hash": constitution.content_hash(),
         "rounds": rounds,
         "samples": config.samples,
         "few_shot": config.few_shot,

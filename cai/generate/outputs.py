@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from cai.data.store import write_preferences
+from cai.generate.incremental import usage
 from cai.generate.pipeline import Chain
 from cai.io import write_parquet_atomic
 from cai.records import PreferenceRecord
@@ -56,7 +57,8 @@ def _score(x: float | None) -> float | None:
 
 def revision_row(chain: Chain, provenance: dict[str, Any]) -> dict[str, Any]:
     """A finished chain as a row of REVISION_SCHEMA. `provenance`: the run's model, backend,
-    sampling, seed, constitution, constitution_hash, config_hash."""
+    sampling, seed, constitution, constitution_hash, config_hash, and principle_hashes (the
+    run's `incremental.hash_table`, of which the row keeps the entries its chain used)."""
     rounds = [{**asdict(r), "p_no_change": _score(r.p_no_change),
                "revision_relevance": _score(r.revision_relevance)} for r in chain.rounds]
     run = provenance
@@ -84,6 +86,8 @@ def revision_row(chain: Chain, provenance: dict[str, Any]) -> dict[str, Any]:
         "seed": run["seed"],
         "constitution": run["constitution"],
         "constitution_hash": run["constitution_hash"],
+        "principle_hashes": usage(chain.route, [r.principle_id for r in chain.rounds],
+                                  run["principle_hashes"]),
         "config_hash": run["config_hash"],
         "timings": json.dumps({k: round(v, 3) for k, v in chain.timings.items()}, sort_keys=True),
         "metadata": json.dumps(chain.item.metadata, sort_keys=True, ensure_ascii=False, default=str),

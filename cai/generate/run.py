@@ -1,7 +1,8 @@
 """`run_generate(config)`: prompts + constitution -> a run directory of revisions, SFT data
 and preference pairs, resumable after any crash.
 
-    load prompts -> plan records -> skip those already in a shard -> for each chunk:
+    load prompts -> drop records a constitution edit made stale (incremental.py) -> plan
+    records -> skip those already in a shard -> for each chunk:
     respond, critique, revise (one batched call per stage) -> one atomic shard
     -> sft/ + preferences/ + manifest
 """
@@ -16,12 +17,13 @@ from typing import Any, Callable
 from cai.backends import Backend, load_backend
 from cai.backends.context import ChatTokenizer, TokenCounter
 from cai.config import ConfigError, progress_bar, say
-from cai.constitution import load_constitution
+from cai.constitution import Constitution, load_constitution
 from cai.generate.checkpoint import RunStore
 from cai.generate.config import (GenerateConfig, apply_recommended, fingerprint, fingerprint_fields,
                                  effective_route, input_fields)
 from cai.prompts import PromptItem, load_prompts
 from cai.generate.outputs import revision_row, write_outputs
+from cai.generate.incremental import hash_table, stale_records
 from cai.generate.pipeline import Chain, Run, run_chains
 from cai.generate.progress import Progress, format_summary
 from cai.generate.report import build_report
@@ -41,6 +43,20 @@ def plan_chunks(items: list[PromptItem], samples: int, chunk_size: int) -> list[
     input order, so a rerun re-forms exactly the chunks an interrupted run did not finish."""
     per_chunk = max(1, chunk_size // samples)
     return [items[i:i + per_chunk] for i in range(0, len(items), per_chunk)]
+
+
+def drop_stale(store: RunStore, constitution: Constitution, config: GenerateConfig,
+               table: dict[str, str], log: Callable[[str], None]) -> set[str]:
+    """Drop the records a constitution edit made stale (they are made again, like records
+    never made); returns their ids. Says how many went, and why, per reason."""
+    stale = stale_records(store.iter_records(), constitution, config, table)
+    if stale:
+        store.drop(set(stale))
+        why = Counter(s.reason for s in stale.values())
+        log(f"cai generate: {store.root}: the constitution changed; remaking {len(stale)} "
+            "records (" + "; ".join(f"{n}: {r}" for r, n in why.most_common(5))
+            + (", ..." if len(why) > 5 else "") + ")")
+    return set(stale)
 
 
 def _token_counter(config: GenerateConfig, backend: Backend | None) -> TokenCounter:
@@ -149,7 +165,8 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
             count_tokens=counter.count_tokens if counter else None, limit=config.limit)
         write_rejects(rejects, root / REJECTS)
 
-        done = store.done_ids()
+        table = hash_table(constitution, config)
+        done = store.done_ids() - drop_stale(store, constitution, config, table, log)
         chunks = []
         for chunk in plan_chunks(items, config.samples, config.chunk_size):
             chains = [Chain(id=record_id(it, s, config_hash), item=it, sample_index=s)
@@ -168,7 +185,8 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
         provenance = {"model": gen["model"], "backend": gen["backend"],
                       "sampling": gen["sampling"], "seed": config.seed,
                       "constitution": constitution.name,
-                      "constitution_hash": gen["constitution_hash"], "config_hash": config_hash}
+                      "constitution_hash": constitution.content_hash(),
+                      "principle_hashes": table, "config_hash": config_hash}
         try:
             if chunks and config.ray is not None:
                 bars = Progress(pending, len({ch.item.key for c in chunks for ch in c}),

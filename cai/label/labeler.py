@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.backends import Backend, SamplingConfig
 from cai.backends.context import context_fit
-from cai.constitution import Constitution, Principle, sample_principles
+from cai.constitution import FRAME, Constitution, Principle, sample_principles
 from cai.feedback import COT_CLAMP, clamp, consistent, ensemble, option_prob, pair_prob
 import cai.label.cot as cot
 from cai.label.inputs import Pair
@@ -237,11 +237,14 @@ def label_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: La
     return labels
 
 
-def to_record(label: Label, labeler: str, run: dict[str, Any]) -> PreferenceRecord:
+def to_record(label: Label, labeler: str, run: dict[str, Any],
+              hashes: dict[str, str] | None = None) -> PreferenceRecord:
     """The labeled pair as an "ai-feedback" record, oriented by the labeler's preference:
     chosen is the response it prefers, so p_chosen >= 0.5 (an exact tie keeps input order).
     `metadata.ai_feedback.chosen_is_first` and `p_first` keep the input orientation;
-    `metadata.input` the input's provenance (id, source, its own label)."""
+    `metadata.input` the input's provenance (id, source, its own label). `hashes`
+    (`cai.constitution.feedback_hashes`): `ai_feedback.principle_hashes` keeps the frame's
+    and those of the principles this label used."""
     pair = label.pair
     first_wins = label.p_first >= 0.5
     chosen, rejected = (pair.first, pair.second) if first_wins else (pair.second, pair.first)
@@ -255,6 +258,9 @@ def to_record(label: Label, labeler: str, run: dict[str, Any]) -> PreferenceReco
         "verdicts": [v.model_dump(exclude_none=True) for v in label.verdicts],
         **run,
     }
+    if hashes:
+        feedback["principle_hashes"] = {k: hashes[k] for k in
+                                        (FRAME, *(v.principle for v in label.verdicts))}
     return PreferenceRecord(
         id=stable_id(prompt, chosen_m, rejected_m),
         prompt=prompt, chosen=chosen_m, rejected=rejected_m,

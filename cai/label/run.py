@@ -21,7 +21,7 @@ from pydantic import Field
 
 from cai.backends import Backend, load_backend
 from cai.config import ConfigError, EngineConfig, load_section, progress_bar, say
-from cai.constitution import load_constitution
+from cai.constitution import feedback_hashes, load_constitution
 from cai.io import DataError, atomic_write_json, atomic_write_jsonl
 from cai.label.inputs import human_preferences, read_pairs
 from cai.label.labeler import LabelConfig, fitting_pairs, label_pairs, run_info, to_record
@@ -194,7 +194,8 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Lo
                 owned.close()
     elapsed = time.perf_counter() - t_loaded
     run = run_info(c, config, tau=tau)
-    records = [to_record(lab, labeler, run) for lab in labels]
+    hashes = feedback_hashes(c, config.few_shot)
+    records = [to_record(lab, labeler, run, hashes) for lab in labels]
     report = build_report(records, human)
     summary = {"run": run, "labeler": labeler, "pairs_path": config.pairs,
                "rejected": len(rejected), "label_seconds": round(elapsed, 2),

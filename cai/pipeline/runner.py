@@ -284,10 +284,13 @@ def _clear_if_changed(step: Step, manifest: dict[str, Any], inputs: dict[str, st
     runs again (stages refuse to mix runs in one directory), as is a directory without a
     manifest (not made by the runner). An interrupted run with the same config and inputs
     keeps its directory, so a stage that resumes (generate) does; so does a run whose
-    config only grew a `grows` field (generate's `limit`: it adds the missing records)."""
+    config only grew a `grows` field (generate's `limit`: it adds the missing records), or
+    whose inputs changed only in `rebuilds` (generate's constitution: it remakes the records
+    an edit touched)."""
     if not step.dir.exists():
         return
-    if manifest and manifest.get("inputs") == inputs and (
+    same = lambda i: {k: v for k, v in (i or {}).items() if k not in step.stage.rebuilds}  # noqa: E731
+    if manifest and same(manifest.get("inputs")) == same(inputs) and (
             manifest.get("config_hash") == step.config_hash
             or _only_grew(step, manifest.get("config"))):
         return

@@ -85,6 +85,9 @@ class Stage:
     # fields that, when only they grew (None = no cap, the largest), leave the old outputs
     # in place because the stage resumes into them and ends as a fresh run would
     grows: tuple[str, ...] = ()
+    # inputs the stage updates in place: when only they changed, the old outputs stay and
+    # the stage remakes what the change touched (generate: records of edited principles)
+    rebuilds: tuple[str, ...] = ()
     # the inference engine the stage runs on, or None; passed to it as `backend=`
     engine: Callable[[Any], tuple[str | None, str | None, dict[str, Any]] | None] | None = None
     # further engines it takes, by keyword (eval: reference_backend, judge_backend)
@@ -137,6 +140,7 @@ GENERATE = Stage(
     file_fields=("prompts",),
     volatile=("progress", "ray", "chunk_size"),
     grows=("limit",),  # a run directory accumulates records: --limit N = the first N prompts
+    rebuilds=("constitution",),  # per-record principle hashes: cai.generate.incremental
     engine=engine_of,
     brief=_brief_generate,
 )
@@ -268,7 +272,7 @@ SFT = Stage(
     config="cai.train.sft:SFTConfig",
     run="cai.train.sft:run_sft",
     wire=_wire_sft,
-    shared=("model", "seed"),
+    shared=("model", "seed", "ray"),  # ray: the address, for its `workers:`
     file_fields=("eval_data",),
     volatile=("progress", "log_every", "save_every", "keep_checkpoints",
               "keep_checkpoints_when_done", "resume"),
@@ -315,7 +319,7 @@ RM = Stage(
     run="cai.train.rm:run_rm",
     wire=_wire_rm,
     per_round=True,
-    shared=("model", "seed"),
+    shared=("model", "seed", "ray"),  # ray: the address, for its `workers:`
     file_fields=("data", "eval_data"),
     volatile=SFT.volatile,
     brief=_brief_train,
