@@ -151,11 +151,12 @@ class SignalledMidway:
 def test_label_and_sample_stop_cleanly_too(tmp_path, tiny_backend, monkeypatch, command):
     from typer.testing import CliRunner
 
+    import cai.cluster.backend
     import cai.label.run
-    import cai.label.sample
     from cai.cli import app
 
-    for module in (cai.label.run, cai.label.sample):
+    # label loads its engine itself; sample through load_engine (local, or on Ray)
+    for module in (cai.label.run, cai.cluster.backend):
         monkeypatch.setattr(module, "load_backend",
                             lambda *a, **k: SignalledMidway(tiny_backend, signal.SIGTERM))
     monkeypatch.setattr(sys, "argv", ["cai", command, "..."])
