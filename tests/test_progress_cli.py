@@ -35,6 +35,20 @@ def tiny_rm_dir(tmp_path_factory, embedded_tokenizer):
     return path
 
 
+@pytest.fixture(autouse=True)
+def draw_every_update(monkeypatch):
+    """tqdm skips redraws closer than 0.1 s apart (`mininterval`), so on a fast machine the
+    intermediate counts this file checks may never be drawn: draw every update. (tqdm's
+    TQDM_MININTERVAL is read when tqdm is imported, so the bar class is wrapped instead;
+    `progress_bar` imports it from tqdm.auto when called.)"""
+    import functools
+
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", functools.partial(tqdm.auto.tqdm, mininterval=0,
+                                                             miniters=1))
+
+
 @pytest.fixture()
 def rows(tmp_path):
     data = tmp_path / "rows.jsonl"
