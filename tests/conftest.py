@@ -40,6 +40,25 @@ def build_tiny_llama(tokenizer, seed: int = 0, head_dim: int | None = None):
 
 
 @pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory, embedded_tokenizer) -> Path:
+    """A random one-layer reward model (sequence classification, one label) on the embedded
+    model's tokenizer, saved as safetensors."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(3)
+    tok = embedded_tokenizer
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=1,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id)
+    path = tmp_path_factory.mktemp("tiny-rm")
+    LlamaForSequenceClassification(cfg).save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, embedded_tokenizer) -> Path:
     """A tiny random Llama saved as a safetensors HF directory (loads like any model)."""
     path = tmp_path_factory.mktemp("tiny-llama")

@@ -52,22 +52,6 @@ class Scripted(Backend):
         return render_chat(self.tokenizer, conversation, add_generation_prompt)
 
 
-@pytest.fixture(scope="module")
-def tiny_rm_dir(tmp_path_factory, embedded_tokenizer):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    torch.manual_seed(3)
-    tok = embedded_tokenizer
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, num_labels=1,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id)
-    path = tmp_path_factory.mktemp("tiny-rm")
-    LlamaForSequenceClassification(cfg).save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
-
-
 def _rows(out):
     return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
 

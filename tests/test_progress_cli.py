@@ -9,7 +9,6 @@ import re
 import time
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from cai.cli import app
@@ -17,22 +16,6 @@ from cai.cli import app
 RED = "pipelines/prompts/red_team_eval.jsonl"
 HELP = "pipelines/prompts/helpful_eval.jsonl"
 BAR = re.compile(r"\d+%\|")  # a tqdm bar: "42%|####      |"
-
-
-@pytest.fixture(scope="module")
-def tiny_rm_dir(tmp_path_factory, embedded_tokenizer):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    torch.manual_seed(3)
-    tok = embedded_tokenizer
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, num_labels=1,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id)
-    path = tmp_path_factory.mktemp("tiny-rm")
-    LlamaForSequenceClassification(cfg).save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(autouse=True)
