@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from child_env import REPO, child_env
+from test_generate_resume import _records  # records without their timings
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                 reason="needs the ray extra (pip install 'cai[ray]')")
@@ -64,14 +64,6 @@ def _gen_config(model_dir: Path, out: Path, *, limit: int = 6, ray: dict | None 
         "prompts": PROMPTS, "out": str(out), "backend": "transformers", "model": str(model_dir),
         "limit": limit, "chunk_size": 1, "max_tokens": max_tokens, "few_shot": False,
         "temperature": 0.0, "seed": 3, "progress": False, "ray": ray})
-
-
-def _records(run: Path) -> list[dict]:
-    rows = [r for f in sorted((run / "revisions").glob("part-*.parquet"))
-            for r in pq.read_table(f).to_pylist()]
-    for r in rows:
-        r.pop("timings")  # wall-clock seconds differ between runs; everything else must not
-    return rows
 
 
 @pytest.fixture(scope="module")
