@@ -389,3 +389,22 @@ def test_a_stage_that_rebuilds_keeps_its_outputs_when_only_the_constitution_chan
             "Name the specific parts that do.", "Quote them."))
         calls, _ = go(write(tmp, text=text), sts)
         assert calls[0] == "gen" and kept.exists() == stays
+
+
+def test_a_rebuilds_entry_naming_a_stage_covers_its_steps_in_every_round(tmp_path):
+    """label `rebuilds` its upstream pairs (it relabels only the pairs that changed): when
+    round2/sample's output changes, round2/label's directory stays; it is cleared when
+    `rebuilds` does not name sample."""
+    from dataclasses import replace
+
+    for rebuilds, stays in ((("sample",), True), ((), False)):
+        tmp = tmp_path / str(stays)
+        tmp.mkdir()
+        sts = stages()
+        sts[3] = replace(sts[3], rebuilds=rebuilds)
+        go(write(tmp, rounds=2), sts)
+        kept = tmp / "run" / "round2" / "label" / "earlier-labels"
+        kept.write_text("x")
+        calls, _ = go(write(tmp, text=BASE.replace("sample: {{value: 3}}", "sample: {{value: 4}}"),
+                            rounds=2), sts)
+        assert "round2/label" in calls and kept.exists() == stays

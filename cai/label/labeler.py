@@ -238,13 +238,15 @@ def label_pairs(backend: Backend, c: Constitution, pairs: list[Pair], config: La
 
 
 def to_record(label: Label, labeler: str, run: dict[str, Any],
-              hashes: dict[str, str] | None = None) -> PreferenceRecord:
+              hashes: dict[str, str] | None = None, input_hash: str | None = None
+              ) -> PreferenceRecord:
     """The labeled pair as an "ai-feedback" record, oriented by the labeler's preference:
     chosen is the response it prefers, so p_chosen >= 0.5 (an exact tie keeps input order).
     `metadata.ai_feedback.chosen_is_first` and `p_first` keep the input orientation;
     `metadata.input` the input's provenance (id, source, its own label). `hashes`
     (`cai.constitution.feedback_hashes`): `ai_feedback.principle_hashes` keeps the frame's
-    and those of the principles this label used."""
+    and those of the principles this label used; `input_hash` (`cai.label.incremental`) what
+    else the label depends on. Both let a rerun keep the label when neither changed."""
     pair = label.pair
     first_wins = label.p_first >= 0.5
     chosen, rejected = (pair.first, pair.second) if first_wins else (pair.second, pair.first)
@@ -261,6 +263,8 @@ def to_record(label: Label, labeler: str, run: dict[str, Any],
     if hashes:
         feedback["principle_hashes"] = {k: hashes[k] for k in
                                         (FRAME, *(v.principle for v in label.verdicts))}
+    if input_hash:
+        feedback["input_hash"] = input_hash
     return PreferenceRecord(
         id=stable_id(prompt, chosen_m, rejected_m),
         prompt=prompt, chosen=chosen_m, rejected=rejected_m,

@@ -1,9 +1,11 @@
 """`run_label(config)`: pairs + constitution -> AI-feedback records, a rejects file and a
 label-quality report.
 
-    read pairs (and the human labels to evaluate against) -> set aside pairs too long for
-    the feedback model -> label every pair (one scoring call) -> records oriented by the
-    labeler's preference -> a store directory or JSONL, the rejects, the report
+    read pairs (and the human labels to evaluate against) -> keep the labels of an earlier
+    run the inputs and the constitution still match (incremental.py) -> set aside pairs
+    too long for the feedback model -> label the others (one scoring call) -> records
+    oriented by the labeler's preference -> a store directory or JSONL (written
+    atomically: a killed rerun leaves the old labels whole), the rejects, the report
 
 Mode and tau left unset (None) take the feedback model's defaults
 (`cai.models.feedback_defaults`: a registry entry's own, chosen by measurement; pairwise,
@@ -24,7 +26,9 @@ from cai.config import ConfigError, EngineConfig, load_section, progress_bar, sa
 from cai.constitution import feedback_hashes, load_constitution
 from cai.io import DataError, atomic_write_json, atomic_write_jsonl
 from cai.label.inputs import human_preferences, read_pairs
-from cai.label.labeler import LabelConfig, fitting_pairs, label_pairs, run_info, to_record
+from cai.label.incremental import input_hash, label_settings, plan_relabel, read_old_labels
+from cai.label.labeler import (LabelConfig, fitting_pairs, label_pairs, principles_for, run_info,
+                              to_record)
 from cai.label.pointwise import DEFAULT_TAU, ResponseScorer, fit_tau, reference_diffs
 from cai.label.report import build_report
 from cai.schema import Reject, write_rejects
@@ -95,17 +99,13 @@ def label_chunk(backend: Backend, pairs: list, *, constitution: Any, config: Lab
     return labels, too_long, backend.model
 
 
-def _label_on_ray(config: LabelRunConfig, c: Any, pairs: list, log: Log
-                  ) -> tuple[LabelRunConfig, float | None, list, list, str]:
+def _label_on_ray(config: LabelRunConfig, c: Any, pairs: list, tau: float | None
+                  ) -> tuple[list, list, str | None]:
     """`label_chunk` over `config.ray`'s engine actors; labels come back in input order."""
     from functools import partial
 
     from cai.cluster.chunks import run_chunks
 
-    if config.tau == "fit":
-        raise ConfigError("tau: fit is not available on Ray yet; give tau as a number")
-    config, tau = _resolve_mode(config, config.model)
-    log(f"mode {config.mode}" + (f", tau {config.tau}" if config.mode == "pointwise" else ""))
     size = max(1, -(-len(pairs) // (config.ray.replicas * RAY_CHUNKS_PER_REPLICA)))
     chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
     fn = partial(label_chunk, constitution=c, config=config, tau=tau)
@@ -117,24 +117,46 @@ def _label_on_ray(config: LabelRunConfig, c: Any, pairs: list, log: Log
     ordered = [done[i] for i in range(len(chunks))]
     labels = [lab for r in ordered for lab in r[0]]
     too_long = [t for r in ordered for t in r[1]]
-    return config, tau, labels, too_long, ordered[0][2]
+    return labels, too_long, ordered[0][2] if ordered else None
 
 
-def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Log = say,
-              progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
-    """Label the pairs described by `config`; returns the summary (also stored in the
-    output store's manifest under `label`, and in `config.report` when set).
+def _label_here(config: LabelRunConfig, c: Any, pairs: list, tau: float | None,
+                human: dict[str, str] | None, human_pairs: list, backend: Backend | None,
+                log: Log) -> tuple[float | None, list, list, str | None, float]:
+    """Label `pairs` on one engine here (`backend`, else one loaded now and closed after):
+    (tau, labels, [(pair, why too long)], the labeler's model name, seconds loading)."""
+    if not pairs and config.tau != "fit":
+        return tau, [], [], None, 0.0
+    start = time.perf_counter()
+    owned = None
+    if backend is None:
+        backend = owned = load_backend(config.backend, config.model, **config.backend_options)
+    try:
+        loaded = time.perf_counter() - start
+        scorer = ResponseScorer(backend, c, few_shot=config.few_shot) \
+            if config.mode == "pointwise" else None
+        if config.tau == "fit":
+            fit_on, _ = fitting_pairs(backend, c, [p for p in human_pairs if p.key in (human or {})],
+                                      config)
+            diffs = reference_diffs(label_pairs(backend, c, fit_on, config, log=log,
+                                                progress=config.progress, tau=1.0,
+                                                scorer=scorer), human or {})
+            if not diffs:
+                raise DataError(f"{config.eval_against}: no labeled pair fits the feedback "
+                                "model's context, so tau cannot be fitted")
+            tau = fit_tau(diffs)
+            log(f"tau fitted on {len(diffs)} human-labeled pairs: {tau:.3f}")
+        pairs, too_long = fitting_pairs(backend, c, pairs, config)
+        labels = label_pairs(backend, c, pairs, config, log=log, progress=config.progress,
+                             tau=tau, scorer=scorer)
+        return tau, labels, too_long, backend.model, loaded
+    finally:
+        if owned is not None:
+            owned.close()
 
-    `backend`: an engine the caller already built (a pipeline sharing one engine); otherwise
-    one is loaded. Raises `ConfigError` (more principles asked than the constitution can
-    draw), `ConstitutionError`, or `DataError` (unreadable input, nothing to label)."""
-    from cai.data.store import write_preferences  # pyarrow: only when a run writes
 
-    c = load_constitution(config.constitution)
-    usable = [p for p in c.principles if p.weight > 0]
-    if config.principles > len(usable):
-        raise ConfigError(f"principles {config.principles}: {c.name} has only {len(usable)} "
-                          "principles to draw")
+def _read_inputs(config: LabelRunConfig) -> tuple[list, list, dict[str, str] | None, list]:
+    """(pairs, rejects, human labels by pair key or None, the human pairs)."""
     pairs, rejected = read_pairs(config.pairs)
     human, human_pairs = None, []
     if config.eval_against is not None:
@@ -146,60 +168,74 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Lo
         raise ConfigError("tau: fit needs eval_against (human-labeled pairs to fit tau on)")
     if config.limit:
         pairs = pairs[:config.limit]
+    return pairs, rejected, human, human_pairs
+
+
+def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Log = say,
+              progress: Callable[..., Any] = progress_bar) -> dict[str, Any]:
+    """Label the pairs described by `config`; returns the summary (also stored in the
+    output store's manifest under `label`, and in `config.report` when set).
+
+    A rerun into the same `out` labels only the pairs that are new, changed, or touched by
+    a constitution edit, and keeps the other labels as they were (`cai.label.incremental`);
+    with nothing to label, no engine is loaded.
+
+    `backend`: an engine the caller already built (a pipeline sharing one engine); otherwise
+    one is loaded. Raises `ConfigError` (more principles asked than the constitution can
+    draw), `ConstitutionError`, or `DataError` (unreadable input, nothing to label)."""
+    from cai.data.store import write_preferences  # pyarrow: only when a run writes
+
+    c = load_constitution(config.constitution)
+    usable = [p for p in c.principles if p.weight > 0]
+    if config.principles > len(usable):
+        raise ConfigError(f"principles {config.principles}: {c.name} has only {len(usable)} "
+                          "principles to draw")
+    pairs, rejected, human, human_pairs = _read_inputs(config)
     rejects_file = config.rejects_path()
     log(f"{len(pairs)} pairs to label from {config.pairs}"
         + (f"; {len(rejected)} rejected -> {rejects_file}" if rejected else ""))
     if not pairs:
         write_rejects(rejected, rejects_file)
         raise DataError(f"{config.pairs}: nothing to label")
+    if config.ray is not None and config.tau == "fit":
+        raise ConfigError("tau: fit is not available on Ray yet; give tau as a number")
+    model_ref = config.model or (backend.model if backend else None)
+    config, tau = _resolve_mode(config, model_ref)
+    log(f"mode {config.mode}" + (f", tau {config.tau}" if config.mode == "pointwise" else ""))
+    hashes = feedback_hashes(c, config.few_shot)
+    settings = label_settings(run_info(c, config, tau=tau), model_ref, config.backend)
+    plan = plan_relabel(read_old_labels(config.out), pairs, settings, hashes,
+                        lambda p: [x.id for x in principles_for(c, p, config)],
+                        incremental=config.tau != "fit")
+    if plan.kept or plan.dropped:
+        log(f"cai label: {config.out}: keeping {len(plan.kept)} labels, labeling "
+            f"{len(plan.todo)} (" + "; ".join(f"{n}: {r}" for r, n in sorted(
+                plan.reasons.items(), key=lambda x: -x[1])) + f"), dropping {plan.dropped} "
+            "whose pairs are gone")
 
     start = time.perf_counter()
-    owned = None
-    if config.ray is not None:
-        t_loaded = start
-        config, tau, labels, too_long, labeler = _label_on_ray(config, c, pairs, log)
-        rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
-                            reason=why) for p, why in too_long]
-        if too_long:
-            log(f"{len(too_long)} pairs too long for the feedback model -> {rejects_file}")
-    else:  # here, on one engine
-        if backend is None:
-            backend = owned = load_backend(config.backend, config.model, **config.backend_options)
-        try:
-            t_loaded = time.perf_counter()
-            config, tau = _resolve_mode(config, backend.model)
-            log(f"mode {config.mode}" + (f", tau {config.tau}" if config.mode == "pointwise" else ""))
-            scorer = ResponseScorer(backend, c, few_shot=config.few_shot) \
-                if config.mode == "pointwise" else None
-            if config.tau == "fit":
-                fit_on, _ = fitting_pairs(backend, c, [p for p in human_pairs if p.key in human], config)
-                diffs = reference_diffs(label_pairs(backend, c, fit_on, config, log=log,
-                                                    progress=config.progress, tau=1.0,
-                                                    scorer=scorer), human)
-                if not diffs:
-                    raise DataError(f"{config.eval_against}: no labeled pair fits the feedback "
-                                    "model's context, so tau cannot be fitted")
-                tau = fit_tau(diffs)
-                log(f"tau fitted on {len(diffs)} human-labeled pairs: {tau:.3f}")
-            pairs, too_long = fitting_pairs(backend, c, pairs, config)
-            rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
-                                reason=why) for p, why in too_long]
-            if too_long:
-                log(f"{len(too_long)} pairs too long for the feedback model -> {rejects_file}")
-            labels = label_pairs(backend, c, pairs, config, log=log, progress=config.progress,
-                                 tau=tau, scorer=scorer)
-            labeler = backend.model
-        finally:
-            if owned is not None:
-                owned.close()
-    elapsed = time.perf_counter() - t_loaded
+    if config.ray is not None and plan.todo:
+        labels, too_long, labeler = _label_on_ray(config, c, plan.todo, tau)
+        load_s = 0.0
+    else:
+        tau, labels, too_long, labeler, load_s = _label_here(
+            config, c, plan.todo, tau, human, human_pairs, backend, log)
+    rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
+                        reason=why) for p, why in too_long]
+    if too_long:
+        log(f"{len(too_long)} pairs too long for the feedback model -> {rejects_file}")
+    elapsed = time.perf_counter() - start - load_s
+    labeler = labeler or next((r.labeler for r in plan.kept.values()), None) or model_ref
     run = run_info(c, config, tau=tau)
-    hashes = feedback_hashes(c, config.few_shot)
-    records = [to_record(lab, labeler, run, hashes) for lab in labels]
+    made = {lab.pair.key: to_record(lab, labeler, run, hashes, input_hash(lab.pair, settings))
+            for lab in labels}
+    records = [r for r in (made.get(p.key) or plan.kept.get(p.key) for p in pairs) if r]
     report = build_report(records, human)
     summary = {"run": run, "labeler": labeler, "pairs_path": config.pairs,
                "rejected": len(rejected), "label_seconds": round(elapsed, 2),
-               "load_seconds": round(t_loaded - start, 2), "report": report.model_dump()}
+               "load_seconds": round(load_s, 2), "relabeled": len(made),
+               "kept": len(plan.kept), "dropped": plan.dropped,
+               "report": report.model_dump()}
     write_rejects(rejected, rejects_file)
     out = Path(config.out)
     if out.suffix == ".jsonl":

@@ -286,10 +286,13 @@ def _clear_if_changed(step: Step, manifest: dict[str, Any], inputs: dict[str, st
     keeps its directory, so a stage that resumes (generate) does; so does a run whose
     config only grew a `grows` field (generate's `limit`: it adds the missing records), or
     whose inputs changed only in `rebuilds` (generate's constitution: it remakes the records
-    an edit touched)."""
+    an edit touched; label's constitution and upstream pairs: it relabels the pairs that
+    changed). A `rebuilds` entry is an input key or a stage name, which covers that
+    stage's steps in every round ("round2/sample")."""
     if not step.dir.exists():
         return
-    same = lambda i: {k: v for k, v in (i or {}).items() if k not in step.stage.rebuilds}  # noqa: E731
+    rebuilt = lambda k: k in step.stage.rebuilds or k.rpartition("/")[2] in step.stage.rebuilds  # noqa: E731
+    same = lambda i: {k: v for k, v in (i or {}).items() if not rebuilt(k)}  # noqa: E731
     if manifest and same(manifest.get("inputs")) == same(inputs) and (
             manifest.get("config_hash") == step.config_hash
             or _only_grew(step, manifest.get("config"))):

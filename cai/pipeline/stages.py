@@ -235,6 +235,8 @@ LABEL = Stage(
     per_round=True,
     owned=("out", "rejects", "report"),
     file_fields=("eval_against",),
+    # per-label principle and input hashes: cai.label.incremental relabels what changed
+    rebuilds=("constitution", "generate", "sample"),
     engine=engine_of,
     brief=_brief_label,
 )
