@@ -190,6 +190,27 @@ def expected_calibration_error(deltas: Sequence[float], p_chosen: Sequence[float
     return sum(r["count"] / n * abs(r["confidence"] - r["accuracy"]) for r in rows)
 
 
+NO_PRINCIPLE = "(none)"  # pairs labeled under no principle (human pairs), by principle
+
+
+def accuracy_by_principle(chosen_rewards: Sequence[float], rejected_rewards: Sequence[float],
+                          p_chosen: Sequence[float], principles: Sequence[Sequence[str]]
+                          ) -> dict[str, dict[str, Any]]:
+    """pair_metrics' accuracy per principle: a pair counts under each principle it was
+    labeled under (K > 1: under each), one labeled under none under NO_PRINCIPLE; pairs
+    with p = 0.5 have no preferred side and are left out, as there. Sorted by principle."""
+    hits: dict[str, list[float]] = {}
+    for c, r, p, ps in zip(chosen_rewards, rejected_rewards, p_chosen, principles):
+        if p == 0.5:
+            continue
+        h = hit(c - r, 0.0) if p > 0.5 else hit(0.0, c - r)
+        for pid in dict.fromkeys(ps or [NO_PRINCIPLE]):
+            hits.setdefault(pid, []).append(h)
+    return {pid: {"n": len(v), "accuracy": sum(v) / len(v),
+                  "accuracy_ci95": list(wilson(sum(v), len(v)))}
+            for pid, v in sorted(hits.items())}
+
+
 def pair_metrics(chosen_rewards: Sequence[float], rejected_rewards: Sequence[float],
                  p_chosen: Sequence[float], chosen_lengths: Sequence[int],
                  rejected_lengths: Sequence[int]) -> dict[str, Any]:

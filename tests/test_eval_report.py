@@ -52,6 +52,8 @@ def run_dir(tmp_path_factory, embedded_tokenizer):
     (run / "rm" / "eval.json").write_text(json.dumps({
         "n": 40, "accuracy": 0.7, "accuracy_ci95": [0.55, 0.82], "ece": 0.08,
         "length_baseline": 0.5, "margin": 0.4,
+        "by_principle": {"(none)": {"n": 32, "accuracy": 0.8125},
+                         "toxicity": {"n": 8, "accuracy": 0.25}},
         "bins": [{"confidence": 0.55 + 0.1 * k, "accuracy": 0.5 + 0.08 * k, "count": 10 - k}
                  for k in range(5)]}))
     harmful = {json.loads(line)["prompt"] for line in open(RED)}
@@ -96,6 +98,9 @@ def test_report_html_is_self_contained_with_plots_and_tables(run_dir):
     assert "<script>alert" not in text and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
     md = (run_dir / "report.md").read_text()
     assert "## Per-principle health" in md and "| toxicity |" in md
+    # the reward model's held-out accuracy per principle: a column, a flag, the human pairs
+    assert "rm acc." in md and "reward model accuracy on its held-out pairs 25% < 60% (n=8)" in md
+    assert "Held-out pairs labeled under no principle: 32, reward model accuracy 81%." in md
     assert "## Samples side by side" in md and "| harmful prompts refused or safely redirected |" in md
     assert "\\|" not in md or md.count("|") > 10
 
@@ -159,6 +164,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     page.feed(dom.stdout)
     assert len(page.imgs) == 6 and page.rows >= 30
     assert 'id="health"' in dom.stdout and "label position consistency 33%" in dom.stdout
+    assert "rm acc." in dom.stdout and "reward model accuracy on its held-out pairs 25%" in dom.stdout
     shot = tmp_path / "report.png"
     res = subprocess.run(base + [f"--screenshot={shot}", url], capture_output=True, text=True,
                          timeout=180)

@@ -91,6 +91,21 @@ def test_pair_metrics_by_hand():
     assert m["n"] == 4
 
 
+def test_accuracy_by_principle_by_hand():
+    # Δ = [2, -1, 0, 1, 3, -2]; pair 4 (p=0.2) prefers rejected; pair 5 (p=0.5) has no side
+    m = stats.accuracy_by_principle(
+        [3.0, 0.0, 1.0, 1.0, 3.0, 0.0], [1.0, 1.0, 1.0, 0.0, 0.0, 2.0],
+        [1.0, 1.0, 1.0, 0.2, 0.9, 0.5],
+        [["crime"], ["crime", "privacy"], ["privacy"], [], ["crime"], ["privacy"]])
+    # crime: pairs 1, 2, 5 -> hits 1, 0, 1 = 2/3; privacy: pairs 2, 3 -> 0, 0.5 (tie) = 1/4
+    # (pair 6 left out: p = 0.5); pair 4 has no principle: Δ=1 but rejected preferred -> 0
+    assert list(m) == [stats.NO_PRINCIPLE, "crime", "privacy"]
+    assert (m["crime"]["n"], m["crime"]["accuracy"]) == (3, pytest.approx(2 / 3))
+    assert (m["privacy"]["n"], m["privacy"]["accuracy"]) == (2, pytest.approx(0.25))
+    assert (m[stats.NO_PRINCIPLE]["n"], m[stats.NO_PRINCIPLE]["accuracy"]) == (1, 0.0)
+    assert m["crime"]["accuracy_ci95"] == pytest.approx(list(stats.wilson(2, 3)))
+
+
 def test_ece_and_wilson_by_hand():
     # one pair, Δ = ln 3: confidence σ(ln 3) = 0.75; p = 1: correctness 1 -> |0.75 - 1|
     assert stats.expected_calibration_error([math.log(3)], [1.0]) == pytest.approx(0.25)

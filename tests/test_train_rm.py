@@ -215,7 +215,11 @@ def test_tiny_model_learns_a_marker_preference(tiny_model_dir, tmp_path):
     assert summary["attn_implementation"] == "eager"  # auto, on the CPU, short rows
     assert ev["n"] == 30  # 25% of 120 prompts, each prompt one pair
     assert ev["accuracy"] >= 0.9, ev
+    # human pairs carry no principle: all 30 under "(none)", with the overall accuracy
+    assert {k: v["n"] for k, v in ev["by_principle"].items()} == {"(none)": 30}
+    assert ev["by_principle"]["(none)"]["accuracy"] == ev["accuracy"]
     out = tmp_path / "rm"
+    assert json.loads((out / "eval.json").read_text())["by_principle"] == ev["by_principle"]
     assert (out / "DONE").is_file() and (out / "model.safetensors").is_file()
     stats = json.loads((out / "reward_stats.json").read_text())
     assert stats["n"] == 2 * summary["train_pairs"] and stats["std"] > 0

@@ -358,11 +358,16 @@ def health_cmd(
     constitution: str = typer.Option(None, "--constitution", help="the constitution (default: "
                                                                   "the one generate used)"),
     as_json: bool = typer.Option(False, "--json", help="print the figures as JSON"),
+    min_rm_accuracy: float = typer.Option(
+        None, "--min-rm-accuracy", min=0.0, max=1.0,
+        help="flag a principle whose held-out pairs the reward model ranks right less often "
+             "than this (default 0.6)"),
 ) -> None:
     """Per principle: how often it was drawn or routed, how often its critique changed the
     answer, its usable-revision rate and reject reasons, its labels' position consistency
-    and confidence, and the final policy's decline and on-topic rates on held-out prompts
-    routed to it. Principles below the thresholds (docs/constitutions.md) are flagged."""
+    and confidence, the reward model's accuracy on the held-out pairs labeled under it, and
+    the final policy's decline and on-topic rates on held-out prompts routed to it.
+    Principles below the thresholds (docs/constitutions.md) are flagged."""
     from cai.eval.health import run_health
     from cai.eval.health_table import format_health, used_constitution
 
@@ -371,7 +376,8 @@ def health_cmd(
     ref = constitution or used_constitution(run_dir)
     if ref is None:
         fail(f"{run_dir}: no generate manifest names the constitution; pass --constitution")
-    health = run_health(run_dir, _load_or_exit(ref))
+    health = run_health(run_dir, _load_or_exit(ref), thresholds=None if min_rm_accuracy is None
+                        else {"rm_accuracy": min_rm_accuracy})
     if as_json:
         typer.echo(json.dumps(health, indent=2))
         return

@@ -11,7 +11,8 @@ from cai.eval.health import _stage
 COLUMNS = [("drawn", "drawn", None), ("routed", "routed", None),
            ("changed", "changed", "changed_rate"), ("usable", "usable", "usable_rate"),
            ("labels", "labels", None), ("consist.", "consistency", None),
-           ("|p-.5|", "confidence", None), ("declined", "decline_rate", None),
+           ("|p-.5|", "confidence", None), ("rm pairs", "rm_pairs", None),
+           ("rm acc.", "rm_accuracy", None), ("declined", "decline_rate", None),
            ("on-topic", "on_topic_rate", None)]
 
 
@@ -44,6 +45,10 @@ def format_health(health: dict[str, Any]) -> str:
     for pid, row in rows.items():
         lines.append(f"{pid:<{width}}  " + "  ".join(f"{c:>8}" for c in cells(row)))
     flagged = [(pid, row["flags"]) for pid, row in rows.items() if row["flags"]]
+    if health.get("unlabeled"):
+        u = health["unlabeled"]
+        lines.append(f"held-out pairs labeled under no principle: {u['rm_pairs']}, reward "
+                     f"model accuracy {u['rm_accuracy']:.0%}")
     lines.append("")
     lines += [f"FLAG {pid}: {'; '.join(f)}" for pid, f in flagged] or ["no principle flagged"]
     src = health["sources"]

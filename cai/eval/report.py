@@ -538,15 +538,17 @@ def _pick_samples(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
 
 def plot_health(health: dict[str, Any]) -> str:
     """Horizontal grouped bars per principle seen in the run: changed-answer rate,
-    usable-revision rate and label position consistency (%)."""
+    usable-revision rate, label position consistency and the reward model's held-out
+    accuracy (%)."""
     metrics = [("changed_rate", "critique changed the answer"),
-               ("usable_rate", "usable revisions"), ("consistency", "label consistency")]
+               ("usable_rate", "usable revisions"), ("consistency", "label consistency"),
+               ("rm_accuracy", "reward model accuracy")]
     rows = [(pid, r) for pid, r in health["principles"].items()
             if any(r.get(m) is not None for m, _ in metrics)]
     fig, ax = _figure(6.4, max(2.4, 0.45 * len(rows) + 1.2))
     height = 0.8 / len(metrics)
     for j, (m, name) in enumerate(metrics):
-        ys = [i + (j - 1) * height for i in range(len(rows))]
+        ys = [i + (j - (len(metrics) - 1) / 2) * height for i in range(len(rows))]
         ax.barh(ys, [100 * (r.get(m) or 0.0) for _, r in rows], height=height * 0.95, label=name)
     ax.set_yticks(range(len(rows)), [pid for pid, _ in rows], fontsize=8)
     ax.invert_yaxis()
@@ -577,6 +579,12 @@ def _health_section(doc: _Doc, run_dir: Path) -> None:
     rows = [[pid, *cells(r), "; ".join(r["flags"])] for pid, r in health["principles"].items()]
     doc.table(["principle", *[h for h, _, _ in COLUMNS], "flags"], rows,
               num=set(range(1, len(COLUMNS) + 1)), text={len(COLUMNS) + 1})
+    if health.get("unlabeled"):
+        u = health["unlabeled"]
+        note = (f"Held-out pairs labeled under no principle: {u['rm_pairs']}, reward model "
+                f"accuracy {u['rm_accuracy']:.0%}.")
+        doc.html(f'<p class="note">{_e(note)}</p>')
+        doc.md.extend([note, ""])
     doc.html(f'<img alt="principle health" src="{plot_health(health)}">')
     doc.html('<p class="note">Thresholds and columns: docs/constitutions.md, "Reading '
              'health". Also: <code>cai constitution health RUN_DIR</code>.</p>')

@@ -4,7 +4,7 @@ pairs, AI-labeled and human alike (see cai.train.data for the inputs).
 
 Output directory: a Hugging Face model (loads with AutoModelForSequenceClassification),
 `reward_stats.json` (mean/std of rewards on the training prompts' responses, for PPO's
-normalisation), `eval.json` (held-out metrics), `rejects.jsonl`, metrics.jsonl, tensorboard/.
+normalisation), `eval.json` (held-out metrics; `by_principle`: accuracy per principle), `rejects.jsonl`, metrics.jsonl, tensorboard/.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def tokenize_pairs(records, tokenizer, config: RMConfig) -> tuple[list[dict], di
                 continue
             counts["truncated"] += 1
         out.append({"chosen": c_ids, "rejected": r_ids, "p": rec.p_chosen,
-                    "chosen_len": len(chosen), "rejected_len": len(rejected)})
+                    "chosen_len": len(chosen), "rejected_len": len(rejected),
+                    "principles": list(rec.principle_ids)})
     return out, counts
 
 
@@ -100,14 +101,19 @@ def pair_rewards(model, batch: dict) -> tuple[Any, Any]:
 
 
 def evaluate_pairs(model, tokenizer, pairs: list[dict], batch_size: int) -> dict[str, Any]:
-    from cai.stats import pair_metrics
+    """Held-out metrics (`cai.stats.pair_metrics`), with `by_principle`: the accuracy on
+    the pairs labeled under each principle (`cai constitution health` reads it)."""
+    from cai.stats import accuracy_by_principle, pair_metrics
     from cai.train.reward import score_pairs
 
     chosen, rejected = score_pairs(model, [p["chosen"] for p in pairs],
                                    [p["rejected"] for p in pairs], tokenizer.pad_token_id,
                                    batch_size=batch_size)
-    return pair_metrics(chosen, rejected, [p["p"] for p in pairs],
-                        [p["chosen_len"] for p in pairs], [p["rejected_len"] for p in pairs])
+    p_chosen = [p["p"] for p in pairs]
+    return {**pair_metrics(chosen, rejected, p_chosen, [p["chosen_len"] for p in pairs],
+                           [p["rejected_len"] for p in pairs]),
+            "by_principle": accuracy_by_principle(chosen, rejected, p_chosen,
+                                                  [p.get("principles", []) for p in pairs])}
 
 
 def _print_rejects(rejects, out: Path, log) -> None:
