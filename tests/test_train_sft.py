@@ -109,6 +109,7 @@ def test_cli_train_rm_eval_and_score(tiny_model_dir, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout[r.stdout.index("{"):])
     assert m["n"] == 24 and 0 <= m["accuracy"] <= 1 and m["length_baseline"] is not None
+    assert m["by_principle"]["(none)"]["n"] == 24  # human pairs: labeled under no principle
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"prompt": "hi", "response": t}) + "\n"
                             for t in ("one banana", "two")))

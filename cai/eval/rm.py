@@ -53,7 +53,7 @@ def run_eval_rm(config: EvalRMConfig, *, backend: Any = None, log: Callable[[str
     inference engine)."""
     from cai.io import DataError
     from cai.train.data import read_preference_source
-    from cai.stats import pair_metrics
+    from cai.stats import accuracy_by_principle, pair_metrics
     from cai.train.reward import encode_for_reward, score_pairs
 
     records, rejects = read_preference_source(config.data)
@@ -83,6 +83,8 @@ def run_eval_rm(config: EvalRMConfig, *, backend: Any = None, log: Callable[[str
     metrics = pair_metrics(rewards_c, rewards_r, [r.p_chosen for r in records],
                            [len(r.chosen[-1].content) for r in records],
                            [len(r.rejected[-1].content) for r in records])
+    metrics["by_principle"] = accuracy_by_principle(
+        rewards_c, rewards_r, [r.p_chosen for r in records], [r.principle_ids for r in records])
     summary = {**metrics, "rejected": len(rejects), "model": config.model, "data": config.data,
                "seconds": round(time.perf_counter() - t0, 2)}
     if config.out:
