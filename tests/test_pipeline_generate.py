@@ -68,7 +68,8 @@ def test_cai_run_generate_then_noop_then_rerun_on_change(tmp_path, tiny_model_di
     assert r.output.count("starting the transformers engine") == 1
     lab = read_manifest(tmp_path / "run" / "label")
     assert lab["config"]["pairs"] == str(tmp_path / "run" / "sample" / "candidates.jsonl")
-    assert lab["summary"]["records"] == 3 and set(lab["inputs"]) == {"sample", "constitution"}
+    assert lab["summary"]["records"] == 3
+    assert set(lab["inputs"]) == {"sample", "constitution", "file:pairs"}
     assert (tmp_path / "run" / "logs" / "engine.log").exists()
     ids = [json.loads(x)["id"] for x in
            (tmp_path / "run" / "prompts" / "train.jsonl").read_text().splitlines()]
@@ -100,6 +101,39 @@ def test_cai_run_bad_pipeline_is_a_located_error(tmp_path):
     assert f"{path}:2:1: generate.out: filled in by the runner" not in r.output
 
 
+def test_cai_run_after_editing_one_principle_relabels_only_its_pairs(tmp_path, tiny_model_dir):
+    """label keeps its directory when only the constitution changed and relabels exactly
+    the pairs judged under the edited principle; the other labels stay as they were."""
+    from cai.constitution import SHIPPED_DIR
+    from cai.data.store import read_preferences
+
+    constitution = tmp_path / "c.yaml"
+    constitution.write_text((SHIPPED_DIR / "harmless.yaml").read_text())
+    path = _write(tmp_path, tiny_model_dir)
+    path.write_text(path.read_text().replace("constitution: harmless", f"constitution: {constitution}")
+                    .replace("label:\n", f"label:\n  constitution: {constitution}\n"))
+    assert _cai("run", path).exit_code == 0
+    out = tmp_path / "run" / "label" / "preferences"
+    before = {r.prompt[-1].content + r.chosen[-1].content + r.rejected[-1].content: r
+              for r in read_preferences(out)}
+    used = [r.principle_ids[0] for r in before.values()]
+    edited = used[0]
+    assert 0 < used.count(edited) < len(used)  # some labels relabeled, some kept
+    text = constitution.read_text()  # reword the comparison question of the first label's
+    at = text.index("    comparison: ", text.index(f"  - id: {edited}\n")) + len("    comparison: ")
+    constitution.write_text(text[:at] + "Judged strictly, " + text[at:])
+    r = _cai("run", path)
+    assert r.exit_code == 0, r.output
+    lab = read_manifest(tmp_path / "run" / "label")["summary"]
+    assert (lab["relabeled"], lab["kept"]) == (used.count(edited), len(used) - used.count(edited))
+    after = list(read_preferences(out))
+    kept = [r for r in after if r.principle_ids[0] != edited]
+    assert len(kept) == lab["kept"] and all(
+        before[r.prompt[-1].content + r.chosen[-1].content + r.rejected[-1].content] == r
+        or before[r.prompt[-1].content + r.rejected[-1].content + r.chosen[-1].content] == r
+        for r in kept)
+
+
 def test_label_alone_on_the_users_pairs(tmp_path, tiny_model_dir):
     """Stages left out: a user with their own pairs starts at label. The label stage's own
     checks still hold (an over-long pair is a reject; too many principles is an error)."""
@@ -119,7 +153,17 @@ def test_label_alone_on_the_users_pairs(tmp_path, tiny_model_dir):
     assert [x.prompt[-1].content for x in read_preferences(out / "preferences")] == ["Name a fruit."]
     rej = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert [x["code"] for x in rej] == ["too-long"]
-    assert set(read_manifest(out)["inputs"]) == {"constitution"}
+    assert set(read_manifest(out)["inputs"]) == {"constitution", "file:pairs"}
+    labeled = read_preferences(out / "preferences")
+
+    # one more pair in the user's file: label reruns in place and labels only that pair
+    with pairs.open("a") as f:
+        f.write(json.dumps({"prompt": "Name a tree.", "chosen": "An oak.", "rejected": "A rose."}) + "\n")
+    r = _cai("run", path)
+    assert r.exit_code == 0, r.output
+    summary = read_manifest(out)["summary"]
+    assert (summary["relabeled"], summary["kept"], summary["records"]) == (1, 1, 2)
+    assert read_preferences(out / "preferences")[0] == labeled[0]  # kept as it was
 
     path.write_text(text + "  principles: 99\n")
     r = _cai("run", path)

@@ -234,9 +234,9 @@ LABEL = Stage(
     wire=_wire_label,
     per_round=True,
     owned=("out", "rejects", "report"),
-    file_fields=("eval_against",),
+    file_fields=("pairs", "eval_against"),
     # per-label principle and input hashes: cai.label.incremental relabels what changed
-    rebuilds=("constitution", "generate", "sample"),
+    rebuilds=("constitution", "file:pairs", "generate", "sample"),
     engine=engine_of,
     brief=_brief_label,
 )
