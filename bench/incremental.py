@@ -107,7 +107,8 @@ def main() -> None:
     try:
         constitution = tmp / "harmless.yaml"
         shutil.copy(SHIPPED_DIR / "harmless.yaml", constitution)
-        if args.principle and args.principle not in {p.id for p in load_constitution(constitution).principles}:
+        ids = {p.id for p in load_constitution(constitution).principles}
+        if args.principle and args.principle not in ids:
             sys.exit(f"--principle {args.principle}: not a principle of harmless.yaml")
         config = demo_config(tmp, constitution, args.max_tokens, args.light, args.limit)
         backend = load_backend(args.backend, args.model)

@@ -12,8 +12,9 @@ still among the inputs with the same input hash, every principle hash it stored 
 constitution's now, and drawing the pair's principles again gives the same ones (a
 principle added, removed or reweighted moves only the draws it takes part in). Any other
 pair is labeled again; a label whose pair is gone is dropped. Locations (`location`
-entries at any depth of the provenance) are left out of the input hash on purpose: a store's shard names change on every rewrite and rows move
-when others are added, neither of which changes what the labeler sees.
+entries at any depth of the provenance) are left out of the input hash on purpose: a
+store's shard names change on every rewrite and rows move when others are added, neither
+of which changes what the labeler sees.
 
 `tau: fit` fits tau on the human pairs at every run, so it relabels everything.
 """

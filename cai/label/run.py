@@ -136,8 +136,8 @@ def _label_here(config: LabelRunConfig, c: Any, pairs: list, tau: float | None,
         scorer = ResponseScorer(backend, c, few_shot=config.few_shot) \
             if config.mode == "pointwise" else None
         if config.tau == "fit":
-            fit_on, _ = fitting_pairs(backend, c, [p for p in human_pairs if p.key in (human or {})],
-                                      config)
+            known = [p for p in human_pairs if p.key in (human or {})]
+            fit_on, _ = fitting_pairs(backend, c, known, config)
             diffs = reference_diffs(label_pairs(backend, c, fit_on, config, log=log,
                                                 progress=config.progress, tau=1.0,
                                                 scorer=scorer), human or {})
