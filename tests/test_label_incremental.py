@@ -11,8 +11,10 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from cai.backends import Backend
-from cai.constitution import SHIPPED_DIR, load_constitution
+from cai.constitution import SHIPPED_DIR
 from cai.data.store import read_preferences
 from cai.label.run import LabelRunConfig, run_label
 
@@ -134,3 +136,37 @@ def test_changed_added_and_removed_pairs(tmp_path):
     assert set(after) - set(before) == {"How do I do thing 20?"}
     assert "Never 5." in after[changed] and "Never 5." not in before[changed]
     assert all(after[i] == before[i] for i in set(before) & set(after) if i != changed)
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs."""
+
+
+def test_a_killed_run_keeps_what_it_labeled_and_its_rerun_labels_the_rest(tmp_path,
+                                                                          monkeypatch):
+    import cai.label.run
+
+    monkeypatch.setattr(cai.label.run, "CHECKPOINT_PAIRS", 10)
+    pairs = _pairs(tmp_path / "pairs.jsonl", 35)
+    out = tmp_path / "labels"
+    cfg = LabelRunConfig(pairs=str(pairs), out=str(out), mode="pairwise", progress=False)
+
+    class Dies(ScoringBackend):  # killed while scoring the third part of 10 pairs
+        def continuation_logprobs(self, prompts, continuations):
+            if len(self.prompts) >= 2 * 20:
+                raise Killed
+            return super().continuation_logprobs(prompts, continuations)
+
+    with pytest.raises(Killed):
+        run_label(cfg, backend=Dies(), log=lambda m: None)
+    saved = _rows(out)
+    assert list(saved) == [f"How do I do thing {i}?" for i in range(20)]
+    backend = ScoringBackend()
+    s = run_label(cfg, backend=backend, log=lambda m: None)
+    assert (backend.pairs_scored(), s["relabeled"], s["kept"]) == (15, 15, 20)
+    after = _rows(out)
+    assert len(after) == 35 and all(after[k] == v for k, v in saved.items())
+    # the same labels as one uninterrupted run
+    whole = run_label(cfg.model_copy(update={"out": str(tmp_path / "whole")}),
+                      backend=ScoringBackend(), log=lambda m: None)
+    assert whole["relabeled"] == 35 and _rows(tmp_path / "whole") == after

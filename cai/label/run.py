@@ -4,8 +4,10 @@ label-quality report.
     read pairs (and the human labels to evaluate against) -> keep the labels of an earlier
     run the inputs and the constitution still match (incremental.py) -> set aside pairs
     too long for the feedback model -> label the others (one scoring call) -> records
-    oriented by the labeler's preference -> a store directory or JSONL (written
-    atomically: a killed rerun leaves the old labels whole), the rejects, the report
+    oriented by the labeler's preference -> a store directory or JSONL, the rejects, the
+    report. The output is written atomically after every CHECKPOINT_PAIRS pairs labeled
+    and at the end: a killed run keeps the labels made so far, and its rerun labels the
+    rest.
 
 Mode and tau left unset (None) take the feedback model's defaults
 (`cai.models.feedback_defaults`: a registry entry's own, chosen by measurement; pairwise,
@@ -85,6 +87,9 @@ def _resolve_mode(config: LabelRunConfig, model: str | None
 
 
 RAY_CHUNKS_PER_REPLICA = 4  # enough to keep every replica busy while one chunk is slow
+# pairs labeled between two saves of the output: a killed run keeps what it labeled (each
+# part is still thousands of comparisons, enough to keep the engine's batches full)
+CHECKPOINT_PAIRS = 2048
 
 
 def label_chunk(backend: Backend, pairs: list, *, constitution: Any, config: LabelRunConfig,
@@ -122,9 +127,12 @@ def _label_on_ray(config: LabelRunConfig, c: Any, pairs: list, tau: float | None
 
 def _label_here(config: LabelRunConfig, c: Any, pairs: list, tau: float | None,
                 human: dict[str, str] | None, human_pairs: list, backend: Backend | None,
-                log: Log) -> tuple[float | None, list, list, str | None, float]:
+                log: Log, save: Callable[[list, str, float | None], None] | None = None
+                ) -> tuple[float | None, list, list, str | None, float]:
     """Label `pairs` on one engine here (`backend`, else one loaded now and closed after):
-    (tau, labels, [(pair, why too long)], the labeler's model name, seconds loading)."""
+    (tau, labels, [(pair, why too long)], the labeler's model name, seconds loading).
+    More than CHECKPOINT_PAIRS pairs are labeled that many at a time, and `save(labels so
+    far, labeler, tau)` is called after each part but the last, so a killed run keeps them."""
     if not pairs and config.tau != "fit":
         return tau, [], [], None, 0.0
     start = time.perf_counter()
@@ -146,13 +154,30 @@ def _label_here(config: LabelRunConfig, c: Any, pairs: list, tau: float | None,
                                 "model's context, so tau cannot be fitted")
             tau = fit_tau(diffs)
             log(f"tau fitted on {len(diffs)} human-labeled pairs: {tau:.3f}")
-        pairs, too_long = fitting_pairs(backend, c, pairs, config)
-        labels = label_pairs(backend, c, pairs, config, log=log, progress=config.progress,
-                             tau=tau, scorer=scorer)
+        labels: list = []
+        too_long: list = []
+        for i in range(0, len(pairs), CHECKPOINT_PAIRS):
+            part, long = fitting_pairs(backend, c, pairs[i:i + CHECKPOINT_PAIRS], config)
+            too_long += long
+            labels += label_pairs(backend, c, part, config, log=log, progress=config.progress,
+                                  tau=tau, scorer=scorer)
+            if save is not None and i + CHECKPOINT_PAIRS < len(pairs):
+                save(labels, backend.model, tau)
         return tau, labels, too_long, backend.model, loaded
     finally:
         if owned is not None:
             owned.close()
+
+
+def _write_labels(out: Path, records: list, summary: dict[str, Any]) -> None:
+    """The labels as JSONL or a store (its manifest keeping `summary` under `label`),
+    atomically either way."""
+    from cai.data.store import write_preferences  # pyarrow: only when a run writes
+
+    if out.suffix == ".jsonl":
+        atomic_write_jsonl(out, [r.to_row() for r in records])
+    else:
+        write_preferences(records, out, extra={"label": summary})
 
 
 def _read_inputs(config: LabelRunConfig) -> tuple[list, list, dict[str, str] | None, list]:
@@ -183,8 +208,6 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Lo
     `backend`: an engine the caller already built (a pipeline sharing one engine); otherwise
     one is loaded. Raises `ConfigError` (more principles asked than the constitution can
     draw), `ConstitutionError`, or `DataError` (unreadable input, nothing to label)."""
-    from cai.data.store import write_preferences  # pyarrow: only when a run writes
-
     c = load_constitution(config.constitution)
     usable = [p for p in c.principles if p.weight > 0]
     if config.principles > len(usable):
@@ -213,35 +236,39 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Lo
                 plan.reasons.items(), key=lambda x: -x[1])) + f"), dropping {plan.dropped} "
             "whose pairs are gone")
 
+    def records_of(labels: list, labeler: str | None, tau: float | None) -> list:
+        run = run_info(c, config, tau=tau)
+        made = {lab.pair.key: to_record(lab, labeler, run, hashes, input_hash(lab.pair, settings))
+                for lab in labels}
+        return [r for r in (made.get(p.key) or plan.kept.get(p.key) for p in pairs) if r]
+
+    def save(labels: list, labeler: str, tau: float | None) -> None:
+        _write_labels(Path(config.out), records_of(labels, labeler, tau),
+                      {"partial": f"{len(labels)} of {len(plan.todo)} pairs labeled so far"})
+
     start = time.perf_counter()
     if config.ray is not None and plan.todo:
         labels, too_long, labeler = _label_on_ray(config, c, plan.todo, tau)
         load_s = 0.0
     else:
         tau, labels, too_long, labeler, load_s = _label_here(
-            config, c, plan.todo, tau, human, human_pairs, backend, log)
+            config, c, plan.todo, tau, human, human_pairs, backend, log, save)
     rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
                         reason=why) for p, why in too_long]
     if too_long:
         log(f"{len(too_long)} pairs too long for the feedback model -> {rejects_file}")
     elapsed = time.perf_counter() - start - load_s
     labeler = labeler or next((r.labeler for r in plan.kept.values()), None) or model_ref
-    run = run_info(c, config, tau=tau)
-    made = {lab.pair.key: to_record(lab, labeler, run, hashes, input_hash(lab.pair, settings))
-            for lab in labels}
-    records = [r for r in (made.get(p.key) or plan.kept.get(p.key) for p in pairs) if r]
+    records = records_of(labels, labeler, tau)
     report = build_report(records, human)
-    summary = {"run": run, "labeler": labeler, "pairs_path": config.pairs,
-               "rejected": len(rejected), "label_seconds": round(elapsed, 2),
-               "load_seconds": round(load_s, 2), "relabeled": len(made),
-               "kept": len(plan.kept), "dropped": plan.dropped,
+    summary = {"run": run_info(c, config, tau=tau), "labeler": labeler,
+               "pairs_path": config.pairs, "rejected": len(rejected),
+               "label_seconds": round(elapsed, 2), "load_seconds": round(load_s, 2),
+               "relabeled": len(labels), "kept": len(plan.kept), "dropped": plan.dropped,
                "report": report.model_dump()}
     write_rejects(rejected, rejects_file)
     out = Path(config.out)
-    if out.suffix == ".jsonl":
-        atomic_write_jsonl(out, [r.to_row() for r in records])
-    else:
-        write_preferences(records, out, extra={"label": summary})
+    _write_labels(out, records, summary)
     if config.report:
         atomic_write_json(config.report, summary)
     return {**summary, "out": str(out), "records": len(records), "too_long": len(too_long),
