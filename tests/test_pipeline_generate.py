@@ -163,6 +163,7 @@ def test_label_alone_on_the_users_pairs(tmp_path, tiny_model_dir):
     assert r.exit_code == 0, r.output
     summary = read_manifest(out)["summary"]
     assert (summary["relabeled"], summary["kept"], summary["records"]) == (1, 1, 2)
+    assert "2 labeled pairs (1 labeled, 1 kept)" in r.output
     assert read_preferences(out / "preferences")[0] == labeled[0]  # kept as it was
 
     path.write_text(text + "  principles: 99\n")

@@ -42,7 +42,10 @@ def label_cmd(args: StageArgs) -> None:
     except (ConfigError, ConstitutionError, DataError) as e:
         fail(str(e))
     typer.echo(f"{summary['records']} records -> {summary['out']}  "
-               f"({summary['label_seconds']:.1f} s labeling)")
+               f"({summary['label_seconds']:.1f} s labeling"
+               + (f"; {summary['relabeled']} labeled, {summary['kept']} kept from the last "
+                  f"run, {summary['dropped']} dropped" if summary["kept"] or summary["dropped"]
+                  else "") + ")")
     typer.echo(format_report(LabelReport.model_validate(summary["report"])))
 
 

@@ -220,6 +220,8 @@ def _wire_label(w: Wiring) -> dict[str, Any]:
 def _brief_label(s: dict[str, Any]) -> str:
     rep = s.get("report") or {}
     text = f"{s.get('records', 0)} labeled pairs"
+    if s.get("kept"):
+        text += f" ({s.get('relabeled', 0)} labeled, {s['kept']} kept)"
     if rep.get("mean_p_chosen") is not None:
         text += f", mean p_chosen {rep['mean_p_chosen']:.3f}"
     if rep.get("position_consistency") is not None:
