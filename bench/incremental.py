@@ -9,8 +9,8 @@ The demo's generate section (pipelines/demo.yaml: its 64 train prompts, route au
 both runs (its load is not timed). After the full run, the share of records an edit of
 each of the 14 principles would touch is counted from the records' principle hashes
 (`cai constitution diff --run`, without running). The principle edited is `--principle`,
-or by default the one with the median share (the lower median of the 14, ties by id): the
-demo's red-team prompts route mostly to crime (about 41% of records) and violence-weapons
+or by default the one with the median share among the principles the run used (the
+lower median, ties by id): the demo's red-team prompts route mostly to crime (about 41% of records) and violence-weapons
 (28%), and an edit of those cannot cost 1/5 of the full run when it remakes 2/5 of it.
 
 Prints, from the one run: the full run's seconds, the principle edited and why, the share
@@ -88,8 +88,11 @@ def shares_by_principle(tmp: Path, constitution: Path) -> dict[str, int]:
 
 
 def median_principle(shares: dict[str, int]) -> str:
-    """The principle with the lower median share (ties broken by id)."""
-    ordered = sorted(shares, key=lambda pid: (shares[pid], pid))
+    """The principle with the lower median share among those the run used (ties broken by
+    id): an edit of a principle no record used reruns nothing, which would meet the target
+    without measuring anything."""
+    used = [pid for pid in shares if shares[pid]] or list(shares)
+    ordered = sorted(used, key=lambda pid: (shares[pid], pid))
     return ordered[(len(ordered) - 1) // 2]
 
 
@@ -118,8 +121,9 @@ def main() -> None:
         records = full["records"]
         shares = shares_by_principle(tmp, constitution)
         principle = args.principle or median_principle(shares)
+        used = sum(1 for n in shares.values() if n)
         why = "--principle" if args.principle else \
-            f"the median share of the {len(shares)} principles (lower median, ties by id)"
+            f"the median share of the {used} principles the run used (lower median, ties by id)"
         edit(constitution, principle)
         t0 = time.perf_counter()
         again = run_generate(config, backend=backend)
