@@ -131,6 +131,26 @@ def main_process_only(accelerator, log):
     return log if accelerator.is_main_process else (lambda *_a, **_k: None)
 
 
+def rank_share(items: list, accelerator) -> list:
+    """This rank's contiguous share of `items` (the first ranks take one more when the
+    split is uneven); concatenated in rank order (gather_object) they are `items` again."""
+    per, extra = divmod(len(items), accelerator.num_processes)
+    r = accelerator.process_index
+    start = r * per + min(r, extra)
+    return items[start:start + per + (r < extra)]
+
+
+def gather_rank_shares(accelerator, items: list, score) -> list:
+    """`score(share)` (a list per item) on each rank's `rank_share` of `items`, gathered
+    in order on every rank: a held-out evaluation split across the ranks."""
+    scored = score(rank_share(items, accelerator)) if items else []
+    if accelerator.num_processes == 1:
+        return scored
+    from accelerate.utils import gather_object
+
+    return gather_object(scored)
+
+
 def make_dataloader(dataset, *, batch_size: int, collate_fn, shuffle: bool, seed: int):
     import torch
     from torch.utils.data import DataLoader
