@@ -45,7 +45,8 @@ def losses(out: Path) -> dict[int, float]:
 
 def ppo_config(policy: Path, where: Path, out: str) -> dict:
     """tests/test_ppo.py's reward-rises run (a policy that says "!" now and then, rewarded
-    for it), with each rank taking half of every minibatch."""
+    for it), with each rank taking half of every minibatch, at lr 3e-4: at 1e-3 the reward
+    swings between ~0 and ~0.9 from iteration to iteration, in one process as on two."""
     from test_ppo import REWARD, TOPICS
 
     prompts = where / "ppo-prompts.jsonl"
@@ -54,7 +55,7 @@ def ppo_config(policy: Path, where: Path, out: str) -> dict:
     return PPOConfig(
         model=str(policy), reward=REWARD, prompts=str(prompts), out=str(where / out),
         iterations=8, rollout_batch_size=8, minibatch_size=8, micro_batch_size=4, ppo_epochs=2,
-        max_tokens=12, temperature=1.0, lr=1e-3, eval_size=4, eval_every=4, eval_samples=2,
+        max_tokens=12, temperature=1.0, lr=3e-4, eval_size=4, eval_every=4, eval_samples=2,
         eval_temperature=1.0, missing_eos_penalty=None, adaptive_kl=True, kl_target=2.0,
         kl_horizon=40, kl_coef=0.1, backend="transformers", cpu=True, progress=False,
         mixed_precision="no", attn_implementation="eager").model_dump(mode="json")
@@ -161,7 +162,8 @@ def test_ppo_on_two_ranks_raises_the_reward_and_writes_once(runs):
     assert [r["iteration"] for r in rows if "eval/reward" in r] == [0, 4, 8]
     rewards = [r["reward/raw"] for r in train]
     print("2-rank PPO rewards", [round(x, 3) for x in rewards])
-    assert sum(rewards[-2:]) / 2 > 2 * sum(rewards[:2]) / 2, rewards
+    # measured: 0.19 at iteration 1 (the starting policy's), 0.77 and 0.79 at 7 and 8
+    assert sum(rewards[-2:]) / 2 > 2 * rewards[0], rewards
     # the held-out prompts, split 2 + 2 over the ranks, gathered in prompt order: 3
     # evaluations x 4 prompts x 2 samples, each row once
     samples = [json.loads(l) for l in (out / "eval_samples.jsonl").read_text().splitlines()]
@@ -170,6 +172,7 @@ def test_ppo_on_two_ranks_raises_the_reward_and_writes_once(runs):
     assert prompts[::2] == prompts[1::2] and len(set(prompts)) == 4
     assert [s["sample"] for s in samples[:8]] == [0, 1] * 4
     evals = [r for r in rows if "eval/reward" in r]
+    assert evals[-1]["eval/reward"] > evals[0]["eval/reward"] + 0.2  # measured 0.31 -> 0.91
     assert evals[0]["eval/reward"] == pytest.approx(
         sum(s["reward"] for s in samples[:8]) / 8, abs=1e-6)
     assert "eval/reward_gain" in evals[-1]  # paired with iteration 0's, saved by rank 0
