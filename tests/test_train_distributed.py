@@ -139,7 +139,8 @@ def test_ppo_statistics_on_two_gloo_ranks_equal_one_process(runs):
 def test_sigkill_and_resume_on_two_ranks_continue_the_uninterrupted_run(runs):
     where, first, resumed = runs["where"], runs["first"], runs["resumed"]
     assert first.returncode != 0  # rank 0 died at the start of step 3
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the same torchrun then starts the PPO run that rank 0 kills: its code is not 0
+    assert (where / "sft-cut" / "DONE").is_file(), resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout + resumed.stderr
     full, cut = losses(where / "sft-2"), losses(where / "sft-cut")
     assert sorted(cut) == [1, 2, 3, 4]

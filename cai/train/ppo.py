@@ -31,12 +31,12 @@ from cai.config import progress_bar, say
 from cai.stats import paired_difference
 from cai.io import atomic_write_json
 from cai.train import losses as L
+from cai.train.accel import rank_share
 from cai.train.ppo_config import RUN_ONLY_FIELDS, PPOConfig
 from cai.train.ppo_experience import (Batch, Experience, decode, response_logprobs,
                                       response_values)
 from cai.train.ppo_reward import RewardFn
 from cai.train.ppo_rollout import prompt_indices, sampling_seed
-from cai.train.accel import rank_share
 from cai.train.ppo_setup import (PPOModels, Prompts, load_models, load_prompts, make_accelerator,
                                  start_engine)
 

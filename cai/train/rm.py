@@ -220,8 +220,8 @@ def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] 
             acc = torch.where(batch["p_chosen"] >= 0.5, hard, 1 - hard).mean()
         return loss, {"accuracy": acc.item(), "margin": (rc - rr).mean().item()}
 
-    evaluate = (lambda m: evaluate_pairs(accelerator, m, tokenizer, held, config.eval_batch_size)
-                if held else None)
+    evaluate = ((lambda m: evaluate_pairs(accelerator, m, tokenizer, held,
+                                          config.eval_batch_size)) if held else None)
     result, model = run_loop(
         config, accelerator=accelerator, run_dir=run_dir, model=model, train_loader=loader,
         compute_loss=compute_loss, evaluate=evaluate,
