@@ -64,7 +64,7 @@ def ppo_config(policy: Path, where: Path, out: str) -> dict:
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tmp_path_factory, embedded_tokenizer):
     """Single-process references here; two-rank runs (complete, and killed at step 3) in one
-    torchrun; then the killed run resumed, and a PPO run killed at iteration 7, in a second;
+    torchrun; then the killed run resumed, and a PPO run killed at iteration 3, in a second;
     the PPO run resumed in a third."""
     from test_ppo import _exclaiming_policy
 
@@ -88,9 +88,11 @@ def runs(tiny_model_dir, tmp_path_factory, embedded_tokenizer):
             {"stage": "sft", "kill_at": 3,
              "config": dict(sft, out=str(where / "sft-cut"), batch_size=half)}]
     first = torchrun(jobs, where)
-    ppo_cut = dict(ppo, out=str(where / "ppo-cut"))
+    # 4 iterations, killed as the third begins: with a constant lr nothing else depends on
+    # `iterations`, so its iterations 3 and 4 are the 8-iteration run's
+    ppo_cut = dict(ppo, out=str(where / "ppo-cut"), iterations=4)
     resumed = torchrun([{"stage": "sft", "config": dict(jobs[-1]["config"], resume=True)},
-                        {"stage": "ppo", "kill_at": 7, "config": ppo_cut}], where)
+                        {"stage": "ppo", "kill_at": 3, "config": ppo_cut}], where)
     ppo_resumed = torchrun([{"stage": "ppo", "config": dict(ppo_cut, resume=True)}], where)
     return {"where": where, "one": one, "first": first, "resumed": resumed,
             "ppo_resumed": ppo_resumed}
@@ -187,12 +189,13 @@ def test_ppo_on_two_ranks_raises_the_reward_and_writes_once(runs):
 
 def test_ppo_sigkill_and_resume_on_two_ranks_continue_the_uninterrupted_run(runs):
     where, resumed, again = runs["where"], runs["resumed"], runs["ppo_resumed"]
-    assert resumed.returncode != 0  # rank 0 died as iteration 7 began
+    assert resumed.returncode != 0  # rank 0 died as iteration 3 began
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "eval/reward_gain" in ppo_rows(where / "ppo-cut")[-1]  # iteration 0's, kept
     full = {r["iteration"]: r for r in ppo_rows(where / "ppo-2") if "reward/raw" in r}
     cut = {r["iteration"]: r for r in ppo_rows(where / "ppo-cut") if "reward/raw" in r}
-    assert sorted(cut) == list(range(1, 9))
-    for it in (7, 8):  # the iterations after the checkpoint at 6
+    assert sorted(cut) == [1, 2, 3, 4]
+    for it in (3, 4):  # the iterations after the checkpoint at 2 (4 with its evaluation)
         for key, value in full[it].items():
             if not key.startswith("time/"):
                 assert cut[it][key] == pytest.approx(value, abs=1e-6), (it, key)
