@@ -88,3 +88,12 @@ def test_workers_in_a_pipeline_training_section(tmp_path):
     cfg = load_section(spec, "rm", RMConfig, {"ray": "10.0.0.1:6379"})
     assert (cfg.workers, cfg.gpus_per_worker, cfg.ray, cfg.strategy) == (
         4, 1.0, "10.0.0.1:6379", "deepspeed_zero2")
+    # PPO's section takes them too; ray without workers is refused as for sft/rm
+    from cai.train.ppo_config import PPOConfig
+
+    spec.write_text("ppo:\n  model: m\n  reward: r.py:f\n  prompts: p.jsonl\n  out: o\n"
+                    "  workers: 2\n")
+    ppo = load_section(spec, "ppo", PPOConfig, {"ray": "10.0.0.1:6379"})
+    assert (ppo.workers, ppo.ray) == (2, "10.0.0.1:6379")
+    with pytest.raises(ValueError, match="without workers"):
+        PPOConfig(model="m", reward="r.py:f", prompts="p.jsonl", out="o", ray="10.0.0.1:6379")
