@@ -141,8 +141,9 @@ def rank_share(items: list, accelerator) -> list:
 
 
 def gather_rank_shares(accelerator, items: list, score) -> list:
-    """`score(share)` (a list per item) on each rank's `rank_share` of `items`, gathered
-    in order on every rank: a held-out evaluation split across the ranks."""
+    """`score(share)` (a list of results) on each rank's `rank_share` of `items`, the lists
+    concatenated in rank order, i.e. in the order of `items`, on every rank (accelerate's
+    gather_object): a held-out evaluation split across the ranks."""
     scored = score(rank_share(items, accelerator)) if items else []
     if accelerator.num_processes == 1:
         return scored

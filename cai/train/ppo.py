@@ -263,16 +263,18 @@ def evaluate(config: PPOConfig, models: PPOModels, prompts: Prompts, iteration: 
     second on, the gain over iteration 0 (per prompt, paired) comes with its 95% interval.
     On N ranks each scores a contiguous share of the prompts and the rows are gathered in
     prompt order; every rank gets the same result, rank 0 alone writes."""
-    from accelerate.utils import gather_object
+    from cai.train.accel import gather_rank_shares
 
     acc, out, k = models.accelerator, Path(config.out), config.eval_samples
     models.policy.eval()
     models.engine.push_weights(models.policy_model)
-    mine = rank_share(list(range(len(prompts.eval_ids))), acc)
-    ids = [prompts.eval_ids[p] for p in mine for _ in range(k)]
-    msgs = [prompts.eval_messages[p] for p in mine for _ in range(k)]
-    rows = []
-    if ids:  # more ranks than held-out prompts leaves some with none
+
+    def score(mine: list[int]) -> list[tuple]:
+        """(conversation, response, reward, KL, length, has EOS) of each of this rank's rows."""
+        ids = [prompts.eval_ids[p] for p in mine for _ in range(k)]
+        msgs = [prompts.eval_messages[p] for p in mine for _ in range(k)]
+        if not ids:  # more ranks than held-out prompts leaves some with none
+            return []
         responses = models.engine.generate(
             models.policy_model, ids, max_new_tokens=config.max_tokens,
             temperature=config.eval_temperature, seed=rank_seed(config.seed + 1, acc),
@@ -284,10 +286,10 @@ def evaluate(config: PPOConfig, models: PPOModels, prompts: Prompts, iteration: 
                                        policy=models.policy_model)
         kl = (L.kl_estimate(lp, rlp, config.kl_estimator) * batch.mask).sum(1)
         raw, texts = reward_scores(config, models, msgs, batch)
-        rows = list(zip(msgs, texts, raw.tolist(), kl.tolist(), batch.mask.sum(1).tolist(),
+        return list(zip(msgs, texts, raw.tolist(), kl.tolist(), batch.mask.sum(1).tolist(),
                         batch.has_eos.tolist()))
-    if acc.num_processes > 1:
-        rows = gather_object(rows)
+
+    rows = gather_rank_shares(acc, list(range(len(prompts.eval_ids))), score)
     msgs, texts, raw, kl, length, eos = (list(c) for c in zip(*rows))
     if acc.is_main_process:
         with open(out / "eval_samples.jsonl", "a") as f:
@@ -396,6 +398,9 @@ def run_ppo(config: PPOConfig, *, backend: Any = None, log: Callable[[str], None
         return done
     accelerator, precision = make_accelerator(config)
     log = main_process_only(accelerator, log)
+    # every rank has checked the directory (_finished) before rank 0 writes the config into
+    # it; the process group may predate this stage, so nothing else holds rank 0 back
+    accelerator.wait_for_everyone()
     rd.start(config, write=accelerator.is_main_process)
     updates = config.ppo_epochs * (config.rollout_batch_size // config.minibatch_size)
     models = load_models(config, accelerator, reward_fn, updates_per_iteration=updates)
