@@ -1,6 +1,7 @@
 """The accelerate setup every training stage uses: devices, mixed precision (bf16 where the
 device multiplies in bf16 natively: a CUDA GPU that has it, a CPU with AMX; else fp32),
-gradient accumulation, seeded data order, TensorBoard."""
+gradient accumulation, seeded data order, TensorBoard; and how the ranks of a distributed run
+share work outside the DataLoader (rank 0 logs; each rank scores a share, gathered)."""
 
 from __future__ import annotations
 
