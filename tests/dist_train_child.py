@@ -2,7 +2,8 @@
 test_train_distributed.py: each job of the spec (a stage, its config, and optionally a step at
 whose start rank 0 SIGKILLs itself) runs on every rank. Before the final model is saved each
 rank writes a digest of its parameters to `digest_dir/rank-R.json`, so the test can check that
-the ranks ended with the same weights. A `ppo_statistics` job computes PPO's statistics on
+the ranks ended with the same weights (for PPO: the value model's, saved last). A `ppo` job
+runs `run_ppo` (its kill_at is an iteration). A `ppo_statistics` job computes PPO's statistics on
 each rank's share of fixed rollouts over gloo (tests/ppo_fixed_rollouts.py)."""
 
 from __future__ import annotations
@@ -45,6 +46,22 @@ def kill_rank0_at(step_to_die: int | None):
     return before_step
 
 
+def kill_rank0_at_iteration(iteration_to_die: int | None) -> None:
+    """PPO has no before_step hook: rank 0 SIGKILLs itself as iteration `iteration_to_die`'s
+    rollout starts (after the previous iteration's checkpoint)."""
+    import cai.train.ppo as ppo
+
+    rollout = getattr(ppo.rollout, "original", ppo.rollout)
+
+    def rollout_or_die(config, models, prompts, iteration):
+        if iteration == iteration_to_die and os.environ.get("RANK") == "0":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return rollout(config, models, prompts, iteration)
+
+    rollout_or_die.original = rollout
+    ppo.rollout = rollout_or_die
+
+
 def ppo_statistics_on_gloo(out: Path) -> None:
     """PPO's statistics on this rank's share of the fixed rollouts, summed over the ranks by
     the same all-reduce run_ppo uses (cai.train.ppo.sum_over_ranks)."""
@@ -63,6 +80,7 @@ def ppo_statistics_on_gloo(out: Path) -> None:
 
 
 def main(spec_path: str) -> None:
+    from cai.train.ppo import PPOConfig, run_ppo
     from cai.train.rm import RMConfig, run_rm
     from cai.train.sft import SFTConfig, run_sft
 
@@ -71,8 +89,12 @@ def main(spec_path: str) -> None:
         if job["stage"] == "ppo_statistics":
             ppo_statistics_on_gloo(Path(job["out"]))
             continue
-        cls, run = stages[job["stage"]]
         record_digests(Path(job["config"]["out"]) / "digests")
+        if job["stage"] == "ppo":
+            kill_rank0_at_iteration(job.get("kill_at"))
+            run_ppo(PPOConfig(**job["config"]))
+            continue
+        cls, run = stages[job["stage"]]
         run(cls(**job["config"]), before_step=kill_rank0_at(job.get("kill_at")))
 
 

@@ -87,3 +87,17 @@ def test_whitening_by_hand():
     [t.join(timeout=30) for t in threads]
     expected = (torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64) - 2.5) / (5 / 3) ** 0.5
     torch.testing.assert_close(torch.cat(out), expected, rtol=0, atol=1e-7)
+
+
+def test_rank_shares_are_contiguous_and_cover_the_items_in_order():
+    from types import SimpleNamespace
+
+    from cai.train.accel import rank_share
+
+    def shares(n, world):
+        return [rank_share(list(range(n)), SimpleNamespace(process_index=r, num_processes=world))
+                for r in range(world)]
+
+    assert shares(8, 2) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # a rollout batch of 8 on 2 ranks
+    assert shares(7, 2) == [[0, 1, 2, 3], [4, 5, 6]]  # the first ranks take the extra one
+    assert shares(2, 3) == [[0], [1], []]  # more ranks than held-out prompts

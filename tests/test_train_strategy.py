@@ -98,14 +98,18 @@ def test_strategy_is_a_config_key_and_a_flag(tmp_path):
     assert set(STRATEGIES) == {"ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"}
 
 
-def test_ppo_refuses_what_it_cannot_yet_do_on_many_ranks(monkeypatch, tmp_path):
+def test_ppo_refuses_what_it_cannot_yet_do_on_many_ranks():
     from cai.train.ppo_config import PPOConfig
-    from cai.train.ppo_setup import make_accelerator
+    from cai.train.ppo_setup import check_ranks
 
-    base = dict(out=str(tmp_path / "ppo"), model="m", prompts="p.jsonl", reward="r.py:f",
-                progress=False)
-    with pytest.raises(ConfigError, match="strategy fsdp2: cai train ppo runs one process"):
-        make_accelerator(PPOConfig(**base, strategy="fsdp2"))
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"runs in one process for now \(WORLD_SIZE=2\)"):
-        make_accelerator(PPOConfig(**base))
+    base = dict(out="ppo", model="m", prompts="p.jsonl", reward="r.py:f", progress=False,
+                rollout_batch_size=8, minibatch_size=8, micro_batch_size=4)
+    with pytest.raises(ConfigError, match="strategy fsdp2: cai train ppo replicates"):
+        check_ranks(PPOConfig(**base, strategy="fsdp2"), 1)
+    check_ranks(PPOConfig(**base), 2)  # 8 rows a minibatch: 4 a rank, one micro-batch each
+    # 3 ranks cannot take equal shares of a minibatch of 8
+    with pytest.raises(ConfigError, match=r"on 3 ranks minibatch_size \(8\) must be a multiple "
+                                          r"of 3 x micro_batch_size \(4\)"):
+        check_ranks(PPOConfig(**base), 3)
+    with pytest.raises(ConfigError, match="backend: vllm on 2 ranks is not supported yet"):
+        check_ranks(PPOConfig(**base, backend="vllm"), 2)

@@ -1,7 +1,7 @@
-"""A training stage on Ray Train: the same stage function (`run_sft`, `run_rm`) runs in each
-of `workers` Ray Train workers (`ray.train.torch.TorchTrainer`), which sets up the torch
-process group (gloo on CPUs, NCCL on GPUs) and the RANK/WORLD_SIZE environment that accelerate
-reads; from there the stage is the same as under torchrun or `accelerate launch`.
+"""A training stage on Ray Train: the same stage function (`run_sft`, `run_rm`, `run_ppo`)
+runs in each of `workers` Ray Train workers (`ray.train.torch.TorchTrainer`), which sets up
+the torch process group (gloo on CPUs, NCCL on GPUs) and the RANK/WORLD_SIZE environment that
+accelerate reads; from there the stage is the same as under torchrun or `accelerate launch`.
 
 The stage's own output directory holds the model, metrics and checkpoints (the nodes must
 share it, as `RunConfig(storage_path=...)` requires); Ray Train's own run records go to

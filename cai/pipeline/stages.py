@@ -369,8 +369,9 @@ PPO = Stage(
     wire=_wire_ppo,
     per_round=True,
     # PPO starts its own rollout engine beside its training models, with its own memory
-    # share, so the run's engine settings are not laid over its section
-    shared=("model", "seed"),
+    # share, so the run's engine settings are not laid over its section; ray: the address,
+    # for its `workers:`
+    shared=("model", "seed", "ray"),
     prompt_fields=("prompts", "eval_prompts"),
     file_fields=("prompts", "eval_prompts"),
     volatile=("progress", "save_every", "keep_checkpoints", "resume"),

@@ -1,6 +1,7 @@
 """The accelerate setup every training stage uses: devices, mixed precision (bf16 where the
 device multiplies in bf16 natively: a CUDA GPU that has it, a CPU with AMX; else fp32),
-gradient accumulation, seeded data order, TensorBoard."""
+gradient accumulation, seeded data order, TensorBoard; and how the ranks of a distributed run
+share work outside the DataLoader (rank 0 logs; each rank scores a share, gathered)."""
 
 from __future__ import annotations
 
@@ -129,6 +130,27 @@ def make_accelerator(config, out: str | os.PathLike):
 def main_process_only(accelerator, log):
     """`log` on the main process; a no-op on the others, so N ranks print each line once."""
     return log if accelerator.is_main_process else (lambda *_a, **_k: None)
+
+
+def rank_share(items: list, accelerator) -> list:
+    """This rank's contiguous share of `items` (the first ranks take one more when the
+    split is uneven); concatenated in rank order (gather_object) they are `items` again."""
+    per, extra = divmod(len(items), accelerator.num_processes)
+    r = accelerator.process_index
+    start = r * per + min(r, extra)
+    return items[start:start + per + (r < extra)]
+
+
+def gather_rank_shares(accelerator, items: list, score) -> list:
+    """`score(share)` (a list of results) on each rank's `rank_share` of `items`, the lists
+    concatenated in rank order, i.e. in the order of `items`, on every rank (accelerate's
+    gather_object): a held-out evaluation split across the ranks."""
+    scored = score(rank_share(items, accelerator)) if items else []
+    if accelerator.num_processes == 1:
+        return scored
+    from accelerate.utils import gather_object
+
+    return gather_object(scored)
 
 
 def make_dataloader(dataset, *, batch_size: int, collate_fn, shuffle: bool, seed: int):

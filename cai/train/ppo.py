@@ -31,6 +31,7 @@ from cai.config import progress_bar, say
 from cai.stats import paired_difference
 from cai.io import atomic_write_json
 from cai.train import losses as L
+from cai.train.accel import rank_share
 from cai.train.ppo_config import RUN_ONLY_FIELDS, PPOConfig
 from cai.train.ppo_experience import (Batch, Experience, decode, response_logprobs,
                                       response_values)
@@ -71,18 +72,29 @@ def run_dir(config: PPOConfig):
 # --------------------------------------------------------------------------------------
 
 
+def rank_seed(seed: int, accelerator) -> int:
+    """Rank r's sampling seed: rank 0 (and a single process) keeps `seed`; the others draw
+    their own streams rather than repeat rank 0's draws on their prompts."""
+    return seed + 1_000_033 * accelerator.process_index
+
+
 def rollout(config: PPOConfig, models: PPOModels, prompts: Prompts, iteration: int) -> Experience:
     """Iteration k's prompts (a seeded walk over shuffled passes), one sampled response each,
-    from the policy's current weights (pushed into the engine first)."""
+    from the policy's current weights (pushed into the engine first). On N ranks the walk is
+    the same on every rank and rank r samples its contiguous 1/N of it, so together they
+    cover the global batch one process would."""
     t0 = time.perf_counter()
-    idx = prompt_indices(len(prompts.ids), config.rollout_batch_size, iteration, config.seed)
+    acc = models.accelerator
+    idx = rank_share(prompt_indices(len(prompts.ids), config.rollout_batch_size, iteration,
+                                    config.seed), acc)
     prompt_ids = [prompts.ids[i] for i in idx]
     models.policy.eval()
     push_s = models.engine.push_weights(models.policy_model)
     responses = models.engine.generate(models.policy_model, prompt_ids,
                                        max_new_tokens=config.max_tokens,
-                                       temperature=config.temperature, seed=config.seed,
-                                       iteration=iteration, batch_size=config.rollout_batch_size)
+                                       temperature=config.temperature,
+                                       seed=rank_seed(config.seed, acc),
+                                       iteration=iteration, batch_size=len(prompt_ids))
     batch = Batch(prompt_ids, responses, models.tokenizer.pad_token_id, models.eos_ids,
                   models.accelerator.device)
     return Experience(iteration=iteration, messages=[prompts.messages[i] for i in idx],
@@ -90,10 +102,12 @@ def rollout(config: PPOConfig, models: PPOModels, prompts: Prompts, iteration: i
                       seconds={"rollout": time.perf_counter() - t0})
 
 
-def forward_scores(config: PPOConfig, models: PPOModels, batch: Batch, with_values: bool):
+def forward_scores(config: PPOConfig, models: PPOModels, batch: Batch, with_values: bool,
+                   policy=None):
     """The no-grad forward passes, `forward_batch_size` rows at a time (grouped by length):
     (policy log-probs, reference log-probs, entropy, values or None), [n, R] each, zero
-    beyond each group's R'."""
+    beyond each group's R'. `policy`: the model to score with (default the prepared one)."""
+    policy = models.policy if policy is None else policy
     n, device = batch.input_ids.shape[0], models.accelerator.device
     out = [torch.zeros(n, batch.R, device=device) for _ in range(4 if with_values else 3)]
     order = batch.by_length()
@@ -105,7 +119,7 @@ def forward_scores(config: PPOConfig, models: PPOModels, batch: Batch, with_valu
         for i in range(0, n, step):
             idx = order[i:i + step].to(device)
             rows, P, r = batch.rows(idx)
-            lp, ent = response_logprobs(models.policy, rows, P, config.temperature,
+            lp, ent = response_logprobs(policy, rows, P, config.temperature,
                                         with_entropy=True)
             with models.reference_context():
                 rlp, _ = response_logprobs(models.reference, rows, P, config.temperature)
@@ -196,15 +210,16 @@ def update(config: PPOConfig, models: PPOModels, exp: Experience, *,
     t0 = time.perf_counter()
     acc, mask, n = models.accelerator, exp.mask, exp.batch.input_ids.shape[0]
     micro = config.micro_batch_size
+    minibatch = config.minibatch_size // acc.num_processes  # this rank's share of each
     models.policy.train(), models.value_model.train()  # dropout is 0: the same function
     stats: dict[str, list[float]] = {k: [] for k in UPDATE_STATS}
     shuffle = torch.Generator().manual_seed(sampling_seed(config.seed, exp.iteration))
     for _ in range(config.ppo_epochs):
         order = torch.randperm(n, generator=shuffle)
-        for mb in range(0, n, config.minibatch_size):
+        for mb in range(0, n, minibatch):
             # within a minibatch, micro-batches only split the work of one step: group rows
             # of similar length so that less padding is computed
-            mb_order = exp.batch.by_length(order[mb:mb + config.minibatch_size])
+            mb_order = exp.batch.by_length(order[mb:mb + minibatch])
             for mi in range(0, len(mb_order), micro):
                 idx = mb_order[mi:mi + micro].to(acc.device)
                 values = _micro_step(config, models, exp, idx, mask)
@@ -245,34 +260,52 @@ def _micro_step(config: PPOConfig, models: PPOModels, exp: Experience, idx, mask
 def evaluate(config: PPOConfig, models: PPOModels, prompts: Prompts, iteration: int) -> dict:
     """Held-out prompts: mean reward and KL of greedy responses, or of `eval_samples` sampled
     ones per prompt. Row i always gets the same seed, so evaluations are paired; from the
-    second on, the gain over iteration 0 (per prompt, paired) comes with its 95% interval."""
-    out = Path(config.out)
+    second on, the gain over iteration 0 (per prompt, paired) comes with its 95% interval.
+    On N ranks each scores a contiguous share of the prompts and the rows are gathered in
+    prompt order; every rank gets the same result, rank 0 alone writes."""
+    from cai.train.accel import gather_rank_shares
+
+    acc, out, k = models.accelerator, Path(config.out), config.eval_samples
     models.policy.eval()
     models.engine.push_weights(models.policy_model)
-    k = config.eval_samples
-    ids = [p for p in prompts.eval_ids for _ in range(k)]
-    msgs = [m for m in prompts.eval_messages for _ in range(k)]
-    responses = models.engine.generate(models.policy_model, ids, max_new_tokens=config.max_tokens,
-                                       temperature=config.eval_temperature, seed=config.seed + 1,
-                                       iteration=0, batch_size=config.micro_batch_size * 4)
-    batch = Batch(ids, responses, models.tokenizer.pad_token_id, models.eos_ids,
-                  models.accelerator.device)
-    lp, rlp, _, _ = forward_scores(config, models, batch, with_values=False)
-    kl = (L.kl_estimate(lp, rlp, config.kl_estimator) * batch.mask).sum(1)
-    raw, texts = reward_scores(config, models, msgs, batch)
-    raw = raw.cpu()
-    with open(out / "eval_samples.jsonl", "a") as f:
-        for i, (m, t, s) in enumerate(zip(msgs, texts, raw.tolist())):
-            f.write(json.dumps({"iteration": iteration, "prompt": m[-1]["content"],
-                                "sample": i % k, "response": t, "reward": s}) + "\n")
+
+    def score(mine: list[int]) -> list[tuple]:
+        """(conversation, response, reward, KL, length, has EOS) of each of this rank's rows."""
+        ids = [prompts.eval_ids[p] for p in mine for _ in range(k)]
+        msgs = [prompts.eval_messages[p] for p in mine for _ in range(k)]
+        if not ids:  # more ranks than held-out prompts leaves some with none
+            return []
+        responses = models.engine.generate(
+            models.policy_model, ids, max_new_tokens=config.max_tokens,
+            temperature=config.eval_temperature, seed=rank_seed(config.seed + 1, acc),
+            iteration=0, batch_size=config.micro_batch_size * 4)
+        batch = Batch(ids, responses, models.tokenizer.pad_token_id, models.eos_ids, acc.device)
+        # the unwrapped policy: ranks may hold different numbers of rows, and a DDP forward
+        # may broadcast buffers, which every rank would have to join
+        lp, rlp, _, _ = forward_scores(config, models, batch, with_values=False,
+                                       policy=models.policy_model)
+        kl = (L.kl_estimate(lp, rlp, config.kl_estimator) * batch.mask).sum(1)
+        raw, texts = reward_scores(config, models, msgs, batch)
+        return list(zip(msgs, texts, raw.tolist(), kl.tolist(), batch.mask.sum(1).tolist(),
+                        batch.has_eos.tolist()))
+
+    rows = gather_rank_shares(acc, list(range(len(prompts.eval_ids))), score)
+    msgs, texts, raw, kl, length, eos = (list(c) for c in zip(*rows))
+    if acc.is_main_process:
+        with open(out / "eval_samples.jsonl", "a") as f:
+            for i, (m, t, s) in enumerate(zip(msgs, texts, raw)):
+                f.write(json.dumps({"iteration": iteration, "prompt": m[-1]["content"],
+                                    "sample": i % k, "response": t, "reward": s}) + "\n")
+    raw = torch.tensor(raw)
     per_prompt = raw.view(-1, k).mean(1)  # the unit of the paired gain: samples share a prompt
     result = {"eval/reward": raw.mean().item(),
               "eval/reward_normalized": L.normalize_scores(raw, models.rm_mean,
                                                            models.rm_std).mean().item(),
-              "eval/kl": kl.mean().item(),
-              "eval/response_length": batch.mask.sum(1).float().mean().item(),
-              "eval/eos_rate": batch.has_eos.float().mean().item()}
-    result.update(_paired_gain(out / EVAL_BASELINE, iteration, per_prompt.tolist()))
+              "eval/kl": sum(kl) / len(kl),
+              "eval/response_length": sum(length) / len(length),
+              "eval/eos_rate": sum(eos) / len(eos)}
+    if acc.is_main_process:
+        result.update(_paired_gain(out / EVAL_BASELINE, iteration, per_prompt.tolist()))
     return result
 
 
@@ -305,14 +338,20 @@ def eval_line(iteration: int, result: dict, n_prompts: int, k: int) -> str:
 
 
 def iteration_record(models: PPOModels, exp: Experience, stats: dict, beta: float) -> dict:
-    """metrics.jsonl's line for one iteration (β is the one the iteration's rewards used)."""
+    """metrics.jsonl's line for one iteration (β is the one the iteration's rewards used).
+    On N ranks each value is the mean of the ranks' (one all-reduce): the ranks hold equal
+    numbers of responses, so per-response means are the global ones; the entropy is averaged
+    over every rank's tokens; explained variance and timings are the ranks' mean."""
+    from cai.train.loop import reduce_mean
+
     mask = exp.mask
     record = {
         "reward/raw": exp.raw.mean().item(),
         "reward/normalized": exp.scores.mean().item(),
         "reward/total": exp.rewards.sum(1).mean().item(),
         "kl": exp.kl.sum(1).mean().item(), "kl_coef": beta,
-        "entropy": L.masked_mean(exp.entropy, mask).item(),
+        "entropy": L.global_masked_mean(exp.entropy, mask,
+                                        sum_over_ranks(models.accelerator)).item(),
         "policy/loss": stats["pg_loss"], "policy/clipfrac": stats["clipfrac"],
         "policy/approx_kl": stats["approx_kl"],
         "value/loss": stats["vf_loss"], "value/clipfrac": stats["vf_clipfrac"],
@@ -325,7 +364,7 @@ def iteration_record(models: PPOModels, exp: Experience, stats: dict, beta: floa
     }
     if exp.engine_gap is not None:
         record["rollout/engine_logprob_gap"] = exp.engine_gap
-    return record
+    return reduce_mean(models.accelerator, record)
 
 
 # --------------------------------------------------------------------------------------
@@ -348,11 +387,21 @@ def run_ppo(config: PPOConfig, *, backend: Any = None, log: Callable[[str], None
     if backend is not None:
         raise ValueError("run_ppo samples from the policy's live weights with its own engine; "
                          "choose it with `backend: transformers | vllm` in the config")
+    from cai.train.accel import main_process_only
+
+    if config.workers:
+        from cai.train.config import run_on_workers
+
+        return run_on_workers(config, run_ppo, log)
     rd = run_dir(config)
     if (done := _finished(config, rd)) is not None:
         return done
-    rd.start(config)
     accelerator, precision = make_accelerator(config)
+    log = main_process_only(accelerator, log)
+    # every rank has checked the directory (_finished) before rank 0 writes the config into
+    # it; the process group may predate this stage, so nothing else holds rank 0 back
+    accelerator.wait_for_everyone()
+    rd.start(config, write=accelerator.is_main_process)
     updates = config.ppo_epochs * (config.rollout_batch_size // config.minibatch_size)
     models = load_models(config, accelerator, reward_fn, updates_per_iteration=updates)
     prompts = load_prompts(config, models.tokenizer)
@@ -361,7 +410,7 @@ def run_ppo(config: PPOConfig, *, backend: Any = None, log: Callable[[str], None
                          run_name="ppo", step_key="iteration")
     start_engine(config, models, precision, len(prompts.eval_ids))
     bar = progress(total=config.iterations, initial=start, desc="ppo", unit="it",
-                   disable=not config.progress)
+                   disable=not (config.progress and accelerator.is_main_process))
     record: dict[str, Any] = {}
     if start == 0 and prompts.eval_ids and config.eval_every:
         metrics.log(0, _evaluate_and_say(config, models, prompts, 0, log))
@@ -426,7 +475,8 @@ def _finish(config: PPOConfig, rd, models: PPOModels, record: dict) -> dict:
 
     out, paths = Path(config.out), {}
     for name, model in (("policy", models.policy), ("value_model", models.value_model)):
-        (out / name).mkdir(parents=True, exist_ok=True)
+        if models.accelerator.is_main_process:
+            (out / name).mkdir(parents=True, exist_ok=True)
         save_hf_model(models.accelerator, model, models.tokenizer, out / name,
                       merge_lora=config.merge_lora)
         paths[name] = str(out / name)
@@ -438,6 +488,7 @@ def _finish(config: PPOConfig, rd, models: PPOModels, record: dict) -> dict:
                "mixed_precision": models.accelerator.mixed_precision,
                "precision": choose_mixed_precision(config.mixed_precision, cpu=config.cpu)[1],
                **paths}
-    atomic_write_json(out / SUMMARY, summary)
-    rd.mark_done(summary)
+    if models.accelerator.is_main_process:
+        atomic_write_json(out / SUMMARY, summary)
+        rd.mark_done(summary)
     return summary

@@ -18,7 +18,7 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.1
 # engine may claim do not change its curve: a resume may change them; any other change is
 # refused by field name.
 RUN_ONLY_FIELDS = frozenset({"out", "resume", "progress", "save_every", "keep_checkpoints",
-                             "backend_options"})
+                             "backend_options", "ray"})
 
 # keys PPO alone used to have, refused with the key that replaced them
 PPO_RENAMED = {"lora": "`lora` is now `lora_r` (a LoRA rank, e.g. `lora_r: 16`; leave it out "
@@ -97,6 +97,13 @@ class PPOConfig(TrainConfig, EngineConfig):
                                                       "as the policy, i.e. when lora_r is set)")
     cpu: bool = Field(False, description="train on CPU even when CUDA is there")
 
+    # Ray Train (cai.cluster.train), as sft and rm: the same run on `workers` ranks
+    workers: int | None = Field(None, ge=1, description="Ray Train workers (None: this process, "
+                                                        "or the ranks torchrun/accelerate start)")
+    ray: str | None = Field(None, description="Ray cluster address for `workers` (None: a local "
+                                              "Ray on this machine)")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs each Ray Train worker reserves")
+
     @model_validator(mode="before")
     @classmethod
     def _refuse_ppo_old_spellings(cls, data: Any) -> Any:
@@ -108,6 +115,9 @@ class PPOConfig(TrainConfig, EngineConfig):
 
     @model_validator(mode="after")
     def _check(self) -> "PPOConfig":
+        if self.workers is None and (self.ray is not None or self.gpus_per_worker):
+            raise ValueError("ray / gpus_per_worker set without workers: N (the number of "
+                             "Ray Train workers)")
         if self.eval_samples > 1 and self.eval_temperature == 0:
             raise ValueError(f"eval_samples {self.eval_samples} needs eval_temperature > 0: "
                              "greedy answers are all the same")

@@ -54,32 +54,51 @@ class PPOModels:
     backend: str = ""
 
 
+def world_size() -> int:
+    """The number of ranks the launcher started (torchrun, accelerate launch, Ray Train)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_ranks(config: PPOConfig, ranks: int) -> None:
+    """Each rank takes rollout_batch_size / N prompts and minibatch_size / N rows of every
+    minibatch, in whole micro-batches; refuse a split that does not come out even."""
+    from cai.config import ConfigError
+
+    if config.strategy != "ddp":
+        raise ConfigError(f"strategy {config.strategy}: cai train ppo replicates its models on "
+                          "every rank (strategy: ddp); the sharded strategies are for sft and rm")
+    if ranks == 1:
+        return
+    if config.minibatch_size % (ranks * config.micro_batch_size):
+        raise ConfigError(f"on {ranks} ranks minibatch_size ({config.minibatch_size}) must be a "
+                          f"multiple of {ranks} x micro_batch_size ({config.micro_batch_size}): "
+                          "each rank takes an equal share of every minibatch")
+    if config.backend == "vllm":
+        raise ConfigError(f"backend: vllm on {ranks} ranks is not supported yet (each rank's "
+                          "in-process engine would join the trainer's process group); use "
+                          "backend: transformers")
+
+
 def make_accelerator(config: PPOConfig):
     """One optimizer step per minibatch (micro-batches accumulate); TensorBoard under
-    out/tensorboard. Returns (accelerator, the mixed precision it runs)."""
+    out/tensorboard; gloo when several ranks run on the CPU. Returns (accelerator, the mixed
+    precision it runs)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    from cai.config import ConfigError
-    from cai.train.accel import allow_precision, pick_mixed_precision
+    from cai.train.accel import allow_precision, launched_on_cpu, pick_mixed_precision
 
-    # The batch statistics are all-reduce aware (cai.train.losses, reduce_sum), but prompts,
-    # evaluation and output files are not split across ranks yet: N ranks would each roll out
-    # the same prompts and write the same files. Refuse rather than run that.
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("cai train ppo runs in one process for now (WORLD_SIZE="
-                          f"{os.environ['WORLD_SIZE']}); start it without torchrun/accelerate "
-                          "launch (docs/scale-out.md#training-on-many-workers)")
-    if config.strategy != "ddp":
-        raise ConfigError(f"strategy {config.strategy}: cai train ppo runs one process "
-                          "(strategy: ddp); the sharded strategies are for sft and rm")
-    precision = pick_mixed_precision(config.mixed_precision, cpu=config.cpu)
-    allow_precision(precision, cpu=config.cpu)
+    ranks = world_size()
+    check_ranks(config, ranks)
+    cpu = config.cpu or launched_on_cpu()
+    precision = pick_mixed_precision(config.mixed_precision, cpu=cpu)
+    allow_precision(precision, cpu=cpu)
     project = ProjectConfiguration(project_dir=config.out,
                                    logging_dir=str(Path(config.out) / "tensorboard"))
     accelerator = Accelerator(
-        gradient_accumulation_steps=max(1, config.minibatch_size // config.micro_batch_size),
-        cpu=config.cpu, mixed_precision=precision, project_config=project,
+        gradient_accumulation_steps=max(1, config.minibatch_size // ranks
+                                        // config.micro_batch_size),
+        cpu=cpu, mixed_precision=precision, project_config=project,
         log_with="tensorboard")
     set_seed(config.seed)
     return accelerator, precision
@@ -173,9 +192,11 @@ def load_models(config: PPOConfig, accelerator, reward_fn: RewardFn | None, *,
     opt_p = adamw([p for p in policy.parameters() if p.requires_grad], lr=config.lr, eps=1e-5)
     opt_v = adamw([p for p in value_model.parameters() if p.requires_grad],
                   lr=config.value_lr or config.lr, eps=1e-5)
-    total = updates_per_iteration * config.iterations
-    sch_p = get_scheduler(config.lr_scheduler, opt_p, config.warmup_steps, total)
-    sch_v = get_scheduler(config.lr_scheduler, opt_v, config.warmup_steps, total)
+    # accelerate steps a prepared scheduler once per process per optimizer step
+    ranks = accelerator.num_processes
+    total = updates_per_iteration * config.iterations * ranks
+    sch_p = get_scheduler(config.lr_scheduler, opt_p, config.warmup_steps * ranks, total)
+    sch_v = get_scheduler(config.lr_scheduler, opt_v, config.warmup_steps * ranks, total)
     policy, value_model, opt_p, opt_v, sch_p, sch_v = accelerator.prepare(
         policy, value_model, opt_p, opt_v, sch_p, sch_v)
     kl_ctl = (L.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
@@ -202,7 +223,10 @@ def start_engine(config: PPOConfig, models: PPOModels, precision: str, n_eval: i
     from cai.train.ppo_rollout import TransformersRollout, VLLMRollout, default_rollout_backend
 
     device = models.accelerator.device
-    models.backend = config.backend or default_rollout_backend(device.type)
+    # several ranks roll out with transformers (check_ranks refuses an explicit vllm)
+    models.backend = config.backend or (default_rollout_backend(device.type)
+                                        if models.accelerator.num_processes == 1
+                                        else "transformers")
     dtype = rollout_dtype(config.rollout_dtype, precision)
     if models.backend == "vllm":
         models.engine = VLLMRollout(

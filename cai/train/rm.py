@@ -100,15 +100,35 @@ def pair_rewards(model, batch: dict) -> tuple[Any, Any]:
     return rewards[:n], rewards[n:]
 
 
-def evaluate_pairs(model, tokenizer, pairs: list[dict], batch_size: int) -> dict[str, Any]:
-    """Held-out metrics (`cai.stats.pair_metrics`), with `by_principle`: the accuracy on
-    the pairs labeled under each principle (`cai constitution health` reads it)."""
-    from cai.stats import accuracy_by_principle, pair_metrics
+def score_pairs_on_ranks(accelerator, model, pairs: list[dict], pad_id: int,
+                         batch_size: int) -> tuple[list[float], list[float]]:
+    """(chosen rewards, rejected rewards) of `pairs`, each rank scoring its share with the
+    unwrapped model (the shares may differ in size; a DDP forward may broadcast buffers,
+    which every rank would have to join), gathered in order on every rank."""
+    from cai.train.accel import gather_rank_shares
     from cai.train.reward import score_pairs
 
-    chosen, rejected = score_pairs(model, [p["chosen"] for p in pairs],
-                                   [p["rejected"] for p in pairs], tokenizer.pad_token_id,
-                                   batch_size=batch_size)
+    scorer = accelerator.unwrap_model(model)
+
+    def score(share: list[dict]) -> list[tuple[float, float]]:
+        chosen, rejected = score_pairs(scorer, [p["chosen"] for p in share],
+                                       [p["rejected"] for p in share], pad_id,
+                                       batch_size=batch_size)
+        return list(zip(chosen, rejected))
+
+    both = gather_rank_shares(accelerator, pairs, score)
+    return [c for c, _ in both], [r for _, r in both]
+
+
+def evaluate_pairs(accelerator, model, tokenizer, pairs: list[dict],
+                   batch_size: int) -> dict[str, Any]:
+    """Held-out metrics (`cai.stats.pair_metrics`), with `by_principle`: the accuracy on
+    the pairs labeled under each principle (`cai constitution health` reads it). On N ranks
+    each scores 1/N of the pairs."""
+    from cai.stats import accuracy_by_principle, pair_metrics
+
+    chosen, rejected = score_pairs_on_ranks(accelerator, model, pairs, tokenizer.pad_token_id,
+                                            batch_size)
     p_chosen = [p["p"] for p in pairs]
     return {**pair_metrics(chosen, rejected, p_chosen, [p["chosen_len"] for p in pairs],
                            [p["rejected_len"] for p in pairs]),
@@ -206,7 +226,8 @@ def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] 
             acc = torch.where(batch["p_chosen"] >= 0.5, hard, 1 - hard).mean()
         return loss, {"accuracy": acc.item(), "margin": (rc - rr).mean().item()}
 
-    evaluate = (lambda m: evaluate_pairs(m, tokenizer, held, config.eval_batch_size)) if held else None
+    evaluate = ((lambda m: evaluate_pairs(accelerator, m, tokenizer, held,
+                                          config.eval_batch_size)) if held else None)
     result, model = run_loop(
         config, accelerator=accelerator, run_dir=run_dir, model=model, train_loader=loader,
         compute_loss=compute_loss, evaluate=evaluate,
@@ -217,11 +238,8 @@ def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] 
     # Normalisation stats for PPO: rewards of the training prompts' responses.
     model.eval()
     sample = train[: config.reward_stats_pairs]
-    from cai.train.reward import score_pairs
-
-    chosen, rejected = score_pairs(model, [p["chosen"] for p in sample],
-                                   [p["rejected"] for p in sample], tokenizer.pad_token_id,
-                                   batch_size=config.eval_batch_size)
+    chosen, rejected = score_pairs_on_ranks(accelerator, model, sample, tokenizer.pad_token_id,
+                                            config.eval_batch_size)
     rewards = chosen + rejected
     stats = {"mean": statistics.fmean(rewards),
              "std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
