@@ -199,7 +199,8 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Lo
     report = build_report(records, human)
     summary = {"run": run, "labeler": labeler, "pairs_path": config.pairs,
                "rejected": len(rejected), "label_seconds": round(elapsed, 2),
-               "load_seconds": round(t_loaded - start, 2), "report": report.model_dump()}
+               "load_seconds": round(t_loaded - start, 2), "report": report.model_dump(),
+               "engine_precision": getattr(backend, "precision", None)}
     write_rejects(rejected, rejects_file)
     out = Path(config.out)
     if out.suffix == ".jsonl":
