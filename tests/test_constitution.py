@@ -290,16 +290,17 @@ def test_an_edit_moves_only_the_draws_it_involves(tmp_path: Path):
     # Adding p4 moves exactly the draws p4 now wins; removing p1 moves exactly the draws
     # p1 had won; reweighting p0 moves draws only to or from p0.
     keys = [f"r{i}/round0" for i in range(3000)]
-    before = {k: sample_principle(weighted(tmp_path, [1, 1, 1, 1]), 0, k).id for k in keys}
-    added = {k: sample_principle(weighted(tmp_path, [1, 1, 1, 1, 1]), 0, k).id for k in keys}
+    # each constitution loaded once (loading one per key was most of this test's 37 s)
+    c, five, heavy = (weighted(tmp_path, w) for w in ([1, 1, 1, 1], [1, 1, 1, 1, 1], [3, 1, 1, 1]))
+    before = {k: sample_principle(c, 0, k).id for k in keys}
+    added = {k: sample_principle(five, 0, k).id for k in keys}
     moved = [k for k in keys if added[k] != before[k]]
     assert moved and all(added[k] == "p4" for k in moved)
     assert abs(len(moved) / len(keys) - 1 / 5) < 0.03  # p4 wins its share
-    c = weighted(tmp_path, [1, 1, 1, 1])
     removed = c.model_copy(update={"principles": [p for p in c.principles if p.id != "p1"]})
     gone = {k: sample_principle(removed, 0, k).id for k in keys}
     assert {k for k in keys if gone[k] != before[k]} == {k for k in keys if before[k] == "p1"}
-    heavier = {k: sample_principle(weighted(tmp_path, [3, 1, 1, 1]), 0, k).id for k in keys}
+    heavier = {k: sample_principle(heavy, 0, k).id for k in keys}
     assert all(heavier[k] == "p0" for k in keys if heavier[k] != before[k])
 
 

@@ -121,6 +121,8 @@ def test_tiny_model_end_to_end_with_reward_model(tmp_path, tiny_model_dir, tiny_
     assert all(r["policy"]["response"] == r["reference"]["response"] for r in rows)
     assert s["win_rate"]["reward_model"]["all"]["ties"] == 4
     assert s["kl"]["mean"] == 0.0
+    # both sides' engines load a directory on the CPU with dtype auto: stated once
+    assert s["engine_precision"] == "fp32: auto (bf16 on a CUDA GPU, fp32 elsewhere), on cpu"
 
     # Rewards equal an unpadded forward pass of the reward model on the formatted text.
     rm = AutoModelForSequenceClassification.from_pretrained(tiny_rm_dir).eval()

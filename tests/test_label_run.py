@@ -107,3 +107,5 @@ def test_run_sample_with_a_shared_engine(tiny_backend, tmp_path):
     rej = [json.loads(x) for x in (tmp_path / "c.rejects.jsonl").read_text().splitlines()]
     assert [(r["location"], r["code"]) for r in rej] == [("prompts.jsonl:2", "duplicate")]
     assert summary["rows"] == 1 and summary["rejected"] == 1
+    # a model directory on the CPU, dtype auto: fp32, and the summary says why
+    assert summary["engine_precision"] == "fp32: auto (bf16 on a CUDA GPU, fp32 elsewhere), on cpu"

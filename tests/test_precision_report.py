@@ -73,3 +73,41 @@ def test_run_summary_states_the_training_precision(tmp_path):
     assert ("training precision: sft " + why + " | ppo " + why
             + " | rm fp32: mixed_precision: no in the config") in format_summary(steps)
     assert "precision" not in format_summary(steps[:1])
+
+
+def test_engine_dtype_rules_say_why():
+    from cai.backends.hf_backend import hf_precision
+    from cai.backends.vllm_backend import vllm_precision
+
+    assert vllm_precision("auto", False, "float32") == (
+        "fp32: vLLM on a CPU, kept in float32 (in bf16 the embedded model stops answering "
+        "simple questions)")
+    assert vllm_precision("bfloat16", False, "bfloat16") == (
+        "bf16: dtype: bfloat16 in the backend options")
+    assert vllm_precision("auto", True, "bfloat16") == (
+        "bf16: vLLM's auto on a CUDA GPU (the model's own dtype)")
+    assert hf_precision("float16", "cpu", "float16") == "fp16: dtype: float16 in the backend options"
+    assert hf_precision("model", "cpu", "float32") == "fp32: the model object's own dtype"
+
+
+def test_eval_states_each_engines_precision_once_when_they_agree():
+    from cai.eval.policy import engine_precision_line
+
+    fp32 = "fp32: vLLM on a CPU"
+    assert engine_precision_line({"policy": fp32, "reference": fp32}) == fp32
+    assert engine_precision_line({"policy": fp32, "reference": "bf16: x"}) == (
+        "policy fp32: vLLM on a CPU | reference bf16: x")
+    assert engine_precision_line({"policy": fp32, "reference": None}) == "policy fp32: vLLM on a CPU"
+    assert engine_precision_line({"policy": None}) is None
+
+
+def test_run_summary_states_the_engine_precision_apart_from_training(tmp_path):
+    from cai.pipeline.summary import format_summary
+
+    engine, train = "fp32: vLLM on a CPU, kept in float32", "fp32: no AMX; avx512_bf16 absent"
+    steps = [_step(tmp_path, "generate", {"engine_precision": engine}),
+             _step(tmp_path, "sft", {"precision": train}),
+             _step(tmp_path, "eval", {"engine_precision": engine})]
+    lines = format_summary(steps).splitlines()
+    assert f"training precision: {train}" in lines
+    assert f"engine precision: {engine}" in lines

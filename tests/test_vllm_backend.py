@@ -23,6 +23,11 @@ def test_vllm_answers_with_the_embedded_model(vllm_backend):
         g = gens[0]
         assert g.text.strip() and 0 < len(g.token_ids) <= 32
         assert vllm_backend.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() == g.text.strip()
+    # the engine's dtype as the engine itself reports it, with the rule that chose it
+    import torch
+
+    if not torch.cuda.is_available():
+        assert vllm_backend.precision.startswith("fp32: vLLM on a CPU, kept in float32")
 
 
 def test_vllm_sampling_n_seed_and_length(vllm_backend):

@@ -53,6 +53,9 @@ class Backend(ABC):
     # The Hugging Face tokenizer the engine reads prompts with; None where there is none
     # (the openai backend without `tokenizer=`): then prompts cannot be counted.
     tokenizer: Any = None
+    # The dtype the engine computes in and why, for people ("fp32: vLLM on a CPU ..."); the
+    # stages' summaries carry it as `engine_precision`. None where it is not known (a server).
+    precision: str | None = None
 
     @abstractmethod
     def generate(

@@ -10,6 +10,17 @@ from cai.backends.base import Backend, Conversation, Generation, SamplingConfig
 from cai.backends.text import cut_at_stop, encode, render_chat, scoring_ids
 
 
+def hf_precision(requested: str, device: str, actual: str) -> str:
+    """The model's dtype and why (the rule in `TransformersBackend.__init__`), for summaries.
+    `requested` is "model" for a model object passed in as it is."""
+    name = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(actual, actual)
+    if requested == "model":
+        return f"{name}: the model object's own dtype"
+    if requested != "auto":
+        return f"{name}: dtype: {requested} in the backend options"
+    return f"{name}: auto (bf16 on a CUDA GPU, fp32 elsewhere), on {device}"
+
+
 class TransformersBackend(Backend):
     name = "transformers"
 
@@ -41,6 +52,8 @@ class TransformersBackend(Backend):
             self.lm = AutoModelForCausalLM.from_pretrained(
                 self.model, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         self.lm.to(self.device).eval()
+        self.precision = hf_precision(dtype if model_obj is None else "model",
+                                      self.device, str(self.lm.dtype).removeprefix("torch."))
         self.tokenizer.padding_side = "left"  # decoder-only batches must be left-padded
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

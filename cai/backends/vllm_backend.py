@@ -37,6 +37,23 @@ def _use_all_cpu_cores() -> None:
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
+def _engine_dtype(llm: Any) -> str | None:
+    """The dtype the engine runs in ("float32"), read from its model config."""
+    dtype = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
+
+
+def vllm_precision(requested: str, cuda: bool, actual: str | None) -> str:
+    """The engine's dtype and why (the rule in `VLLMBackend.__init__`), for summaries."""
+    name = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(actual or "", actual)
+    if requested != "auto":
+        return f"{name}: dtype: {requested} in the backend options"
+    if cuda:
+        return f"{name}: vLLM's auto on a CUDA GPU (the model's own dtype)"
+    return (f"{name}: vLLM on a CPU, kept in float32 (in bf16 the embedded model stops "
+            "answering simple questions)")
+
+
 class VLLMBackend(Backend):
     name = "vllm"
 
@@ -65,6 +82,7 @@ class VLLMBackend(Backend):
         cuda = _on_cuda()
         if gpu_memory_utilization is None:
             gpu_memory_utilization = 0.85 if cuda else 0.4
+        requested = dtype
         if not cuda:
             _use_all_cpu_cores()
             # vLLM would downcast to bfloat16 on CPU; the small embedded model (already
@@ -91,6 +109,7 @@ class VLLMBackend(Backend):
             **engine_kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.precision = vllm_precision(requested, cuda, _engine_dtype(self.llm))
         self.max_model_len = max_model_len
         self.use_tqdm = use_tqdm
 

@@ -46,7 +46,8 @@ def _logprobs(backend: Backend, chunk: tuple[list[str], list[str]]) -> list[floa
 def _describe(backend: Backend, _: Any) -> dict[str, Any]:
     return {"name": backend.name, "model": backend.model,
             "context_length": backend.context_length(),
-            "has_tokenizer": backend.tokenizer is not None}
+            "has_tokenizer": backend.tokenizer is not None,
+            "precision": getattr(backend, "precision", None)}
 
 
 class RayBackend(Backend):
@@ -61,6 +62,7 @@ class RayBackend(Backend):
             info = self._map(_describe, [None])[0]
             self.name, self.model = info["name"], info["model"]
             self._context_length = info["context_length"]
+            self.precision = info["precision"]
             self.tokenizer = self._load_tokenizer(options) if info["has_tokenizer"] else None
         except BaseException:
             self.close()

@@ -230,6 +230,7 @@ def run_eval_policy(config: EvalPolicyConfig, *, backend=None, log: Callable[[st
 
     summary = _summarise(config, prompts, rejects, pol_gens, ref_gens, pol_verdicts, ref_verdicts,
                          pol_rewards, ref_rewards, side["judge"], kl, side["pmi"])
+    summary["engine_precision"] = engine_precision_line(side["precision"])
     timings["total_s"] = time.perf_counter() - t0
     summary["timings"] = {k: round(v, 2) for k, v in timings.items()}
 
@@ -268,6 +269,7 @@ def _answer(config: EvalPolicyConfig, prompts: list[EvalPrompt], sampling: tuple
             with phase("KL samples", "kl_samples_s"):
                 out["kl"] = _generate(policy, prompts, unbiased)
         out["tokenizer"], out["lm"] = policy.tokenizer, getattr(policy, "lm", None)
+        out["precision"] = {"policy": getattr(policy, "precision", None)}
         pol_texts = [g.text for g in out["policy"]]
         if config.relevance and config.reference is None:
             with phase("relevance", "relevance_s"):
@@ -279,6 +281,7 @@ def _answer(config: EvalPolicyConfig, prompts: list[EvalPrompt], sampling: tuple
             if ref is None:
                 with phase("load reference", "reference_load_s"):
                     ref = owned.load(config.reference)
+            out["precision"]["reference"] = getattr(ref, "precision", None)
             log(f"reference {config.reference}: generating {len(prompts)} responses")
             with phase("reference answers", "reference_generate_s"):
                 out["reference"] = _generate(ref, prompts, greedy)
@@ -298,6 +301,17 @@ def _answer(config: EvalPolicyConfig, prompts: list[EvalPrompt], sampling: tuple
         owned.close_all()
     out["pmi"] = (pol_pmi, ref_pmi)
     return out
+
+
+def engine_precision_line(by_side: dict[str, str | None]) -> str | None:
+    """The engines' precision for the summary: once when every engine states the same, else
+    per side ("policy fp32: ... | reference bf16: ..."); None when none says."""
+    known = {k: v for k, v in by_side.items() if v}
+    if not known:
+        return None
+    if len(set(known.values())) == 1 and len(known) == len(by_side):
+        return next(iter(known.values()))
+    return " | ".join(f"{k} {v}" for k, v in known.items())
 
 
 def _rewards(config: EvalPolicyConfig, prompts: list[EvalPrompt], pol_texts: list[str],

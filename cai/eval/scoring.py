@@ -78,9 +78,13 @@ def sequence_logprobs(lm: Any, prompt_ids: Sequence[Sequence[int]],
                     attn[row, :len(s)] = 1
                     # logits at t predict token t+1: response tokens sit at len(prompt)..len(s)-1
                     scored[row, len(prompt_ids[i]) - 1:len(s) - 1] = 1
-                ids, attn, scored = ids.to(device), attn.to(device), scored.to(device)
-                logits = lm(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]
-                per_token = logprobs_from_logits(logits, ids[:, 1:])
+                # no row scores a position before its prompt's last token: the vocabulary
+                # projection and log-softmax (most of the memory) skip the shared prefix
+                start = min(len(prompt_ids[i]) for i in idx) - 1
+                ids, attn, scored = ids.to(device), attn.to(device), scored[:, start:].to(device)
+                logits = lm(input_ids=ids, attention_mask=attn, use_cache=False,
+                            logits_to_keep=width - start).logits[:, :-1]
+                per_token = logprobs_from_logits(logits, ids[:, start + 1:])
                 for row, i in enumerate(idx):
                     out[i] = float(masked_sum(per_token[row], scored[row]))
             if on_batch:

@@ -239,6 +239,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
                             if recommended else None),
             "report": build_report(records, tags_field=config.principle_tags_field),
             **({"ray_actors": ray_actors} if ray_actors else {}),
+            "engine_precision": getattr(backend, "precision", None),
         }
         manifest.update(
             status="complete",

@@ -128,13 +128,14 @@ def _label_on_ray(config: LabelRunConfig, c: Any, pairs: list, tau: float | None
 def _label_here(config: LabelRunConfig, c: Any, pairs: list, tau: float | None,
                 human: dict[str, str] | None, human_pairs: list, backend: Backend | None,
                 log: Log, save: Callable[[list, str, float | None], None] | None = None
-                ) -> tuple[float | None, list, list, str | None, float]:
+                ) -> tuple[float | None, list, list, str | None, float, str | None]:
     """Label `pairs` on one engine here (`backend`, else one loaded now and closed after):
-    (tau, labels, [(pair, why too long)], the labeler's model name, seconds loading).
+    (tau, labels, [(pair, why too long)], the labeler's model name, seconds loading, the
+    engine's precision).
     More than CHECKPOINT_PAIRS pairs are labeled that many at a time, and `save(labels so
     far, labeler, tau)` is called after each part but the last, so a killed run keeps them."""
     if not pairs and config.tau != "fit":
-        return tau, [], [], None, 0.0
+        return tau, [], [], None, 0.0, None
     start = time.perf_counter()
     owned = None
     if backend is None:
@@ -163,7 +164,7 @@ def _label_here(config: LabelRunConfig, c: Any, pairs: list, tau: float | None,
                                   tau=tau, scorer=scorer)
             if save is not None and i + CHECKPOINT_PAIRS < len(pairs):
                 save(labels, backend.model, tau)
-        return tau, labels, too_long, backend.model, loaded
+        return tau, labels, too_long, backend.model, loaded, getattr(backend, "precision", None)
     finally:
         if owned is not None:
             owned.close()
@@ -249,9 +250,9 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Lo
     start = time.perf_counter()
     if config.ray is not None and plan.todo:
         labels, too_long, labeler = _label_on_ray(config, c, plan.todo, tau)
-        load_s = 0.0
+        load_s, precision = 0.0, None
     else:
-        tau, labels, too_long, labeler, load_s = _label_here(
+        tau, labels, too_long, labeler, load_s, precision = _label_here(
             config, c, plan.todo, tau, human, human_pairs, backend, log, save)
     rejected += [Reject(location=str(p.input.get("location", p.key)), code="too-long",
                         reason=why) for p, why in too_long]
@@ -265,7 +266,7 @@ def run_label(config: LabelRunConfig, *, backend: Backend | None = None, log: Lo
                "pairs_path": config.pairs, "rejected": len(rejected),
                "label_seconds": round(elapsed, 2), "load_seconds": round(load_s, 2),
                "relabeled": len(labels), "kept": len(plan.kept), "dropped": plan.dropped,
-               "report": report.model_dump()}
+               "report": report.model_dump(), "engine_precision": precision}
     write_rejects(rejected, rejects_file)
     out = Path(config.out)
     _write_labels(out, records, summary)

@@ -144,4 +144,5 @@ def run_sample(config: SampleRunConfig, *, backend: Backend | None = None,
     cut = sum(fr == "length" for r in rows for fr in (r.model_extra or {}).get("finish_reasons", []))
     return {"out": config.out, "rows": len(rows), "rejected": len(rejected),
             "rejects_path": str(rejects_file), "truncated_samples": cut,
-            "sample_seconds": round(elapsed, 2), "model": backend.model}
+            "sample_seconds": round(elapsed, 2), "model": backend.model,
+            "engine_precision": getattr(backend, "precision", None)}

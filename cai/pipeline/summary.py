@@ -16,7 +16,7 @@ def _seconds(s: float | None) -> str:
 
 
 def precision_line(precision: dict[str, str]) -> str:
-    """The training steps' precision and why, once when they agree, else per step."""
+    """The steps' precision and why, once when they agree, else per step."""
     if len(set(precision.values())) == 1:
         return next(iter(precision.values()))
     return " | ".join(f"{key} {why}" for key, why in precision.items())
@@ -32,6 +32,7 @@ def format_summary(steps: list[Any], results: dict[str, str] | None = None,
     total = 0.0
     report_lines: list[str] = []
     precision: dict[str, str] = {}  # step -> the precision it trained in, and why
+    engines: dict[str, str] = {}  # step -> its engine's dtype, and why
     for step in steps:
         m = read_manifest(step.dir) or {}
         summary = m.get("summary") if isinstance(m.get("summary"), dict) else {}
@@ -39,6 +40,8 @@ def format_summary(steps: list[Any], results: dict[str, str] | None = None,
         total += secs or 0.0
         if isinstance(summary.get("precision"), str):
             precision[step.key] = summary["precision"]
+        if isinstance(summary.get("engine_precision"), str):
+            engines[step.key] = summary["engine_precision"]
         status = m.get("status", "not run")
         brief = step.stage.brief(summary) if status == "done" else (m.get("error") or status)
         lines.append(f"{step.key:<{width}}  {results.get(step.key, '-'):<12}  "
@@ -49,6 +52,8 @@ def format_summary(steps: list[Any], results: dict[str, str] | None = None,
     lines.append(f"{'':<{width}}  {'':<12}  {_seconds(total):>8}  total stage time")
     if precision:
         lines.append("training precision: " + precision_line(precision))
+    if engines:
+        lines.append("engine precision: " + precision_line(engines))
     if run_dir is not None:
         lines.append(f"outputs: {run_dir}")
     return "\n".join(lines + report_lines)

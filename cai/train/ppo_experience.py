@@ -68,8 +68,13 @@ class Batch:
 def response_logprobs(model, rows: dict, P: int, temperature: float, with_entropy: bool = False):
     """Log-probs of the response tokens (and per-token entropy) at temperature T."""
     labels = rows["input_ids"][:, P:]
-    # only the response positions need the (vocabulary-wide) logits
-    logits = model(**rows, use_cache=False, logits_to_keep=labels.shape[1] + 1).logits[:, :-1].float() / temperature
+    # only the R positions that score a response token need the (vocabulary-wide) logits:
+    # named by index, no extra position is projected and no slice of the logits is taken
+    # (whose backward would write a zero gradient of their size)
+    scoring = torch.arange(P - 1, P - 1 + labels.shape[1], device=labels.device)
+    logits = model(**rows, use_cache=False, logits_to_keep=scoring).logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     logp = L.logprobs_from_logits(logits, labels)
     return (logp, L.entropy_from_logits(logits)) if with_entropy else (logp, None)
 
