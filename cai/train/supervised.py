@@ -1,6 +1,6 @@
 """The phases that `run_sft` and `run_rm` share around `run_loop`: opening the run (rank-0
-log, tokenizer, run directory), building the model (attention, LoRA, gradient checkpointing), and
-finishing it (the summary's common fields, the saved model, DONE)."""
+log, tokenizer, run directory), building the model (attention, LoRA, gradient
+checkpointing), and finishing it (the summary's common fields, the saved model, DONE)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cai.train.checkpoint import RunDir
 
 @dataclass
 class OpenRun:
+    """What every later phase of a supervised run needs."""
     run_dir: RunDir
     accelerator: Any
     log: Callable[[str], None]  # prints on rank 0 only
