@@ -53,6 +53,46 @@ def make_optimizer_and_scheduler(config, model, num_steps: int, num_processes: i
     return optimizer, scheduler
 
 
+@dataclass
+class _StageHooks:
+    """What the stage (SFT, reward model) supplies; see `run_loop`."""
+    compute_loss: Callable[[Any, dict], tuple[Any, dict[str, float]]]
+    evaluate: Callable[[Any], dict[str, float]] | None
+    count_tokens: Callable[[dict], int]
+    count_samples: Callable[[dict], int]
+    before_step: Callable[[Any, int], None] | None
+
+
+@dataclass
+class _LogWindow:
+    """The per-batch metrics and tokens since the last metrics row, averaged into the next."""
+    values: dict[str, list[float]] = field(default_factory=dict)
+    tokens: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.values.setdefault(k, []).append(v)
+
+
+@dataclass
+class _Training:
+    """The prepared objects and the running state of one `run_loop`."""
+    config: Any
+    accelerator: Any
+    run_dir: RunDir
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    num_steps: int
+    state: RunState
+    metrics: MetricsLog
+    progress: Progress
+    result: LoopResult
+    window: _LogWindow
+
+
 def run_loop(
     config,
     *,
@@ -72,8 +112,26 @@ def run_loop(
     run directory's last checkpoint when `config.resume`. `before_step(model, step)` is
     called before each optimizer step's first batch (tests inject faults with it).
     Returns the result and the prepared model."""
-    from accelerate import skip_first_batches
+    t = _prepare(config, accelerator, run_dir, model, train_loader, desc, progress)
+    stage = _StageHooks(compute_loss, evaluate, count_tokens, count_samples, before_step)
+    t_start = time.perf_counter()
+    t.model.train()
+    try:
+        _train_epochs(t, stage)
+        t.result.train_seconds = time.perf_counter() - t_start
+        if evaluate:
+            _evaluate_and_log(t, evaluate)
+    finally:
+        t.progress.close()
+        t.metrics.close()
+    t.result.state = t.state
+    return t.result, t.model
 
+
+def _prepare(config, accelerator, run_dir: RunDir, model, train_loader, desc: str,
+             progress) -> _Training:
+    """Optimizer and scheduler, everything through `accelerator.prepare`, the checkpoint
+    resumed from (if any), the metrics log and the progress bar."""
     # each process sees every num_processes-th batch (accelerate pads the last round evenly)
     num_steps = total_steps(config, math.ceil(len(train_loader) / accelerator.num_processes))
     optimizer, scheduler = make_optimizer_and_scheduler(config, model, num_steps,
@@ -92,90 +150,111 @@ def run_loop(
     progress = Progress(num_steps, state.global_step,
                         enabled=config.progress and accelerator.is_main_process, desc=desc,
                         make=progress)
-    result = LoopResult(state=state, train_seconds=0.0)
-    window: dict[str, list[float]] = {}
-    window_tokens = 0
-    window_t0 = time.perf_counter()
-    t_start = time.perf_counter()
-    step_tokens = 0
-    model.train()
-    try:
-        while state.global_step < num_steps and state.epoch < config.epochs:
-            train_loader.set_epoch(state.epoch)
-            loader = (skip_first_batches(train_loader, state.batch_in_epoch)
-                      if state.batch_in_epoch else train_loader)
-            for batch in loader:
-                if before_step is not None and step_tokens == 0:
-                    before_step(model, state.global_step + 1)
-                with accelerator.accumulate(model):
-                    loss, extra = compute_loss(model, batch)
-                    accelerator.backward(loss)
-                    grad_norm = None
-                    if accelerator.sync_gradients and config.max_grad_norm:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(),
-                                                                config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                state.batch_in_epoch += 1
-                n_tok = count_tokens(batch)
-                step_tokens += n_tok
-                state.samples_seen += count_samples(batch) * accelerator.num_processes
-                values = reduce_mean(accelerator, {"loss": loss.detach().float(), **extra})
-                loss_value = values["loss"]
-                check_finite("loss", loss_value, step=state.global_step + 1,
-                             last_checkpoint=run_dir.latest_checkpoint())
-                for k, v in values.items():
-                    window.setdefault(k, []).append(v)
-                if not accelerator.sync_gradients:
-                    continue
-                # one optimizer step done
-                state.global_step += 1
-                if grad_norm is not None:
-                    gn = float(grad_norm)
-                    check_finite("gradient norm", gn, step=state.global_step,
-                                 last_checkpoint=run_dir.latest_checkpoint())
-                    window.setdefault("grad_norm", []).append(gn)
-                step_tokens_all = step_tokens * accelerator.num_processes
-                state.tokens_seen += step_tokens_all
-                window_tokens += step_tokens_all
-                step_tokens = 0
-                rate = progress.update(loss_value, step_tokens_all)
-                result.tokens_per_second = rate
-                if state.global_step % config.log_every == 0 or state.global_step == num_steps:
-                    now = time.perf_counter()
-                    row = {k: sum(v) / len(v) for k, v in window.items()}
-                    row.update(epoch=state.epoch, lr=scheduler.get_last_lr()[0],
-                               samples=state.samples_seen,
-                               tokens_per_s=window_tokens / max(now - window_t0, 1e-9))
-                    metrics.log(state.global_step, row)
-                    result.last_metrics = row
-                    window, window_tokens, window_t0 = {}, 0, now
-                if evaluate and config.eval_every and state.global_step % config.eval_every == 0 \
-                        and state.global_step < num_steps:
-                    ev = _evaluate(model, evaluate)
-                    metrics.log(state.global_step, {f"eval/{k}": v for k, v in ev.items()})
-                    result.eval_metrics = ev
-                if config.save_every and state.global_step % config.save_every == 0 \
-                        and state.global_step < num_steps:
-                    run_dir.save_checkpoint(accelerator, state, config.keep_checkpoints)
-                if state.global_step >= num_steps:
-                    break
-            else:
-                state.epoch += 1
-                state.batch_in_epoch = 0
+    return _Training(config, accelerator, run_dir, model, optimizer, scheduler, train_loader,
+                     num_steps, state, metrics, progress,
+                     LoopResult(state=state, train_seconds=0.0), _LogWindow())
+
+
+def _train_epochs(t: _Training, stage: _StageHooks) -> None:
+    """Epochs of batches until `num_steps` optimizer steps, continuing a resumed epoch after
+    the batches it had done."""
+    from accelerate import skip_first_batches
+
+    state, accelerator = t.state, t.accelerator
+    step_tokens = 0  # this rank's tokens in the optimizer step being accumulated
+    while state.global_step < t.num_steps and state.epoch < t.config.epochs:
+        t.train_loader.set_epoch(state.epoch)
+        loader = (skip_first_batches(t.train_loader, state.batch_in_epoch)
+                  if state.batch_in_epoch else t.train_loader)
+        for batch in loader:
+            if stage.before_step is not None and step_tokens == 0:
+                stage.before_step(t.model, state.global_step + 1)
+            loss, extra, grad_norm = _forward_backward(t, stage.compute_loss, batch)
+            state.batch_in_epoch += 1
+            step_tokens += stage.count_tokens(batch)
+            state.samples_seen += stage.count_samples(batch) * accelerator.num_processes
+            loss_value = _record_batch(t, loss, extra)
+            if not accelerator.sync_gradients:
                 continue
-            break
-        result.train_seconds = time.perf_counter() - t_start
-        if evaluate:
-            ev = _evaluate(model, evaluate)
-            metrics.log(state.global_step, {f"eval/{k}": v for k, v in ev.items()})
-            result.eval_metrics = ev
-    finally:
-        progress.close()
-        metrics.close()
-    result.state = state
-    return result, model
+            _after_optimizer_step(t, stage.evaluate, grad_norm, loss_value,
+                                  step_tokens * accelerator.num_processes)
+            step_tokens = 0
+            if state.global_step >= t.num_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            continue
+        break
+
+
+def _forward_backward(t: _Training, compute_loss, batch: dict):
+    """One batch's loss and gradients; on the accumulation's last batch also the clipping
+    and the optimizer and scheduler steps. (loss, extra metrics, gradient norm or None)."""
+    accelerator = t.accelerator
+    with accelerator.accumulate(t.model):
+        loss, extra = compute_loss(t.model, batch)
+        accelerator.backward(loss)
+        grad_norm = None
+        if accelerator.sync_gradients and t.config.max_grad_norm:
+            grad_norm = accelerator.clip_grad_norm_(t.model.parameters(),
+                                                    t.config.max_grad_norm)
+        t.optimizer.step()
+        t.scheduler.step()
+        t.optimizer.zero_grad()
+    return loss, extra, grad_norm
+
+
+def _record_batch(t: _Training, loss, extra: dict[str, float]) -> float:
+    """Average the batch's metrics over the ranks (every rank joins), refuse a non-finite
+    loss, add them to the log window; the mean loss."""
+    values = reduce_mean(t.accelerator, {"loss": loss.detach().float(), **extra})
+    loss_value = values["loss"]
+    check_finite("loss", loss_value, step=t.state.global_step + 1,
+                 last_checkpoint=t.run_dir.latest_checkpoint())
+    t.window.add(values)
+    return loss_value
+
+
+def _after_optimizer_step(t: _Training, evaluate, grad_norm, loss_value: float,
+                          step_tokens_all: int) -> None:
+    """Count the step, then its metrics row every `log_every`, evaluation every
+    `eval_every` and a checkpoint every `save_every` (the last step's come after the loop)."""
+    state, config = t.state, t.config
+    state.global_step += 1
+    if grad_norm is not None:
+        gn = float(grad_norm)
+        check_finite("gradient norm", gn, step=state.global_step,
+                     last_checkpoint=t.run_dir.latest_checkpoint())
+        t.window.add({"grad_norm": gn})
+    state.tokens_seen += step_tokens_all
+    t.window.tokens += step_tokens_all
+    t.result.tokens_per_second = t.progress.update(loss_value, step_tokens_all)
+    if state.global_step % config.log_every == 0 or state.global_step == t.num_steps:
+        _log_window(t)
+    if evaluate and config.eval_every and state.global_step % config.eval_every == 0 \
+            and state.global_step < t.num_steps:
+        _evaluate_and_log(t, evaluate)
+    if config.save_every and state.global_step % config.save_every == 0 \
+            and state.global_step < t.num_steps:
+        t.run_dir.save_checkpoint(t.accelerator, state, config.keep_checkpoints)
+
+
+def _log_window(t: _Training) -> None:
+    now = time.perf_counter()
+    w, state = t.window, t.state
+    row = {k: sum(v) / len(v) for k, v in w.values.items()}
+    row.update(epoch=state.epoch, lr=t.scheduler.get_last_lr()[0], samples=state.samples_seen,
+               tokens_per_s=w.tokens / max(now - w.t0, 1e-9))
+    t.metrics.log(state.global_step, row)
+    t.result.last_metrics = row
+    t.window = _LogWindow(t0=now)
+
+
+def _evaluate_and_log(t: _Training, evaluate) -> None:
+    ev = _evaluate(t.model, evaluate)
+    t.metrics.log(t.state.global_step, {f"eval/{k}": v for k, v in ev.items()})
+    t.result.eval_metrics = ev
 
 
 def reduce_mean(accelerator, values: dict[str, Any]) -> dict[str, float]:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from pydantic import Field
 
 from cai.config import progress_bar, say
-from cai.io import DataError, atomic_write_json
+from cai.io import DataError
 from cai.schema import write_rejects
 from cai.train.config import TrainingConfig
 
@@ -152,121 +151,116 @@ def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] 
            before_step: Callable[[Any, int], None] | None = None) -> dict[str, Any]:
     """Train a reward model per `config`; returns the summary (also in the DONE marker).
     Rerunning a finished run returns its summary without training again."""
-    import torch
-
-    from cai.train.accel import (choose_mixed_precision, main_process_only,
-                                 make_accelerator, make_dataloader)
-    from cai.train.checkpoint import RunDir
-    from cai.train.losses import bradley_terry_loss
-    from cai.train.loop import run_loop
-    from cai.train.modeling import (apply_lora, enable_gradient_checkpointing,
-                                    load_reward_model, load_tokenizer, pick_attn_implementation,
-                                    resolve_training_model, save_hf_model, trainable_parameters)
+    from cai.train.accel import make_dataloader
     from cai.train.data import load_preferences
+    from cai.train.loop import run_loop
+    from cai.train.supervised import (finished_run, open_run, run_summary, save_and_finish,
+                                      start_run_dir)
 
     if config.workers:
         from cai.train.config import run_on_workers
 
         return run_on_workers(config, run_rm, log)
-    run_dir = RunDir(config.out)
-    if (finished := run_dir.finished(config)) is not None:
-        log(f"{config.out}: already finished; nothing to do")
+    if (finished := finished_run(config, log)) is not None:
         return finished
-    t0 = time.perf_counter()
-    accelerator = make_accelerator(config, run_dir.path)
-    log = main_process_only(accelerator, log)
-    model_path = resolve_training_model(config.model)
-    tokenizer = load_tokenizer(model_path)
+    run = open_run(config, log)
     train_recs, eval_recs, rejects, mix = load_preferences(
         config.data, config.eval_data, config.eval_fraction, config.seed)
-    run_dir.start(config, write=accelerator.is_main_process)
-    if accelerator.is_main_process:
-        _print_rejects(rejects, run_dir.path, log)
-    accelerator.wait_for_everyone()
+    start_run_dir(config, run, lambda: _print_rejects(rejects, run.run_dir.path, run.log))
+    train, held, overlong = tokenize_splits(train_recs, eval_recs, run.tokenizer, config,
+                                            run.log)
+    run.log(f"reward model: {len(train)} training pairs, {len(held)} held out "
+            f"(split by prompt: {mix['test_prompts']} of {mix['prompts']} prompts)")
+
+    model, parameters, share_prompt = build_reward_model(config, run, train + held)
+    collate = collate_pairs(run.tokenizer.pad_token_id, share_prompt)
+    loader = make_dataloader(train, batch_size=config.batch_size, collate_fn=collate, shuffle=True,
+                             seed=config.seed)
+    evaluate = ((lambda m: evaluate_pairs(run.accelerator, m, run.tokenizer, held,
+                                          config.eval_batch_size)) if held else None)
+    result, model = run_loop(
+        config, accelerator=run.accelerator, run_dir=run.run_dir, model=model,
+        train_loader=loader, compute_loss=lambda m, batch: pair_loss(config, m, batch),
+        evaluate=evaluate, count_tokens=lambda b: b["tokens"],
+        count_samples=lambda b: int(b["p_chosen"].shape[0]), desc="train rm",
+        before_step=before_step, progress=progress)
+
+    stats, rewards = reward_stats(config, run, model, train)
+    summary = run_summary("rm", config, run, model, result, parameters, {
+        "train_pairs": len(train), "eval_pairs": len(held), "rejected_pairs": len(rejects),
+        "overlong": overlong, "mix": mix})
+    summary["reward_stats"] = stats
+    if not all(math.isfinite(v) for v in rewards):
+        raise DataError("the trained reward model gives non-finite rewards")
+    return save_and_finish(config, run, model, summary, extra_files={
+        REWARD_STATS_FILE: json.dumps(stats, indent=2) + "\n",
+        EVAL_FILE: json.dumps(result.eval_metrics, indent=2) + "\n"})
+
+
+def tokenize_splits(train_recs, eval_recs, tokenizer, config: RMConfig,
+                    log) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """(training pairs, held-out pairs, the summary's `overlong` counts); says how many were
+    truncated or dropped, and refuses a run whose every training pair was dropped."""
     train, train_counts = tokenize_pairs(train_recs, tokenizer, config)
     held, eval_counts = tokenize_pairs(eval_recs, tokenizer, config)
     for name, counts in (("train", train_counts), ("eval", eval_counts)):
         if counts["truncated"] or counts["dropped"]:
             log(f"{name}: over {config.max_length} tokens: {counts['truncated']} pairs "
-                 f"truncated (kept the end), {counts['dropped']} dropped")
+                f"truncated (kept the end), {counts['dropped']} dropped")
     if not train:
         raise DataError(f"{', '.join(config.data)}: every training pair was dropped as longer "
                         f"than max_length={config.max_length}")
-    log(f"reward model: {len(train)} training pairs, {len(held)} held out "
-         f"(split by prompt: {mix['test_prompts']} of {mix['prompts']} prompts)")
+    return train, held, {"train": train_counts, "eval": eval_counts, "policy": config.overlong}
+
+
+def build_reward_model(config: RMConfig, run, pairs: list[dict]):
+    """(model, (trainable, total parameters), share_prompt): share_prompt is turned off, and
+    said so, where the model's attention takes no 4D mask."""
+    from cai.train.modeling import load_reward_model
+    from cai.train.supervised import build_model
 
     # with share_prompt a pair is one row holding prompt, chosen and rejected
     rows = config.batch_size if config.share_prompt else 2 * config.batch_size
     longest = max((len(x["chosen"]) + len(x["rejected"]) if config.share_prompt
-                   else max(len(x["chosen"]), len(x["rejected"]))) for x in train + held)
-    attn = pick_attn_implementation(config.attn_implementation, model_path,
-                                    on_cpu=accelerator.device.type == "cpu", rows=rows, max_len=longest)
-    model = load_reward_model(model_path, tokenizer, attn)
-    model = apply_lora(model, config, task_type="SEQ_CLS")
-    if config.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    trainable, total = trainable_parameters(model)
+                   else max(len(x["chosen"]), len(x["rejected"]))) for x in pairs)
+    model, parameters = build_model(config, run, load_reward_model, task_type="SEQ_CLS",
+                                    rows=rows, max_len=longest)
     share_prompt = config.share_prompt
     if share_prompt:
         from cai.train.reward import takes_shared_prompt
 
         if (why := takes_shared_prompt(model)) is not None:
-            log(f"share_prompt off: {why}; chosen and rejected run as separate sequences")
+            run.log(f"share_prompt off: {why}; chosen and rejected run as separate sequences")
             share_prompt = False
-    collate = collate_pairs(tokenizer.pad_token_id, share_prompt)
-    loader = make_dataloader(train, batch_size=config.batch_size, collate_fn=collate, shuffle=True,
-                             seed=config.seed)
+    return model, parameters, share_prompt
 
-    def compute_loss(model, batch):
-        rc, rr = pair_rewards(model, batch)
-        loss = bradley_terry_loss(rc, rr, batch["p_chosen"], margin=config.margin or None,
-                                  center_coefficient=config.center_rewards_coefficient)
-        with torch.no_grad():
-            hard = (rc > rr).float()
-            acc = torch.where(batch["p_chosen"] >= 0.5, hard, 1 - hard).mean()
-        return loss, {"accuracy": acc.item(), "margin": (rc - rr).mean().item()}
 
-    evaluate = ((lambda m: evaluate_pairs(accelerator, m, tokenizer, held,
-                                          config.eval_batch_size)) if held else None)
-    result, model = run_loop(
-        config, accelerator=accelerator, run_dir=run_dir, model=model, train_loader=loader,
-        compute_loss=compute_loss, evaluate=evaluate,
-        count_tokens=lambda b: b["tokens"],
-        count_samples=lambda b: int(b["p_chosen"].shape[0]), desc="train rm",
-        before_step=before_step, progress=progress)
+def pair_loss(config: RMConfig, model, batch: dict) -> tuple[Any, dict[str, float]]:
+    """The Bradley-Terry loss, with the batch's accuracy (against the soft label's side)
+    and mean reward margin."""
+    import torch
 
-    # Normalisation stats for PPO: rewards of the training prompts' responses.
+    from cai.train.losses import bradley_terry_loss
+
+    rc, rr = pair_rewards(model, batch)
+    loss = bradley_terry_loss(rc, rr, batch["p_chosen"], margin=config.margin or None,
+                              center_coefficient=config.center_rewards_coefficient)
+    with torch.no_grad():
+        hard = (rc > rr).float()
+        acc = torch.where(batch["p_chosen"] >= 0.5, hard, 1 - hard).mean()
+    return loss, {"accuracy": acc.item(), "margin": (rc - rr).mean().item()}
+
+
+def reward_stats(config: RMConfig, run, model, train: list[dict]) -> tuple[dict, list[float]]:
+    """PPO's normalisation stats: rewards of the training prompts' responses (on N ranks
+    each scores its share); the stats and the rewards."""
     model.eval()
     sample = train[: config.reward_stats_pairs]
-    chosen, rejected = score_pairs_on_ranks(accelerator, model, sample, tokenizer.pad_token_id,
-                                            config.eval_batch_size)
+    chosen, rejected = score_pairs_on_ranks(run.accelerator, model, sample,
+                                            run.tokenizer.pad_token_id, config.eval_batch_size)
     rewards = chosen + rejected
     stats = {"mean": statistics.fmean(rewards),
              "std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
              "n": len(rewards), "pairs": len(sample),
              "note": "rewards of chosen and rejected responses to training prompts"}
-    summary = {
-        "stage": "rm", "model": model_path, "out": str(run_dir.path),
-        "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
-        "precision": choose_mixed_precision(config.mixed_precision)[1],
-        "attn_implementation": accelerator.unwrap_model(model).config._attn_implementation,
-        "train_pairs": len(train), "eval_pairs": len(held), "rejected_pairs": len(rejects),
-        "overlong": {"train": train_counts, "eval": eval_counts, "policy": config.overlong},
-        "mix": mix, "steps": result.state.global_step, "epochs": config.epochs,
-        "trainable_parameters": trainable, "parameters": total,
-        "train_seconds": round(result.train_seconds, 2),
-        "wall_seconds": round(time.perf_counter() - t0, 2),
-        "tokens_per_second": round(result.tokens_per_second, 1),
-        "final_train": result.last_metrics, "eval": result.eval_metrics,
-        "reward_stats": stats,
-    }
-    if not all(math.isfinite(v) for v in rewards):
-        raise DataError("the trained reward model gives non-finite rewards")
-    save_hf_model(accelerator, model, tokenizer, run_dir.path, merge_lora=config.merge_lora,
-                  extra_files={REWARD_STATS_FILE: json.dumps(stats, indent=2) + "\n",
-                               EVAL_FILE: json.dumps(result.eval_metrics, indent=2) + "\n"})
-    if accelerator.is_main_process:
-        if not config.keep_checkpoints_when_done:
-            run_dir.remove_checkpoints()
-        run_dir.mark_done(summary)
-    return summary
+    return stats, rewards

@@ -12,7 +12,6 @@ span overlaps an assistant span are trained on.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -131,30 +130,50 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
             before_step: Callable[[Any, int], None] | None = None) -> dict[str, Any]:
     """Fine-tune a causal LM on conversations; returns the summary (also in DONE). The output
     directory is a HF model directory (`cai chat --model OUT`, vLLM)."""
-    import torch
-
-    from cai.train.accel import (choose_mixed_precision, main_process_only,
-                                 make_accelerator, make_dataloader)
-    from cai.train.checkpoint import RunDir
-    from cai.train.data import read_conversations
+    from cai.train.accel import make_dataloader
     from cai.train.loop import run_loop
-    from cai.train.modeling import (apply_lora, enable_gradient_checkpointing, load_causal_lm,
-                                    load_tokenizer, pick_attn_implementation,
-                                    resolve_training_model, save_hf_model, trainable_parameters)
+    from cai.train.modeling import load_causal_lm
+    from cai.train.supervised import (build_model, finished_run, open_run, run_summary,
+                                       save_and_finish, start_run_dir)
 
     if config.workers:
         from cai.train.config import run_on_workers
 
         return run_on_workers(config, run_sft, log)
-    run_dir = RunDir(config.out)
-    if (finished := run_dir.finished(config)) is not None:
-        log(f"{config.out}: already finished; nothing to do")
+    if (finished := finished_run(config, log)) is not None:
         return finished
-    t0 = time.perf_counter()
-    accelerator = make_accelerator(config, run_dir.path)
-    log = main_process_only(accelerator, log)
-    model_path = resolve_training_model(config.model)
-    tokenizer = load_tokenizer(model_path)
+    run = open_run(config, log)
+    train_convs, eval_convs, rejects = read_sft_data(config)
+    start_run_dir(config, run, lambda: _print_rejects(rejects, run.run_dir.path, run.log))
+    train, held = encode_splits(train_convs, eval_convs, run.tokenizer, config, run.log)
+    run.log(f"sft: {len(train)} conversations, {len(held)} held out")
+
+    model, parameters = build_model(
+        config, run, load_causal_lm, task_type="CAUSAL_LM", rows=config.batch_size,
+        max_len=max(len(x["input_ids"]) for x in train + held))
+    collate = collate_sft(run.tokenizer.pad_token_id)
+    loader = make_dataloader(train, batch_size=config.batch_size, collate_fn=collate,
+                             shuffle=True, seed=config.seed)
+    accelerator = run.accelerator
+    result, model = run_loop(
+        config, accelerator=accelerator, run_dir=run.run_dir, model=model, train_loader=loader,
+        compute_loss=lambda m, batch: token_mean_loss(accelerator, m, batch),
+        evaluate=(lambda m: held_out_loss(accelerator, m, held, collate,
+                                          config.eval_batch_size)) if held else None,
+        count_tokens=lambda b: int(b["attention_mask"].sum()),
+        count_samples=lambda b: int(b["input_ids"].shape[0]), desc="train sft",
+        before_step=before_step, progress=progress)
+    summary = run_summary("sft", config, run, model, result, parameters, {
+        "train_conversations": len(train), "eval_conversations": len(held),
+        "rejected_rows": len(rejects)})
+    return save_and_finish(config, run, model, summary)
+
+
+def read_sft_data(config: SFTConfig) -> tuple[list[dict], list[dict], list]:
+    """(training conversations, held-out conversations, rejected rows); no usable training
+    conversation is an error naming the first rejected row."""
+    from cai.train.data import read_conversations
+
     convs, rejects = [], []
     for path in config.data:
         c, r = read_conversations(path, config.messages_field)
@@ -169,86 +188,59 @@ def run_sft(config: SFTConfig, *, backend: Any = None, log: Callable[[str], None
         raise DataError(f"{', '.join(config.data)}: no usable conversations"
                         + (f" ({len(rejects)} rejected; first: {rejects[0].location}: "
                            f"{rejects[0].reason})" if rejects else ""))
-    run_dir.start(config, write=accelerator.is_main_process)
-    if accelerator.is_main_process:
-        write_rejects(rejects, run_dir.path / REJECTS_FILE)
-    accelerator.wait_for_everyone()
+    return train_convs, eval_convs, rejects
+
+
+def _print_rejects(rejects, out: Path, log) -> None:
+    write_rejects(rejects, out / REJECTS_FILE)
     if rejects:
-        log(f"rejected {len(rejects)} rows; listed in {run_dir.path / REJECTS_FILE}")
+        log(f"rejected {len(rejects)} rows; listed in {out / REJECTS_FILE}")
         for r in rejects[:3]:
             log(f"  {r.location}: {r.reason}")
+
+
+def encode_splits(train_convs, eval_convs, tokenizer, config: SFTConfig,
+                  log) -> tuple[list[dict], list[dict]]:
+    """(training, held-out) encoded conversations; none left for training is an error."""
     train = encode_all(train_convs, tokenizer, config, log)
     held = encode_all(eval_convs, tokenizer, config, log)
     if not train:
         raise DataError(f"{', '.join(config.data)}: no conversation fits max_length="
                         f"{config.max_length} with an assistant token left")
-    log(f"sft: {len(train)} conversations, {len(held)} held out")
+    return train, held
 
-    attn = pick_attn_implementation(config.attn_implementation, model_path,
-                                    on_cpu=accelerator.device.type == "cpu", rows=config.batch_size,
-                                    max_len=max(len(x["input_ids"]) for x in train + held))
-    model = load_causal_lm(model_path, tokenizer, attn)
-    model = apply_lora(model, config, task_type="CAUSAL_LM")
-    if config.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    trainable, total = trainable_parameters(model)
-    collate = collate_sft(tokenizer.pad_token_id)
-    loader = make_dataloader(train, batch_size=config.batch_size, collate_fn=collate,
-                             shuffle=True, seed=config.seed)
 
-    def compute_loss(model, batch):
-        # transformers' causal-LM loss: shifted, summed over the tokens whose label is not -100
-        # and divided by that count over all ranks; DDP averages gradients over the ranks, so
-        # scaling by their number gives the mean over the global batch's tokens, as one process
-        tokens = (batch["labels"][:, 1:] != -100).sum()
-        if accelerator.num_processes > 1:
-            tokens = accelerator.reduce(tokens, "sum")
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    labels=batch["labels"], use_cache=False,
-                    num_items_in_batch=tokens.clamp(min=1))
-        return out.loss * accelerator.num_processes, {}
+def token_mean_loss(accelerator, model, batch: dict) -> tuple[Any, dict]:
+    """The mean loss over the global batch's assistant tokens, as one process would get it:
+    transformers' causal-LM loss is shifted, summed over the tokens whose label is not -100
+    and divided by that count over all ranks; DDP averages gradients over the ranks, so it is
+    scaled by their number."""
+    tokens = (batch["labels"][:, 1:] != -100).sum()
+    if accelerator.num_processes > 1:
+        tokens = accelerator.reduce(tokens, "sum")
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                labels=batch["labels"], use_cache=False, num_items_in_batch=tokens.clamp(min=1))
+    return out.loss * accelerator.num_processes, {}
 
-    def evaluate(model):
-        # each rank scores every num_processes-th conversation; the sums are all-reduced
-        mine = held[accelerator.process_index::accelerator.num_processes]
-        total_loss, total_tokens = 0.0, 0
-        with torch.no_grad():
-            for start in range(0, len(mine), config.eval_batch_size):
-                batch = collate(mine[start:start + config.eval_batch_size])
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                n = int((batch["labels"][:, 1:] != -100).sum())
-                loss = model(**batch, use_cache=False).loss
-                total_loss += loss.item() * n
-                total_tokens += n
-        sums = torch.tensor([total_loss, total_tokens], dtype=torch.float64,
-                            device=accelerator.device)
-        if accelerator.num_processes > 1:
-            sums = accelerator.reduce(sums, "sum")
-        loss_sum, tokens = sums.tolist()
-        return {"loss": loss_sum / max(tokens, 1), "tokens": int(tokens)}
 
-    result, model = run_loop(
-        config, accelerator=accelerator, run_dir=run_dir, model=model, train_loader=loader,
-        compute_loss=compute_loss, evaluate=evaluate if held else None,
-        count_tokens=lambda b: int(b["attention_mask"].sum()),
-        count_samples=lambda b: int(b["input_ids"].shape[0]), desc="train sft",
-        before_step=before_step, progress=progress)
-    summary = {
-        "stage": "sft", "model": model_path, "out": str(run_dir.path),
-        "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
-        "precision": choose_mixed_precision(config.mixed_precision)[1],
-        "attn_implementation": accelerator.unwrap_model(model).config._attn_implementation,
-        "train_conversations": len(train), "eval_conversations": len(held),
-        "rejected_rows": len(rejects), "steps": result.state.global_step,
-        "epochs": config.epochs, "trainable_parameters": trainable, "parameters": total,
-        "train_seconds": round(result.train_seconds, 2),
-        "wall_seconds": round(time.perf_counter() - t0, 2),
-        "tokens_per_second": round(result.tokens_per_second, 1),
-        "final_train": result.last_metrics, "eval": result.eval_metrics,
-    }
-    save_hf_model(accelerator, model, tokenizer, run_dir.path, merge_lora=config.merge_lora)
-    if accelerator.is_main_process:
-        if not config.keep_checkpoints_when_done:
-            run_dir.remove_checkpoints()
-        run_dir.mark_done(summary)
-    return summary
+def held_out_loss(accelerator, model, held: list[dict], collate, batch_size: int) -> dict:
+    """The token-mean loss on the held-out conversations: each rank scores every
+    num_processes-th one, and the sums are all-reduced."""
+    import torch
+
+    mine = held[accelerator.process_index::accelerator.num_processes]
+    total_loss, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(mine), batch_size):
+            batch = collate(mine[start:start + batch_size])
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            loss = model(**batch, use_cache=False).loss
+            total_loss += loss.item() * n
+            total_tokens += n
+    sums = torch.tensor([total_loss, total_tokens], dtype=torch.float64,
+                        device=accelerator.device)
+    if accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums, "sum")
+    loss_sum, tokens = sums.tolist()
+    return {"loss": loss_sum / max(tokens, 1), "tokens": int(tokens)}
