@@ -78,6 +78,13 @@ def test_continuation_logprobs_match_direct_log_softmax(tiny_backend):
         assert got == pytest.approx(want, abs=1e-4)
 
 
+def test_an_empty_continuation_scores_zero(tiny_backend):
+    """An empty answer (a tiny model's, or one cut at zero tokens) is log P = 0, not an
+    IndexError from indexing with an empty float tensor."""
+    scores = tiny_backend.continuation_logprobs(["short", "short"], ["", " text"])
+    assert scores[0] == 0.0 and scores[1] < 0.0
+
+
 def test_render_chat_uses_tokenizer_template(tiny_backend):
     text = tiny_backend.render_chat(CONVS[2])
     assert text.endswith("<|im_start|>assistant\n")

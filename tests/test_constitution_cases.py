@@ -181,3 +181,32 @@ def test_shipped_constitutions_have_three_cases_per_principle():
             kinds = [k.kind for k in cases if k.principle == p.id]
             assert len(kinds) >= 3 and set(kinds) == {"behaviour", "critique", "preference"}, \
                 (name, p.id, kinds)
+
+
+def test_cli_keeps_engine_output_off_the_terminal(tmp_path, tiny_model_dir):
+    """Like the stage commands: the engine's loading output goes to
+    $CAI_HOME/logs/constitution-test.log, and reaches the terminal only with --verbose."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.child_env import child_env
+
+    path = _write(tmp_path, BASE + CASES)
+    env = {**child_env(), "CAI_HOME": str(tmp_path / "home")}
+
+    def test(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cai", *flags, "constitution", "test", str(path), "--model",
+             str(tiny_model_dir), "--backend", "transformers", "--max-tokens", "4",
+             "--min-pass", "0"], capture_output=True, text=True, env=env, timeout=300,
+            cwd=os.getcwd())
+
+    quiet = test()
+    assert quiet.returncode == 0, quiet.stderr
+    assert "by kind:" in quiet.stdout and "9 cases from" in quiet.stderr
+    assert "Loading weights" not in quiet.stderr
+    assert (tmp_path / "home" / "logs" / "constitution-test.log").is_file()
+    loud = test("--verbose")
+    assert loud.returncode == 0, loud.stderr
+    assert "Loading weights" in loud.stderr

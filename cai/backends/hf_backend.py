@@ -157,7 +157,7 @@ class TransformersBackend(Backend):
                 for i, first, c in reads:
                     # token at position t is predicted by the logits at t-1
                     pos = torch.arange(first, first + len(c), device=self.device)
-                    tok = torch.tensor(c, device=self.device)
+                    tok = torch.tensor(c, dtype=torch.long, device=self.device)  # [] is float
                     scores[i] = float(logp[row, pos - 1, tok].sum())
         return scores
 

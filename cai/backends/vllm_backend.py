@@ -176,7 +176,7 @@ class VLLMBackend(Backend):
         params = [SamplingParams(max_tokens=1, temperature=0.0,
                                  logprob_token_ids=sorted(following[k])) for k in prefixes]
         if not prefixes:
-            return [scores[i] for i in range(len(pairs))]
+            return [scores.get(i, 0.0) for i in range(len(pairs))]  # the rest are empty: 0
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(k)) for k in prefixes],
                                     params, use_tqdm=self.use_tqdm)
         next_lp = {k: out.outputs[0].logprobs[0] for k, out in zip(prefixes, outputs)}

@@ -301,6 +301,7 @@ def diff_cmd(
 
 @app.command("test")
 def test_cmd(
+    ctx: typer.Context,
     file: str = typer.Argument(..., help="constitution file or shipped name (its `tests:` and "
                                          "NAME.tests.yaml beside it)"),
     model: str = typer.Option(None, "--model", help="feedback model: judges critique cases, "
@@ -334,6 +335,7 @@ def test_cmd(
     from cai.eval.casetests import run_cases
 
     typer.echo(f"{c.name} {c.version}: {len(cases)} cases from {', '.join(files)}", err=True)
+    _engine_logs_off_the_terminal(ctx, "constitution-test")
     feedback = load_backend(backend, model)
     pol = load_backend(backend, policy) if policy and policy != model else None
     try:
@@ -349,6 +351,17 @@ def test_cmd(
         atomic_write_text(junit, junit_xml(results, c.name))
     if below(results, min_pass):
         raise typer.Exit(1)
+
+
+def _engine_logs_off_the_terminal(ctx: typer.Context, name: str) -> None:
+    """As for the stage commands (cai/cli/__init__.py): the engines' output goes to
+    $CAI_HOME/logs/NAME.log for the rest of the command, unless `cai --verbose`."""
+    if ctx.find_root().params.get("verbose"):
+        return
+    from cai.cli import _engine_output_to
+    from cai.models import cai_home
+
+    ctx.with_resource(_engine_output_to(cai_home() / "logs" / f"{name}.log"))
 
 
 @app.command("health")
