@@ -211,6 +211,19 @@ class TrainConfig(StageConfig):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
     merge_lora: bool = Field(True, description="save the merged model (else the adapter)")
+    # Ray Train (cai.cluster.train): the same run on `workers` workers of a Ray cluster
+    workers: int | None = Field(None, ge=1, description="Ray Train workers (None: this process, "
+                                                        "or the ranks torchrun/accelerate start)")
+    ray: str | None = Field(None, description="Ray cluster address for `workers` (None: a local "
+                                              "Ray on this machine)")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs each Ray Train worker reserves")
+
+    @model_validator(mode="after")
+    def _ray_needs_workers(self):
+        if self.workers is None and (self.ray is not None or self.gpus_per_worker):
+            raise ValueError("ray / gpus_per_worker set without workers: N (the number of "
+                             "Ray Train workers)")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

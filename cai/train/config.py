@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
 # One ConfigError for every stage; a resume against a different config raises it too.
 from cai.config import ConfigError, TrainConfig, load_section
@@ -42,20 +42,6 @@ class TrainingConfig(TrainConfig):
                                                            "(always once at the end)")
     keep_checkpoints_when_done: bool = Field(False, description="else removed once the model "
                                                                 "is saved")
-    # Ray Train (cai.cluster.train): the same run on `workers` workers of a Ray cluster
-    workers: int | None = Field(None, ge=1, description="Ray Train workers (None: this process, "
-                                                        "or the ranks torchrun/accelerate start)")
-    ray: str | None = Field(None, description="Ray cluster address for `workers` (None: a local "
-                                              "Ray on this machine)")
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs each Ray Train worker reserves")
-
-    @model_validator(mode="after")
-    def _ray_needs_workers(self):
-        if self.workers is None and (self.ray is not None or self.gpus_per_worker):
-            raise ValueError("ray / gpus_per_worker set without workers: N (the number of "
-                             "Ray Train workers)")
-        return self
-
     @field_validator("data", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:

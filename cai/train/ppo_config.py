@@ -97,12 +97,6 @@ class PPOConfig(TrainConfig, EngineConfig):
                                                       "as the policy, i.e. when lora_r is set)")
     cpu: bool = Field(False, description="train on CPU even when CUDA is there")
 
-    # Ray Train (cai.cluster.train), as sft and rm: the same run on `workers` ranks
-    workers: int | None = Field(None, ge=1, description="Ray Train workers (None: this process, "
-                                                        "or the ranks torchrun/accelerate start)")
-    ray: str | None = Field(None, description="Ray cluster address for `workers` (None: a local "
-                                              "Ray on this machine)")
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs each Ray Train worker reserves")
 
     @model_validator(mode="before")
     @classmethod
@@ -115,9 +109,6 @@ class PPOConfig(TrainConfig, EngineConfig):
 
     @model_validator(mode="after")
     def _check(self) -> "PPOConfig":
-        if self.workers is None and (self.ray is not None or self.gpus_per_worker):
-            raise ValueError("ray / gpus_per_worker set without workers: N (the number of "
-                             "Ray Train workers)")
         if self.eval_samples > 1 and self.eval_temperature == 0:
             raise ValueError(f"eval_samples {self.eval_samples} needs eval_temperature > 0: "
                              "greedy answers are all the same")
