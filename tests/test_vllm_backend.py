@@ -28,6 +28,11 @@ def test_vllm_answers_with_the_embedded_model(vllm_backend):
 
     if not torch.cuda.is_available():
         assert vllm_backend.precision.startswith("fp32: vLLM on a CPU, kept in float32")
+        # blocks short enough for the prefix cache to hold scoring prompts (vLLM's CPU
+        # default is 128 tokens; bench/block_size.py)
+        from cai.backends.vllm_backend import CPU_BLOCK_SIZE
+
+        assert vllm_backend.llm.llm_engine.vllm_config.cache_config.block_size == CPU_BLOCK_SIZE
 
 
 def test_vllm_sampling_n_seed_and_length(vllm_backend):

@@ -20,6 +20,8 @@ from cai.backends.text import encode, render_chat, scoring_ids
 # log-probs, shorter ones (answer letters, Yes/No) by one request per cached prefix
 LONG_CONTINUATION = 16
 
+CPU_BLOCK_SIZE = 32  # tokens per KV-cache block on a CPU (see VLLMBackend.__init__)
+
 
 def _on_cuda() -> bool:
     import torch
@@ -97,6 +99,12 @@ class VLLMBackend(Backend):
             # tok/s, identical greedy text); a pipeline starts one engine per model, so
             # eager is the better default here. `enforce_eager=False` turns compilation on.
             engine_kwargs.setdefault("enforce_eager", True)
+            # The prefix cache reuses whole blocks only, and vLLM's CPU default (128 tokens)
+            # is longer than most scoring prompts: every one-token scoring request then
+            # prefilled its prompt again. 32-token blocks (the smallest the CPU attention
+            # takes) made routing 4.4x and labeling 2.0x faster with the same decode speed
+            # and the same log-probs (bench/block_size.py).
+            engine_kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
         self.llm = LLM(
             model=self.model,
             gpu_memory_utilization=gpu_memory_utilization,
