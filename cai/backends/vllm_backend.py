@@ -8,6 +8,7 @@ this backend need an `if __name__ == "__main__":` guard: vLLM spawns worker proc
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 # vLLM logs every request at INFO; keep the console for our progress bars unless asked.
@@ -112,6 +113,18 @@ class VLLMBackend(Backend):
         self.precision = vllm_precision(requested, cuda, _engine_dtype(self.llm))
         self.max_model_len = max_model_len
         self.use_tqdm = use_tqdm
+        self.weights = self.model  # the checkpoint the engine holds now (`load_weights`)
+        self.lock = threading.RLock()  # one call at a time when views share the engine
+
+    def load_weights(self, model_dir: str) -> None:
+        """Load another checkpoint of this architecture (`cai.backends.vllm_swap`) into the
+        running engine in place, from its directory's safetensors, then empty the prefix
+        cache: its KV blocks were computed by the old weights and would otherwise be reused
+        for any prompt that shares a prefix with an earlier one."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
+        if not self.llm.reset_prefix_cache():  # refused only while requests are running
+            raise RuntimeError(f"vLLM kept its prefix cache after loading {model_dir}'s weights")
+        self.weights = model_dir
 
     def context_length(self) -> int:
         return self.max_model_len
