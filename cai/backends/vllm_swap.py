@@ -40,14 +40,15 @@ def _json_without(path: Path, keys: tuple[str, ...]) -> Any:
 
 
 def _local_dir(model: str | None) -> Path | None:
-    """`model`'s local directory without pulling or downloading anything; None elsewhere."""
-    from cai.models import ModelError, resolve_model
+    """The directory a VLLMBackend on `model` loads (`resolve_model`'s answer), without
+    pulling or downloading anything; None for a hub id or a registry model not pulled."""
+    from cai.models import is_pulled, models_dir, registry_name
 
-    try:
-        path = Path(resolve_model(model, pull_missing=False))
-    except ModelError:
-        return None
-    return path if path.is_dir() else None
+    name = registry_name(model)
+    if name is not None:
+        return models_dir() / name if is_pulled(name) else None
+    path = Path(str(model)).expanduser()
+    return path.resolve() if path.is_dir() else None
 
 
 def weights_family(model: str | None, options: dict[str, Any], *,
