@@ -119,7 +119,7 @@ def _vllm_family(name: str, model: str, options: dict[str, Any]) -> tuple[str, s
 
 
 def _shown(model: str | None) -> str:
-    """A model as a person names it: its registry name, else its path from here."""
+    """A model as a person names it: its registry name, else its path (from here when below)."""
     from cai.models import registry_name
 
     if model is None:
@@ -127,10 +127,8 @@ def _shown(model: str | None) -> str:
     name = registry_name(model)
     if name is not None:
         return name
-    try:
-        return os.path.relpath(model) if Path(model).is_absolute() else model
-    except ValueError:  # another drive (Windows)
-        return model
+    path = Path(model)
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else model
 
 
 Slot = tuple  # one engine: its EngineKey, or ("swap", backend, family) for a swapping engine
