@@ -158,14 +158,14 @@ def test_alternating_views_each_score_with_their_own_weights(models, pool, fresh
 
 @vllm_test
 def test_another_architecture_gets_its_own_engine(models, pool, fresh_b):
-    from cai.backends.vllm_backend import VLLMBackend
-
     starts, swaps = pool.starts, pool.swaps
     engine_c = pool.get("vllm", models["C"], OPTIONS)
-    assert isinstance(engine_c, VLLMBackend) and engine_c.model == models["C"]
+    view_b = pool.get("vllm", models["B"], OPTIONS)
+    assert engine_c.model == models["C"] and engine_c.engine is not view_b.engine
+    assert engine_c.engine.weights == models["C"]  # started on C, nothing swapped in
     assert pool.starts == starts + 1 and len(pool.engines) == 2
     c = results(engine_c)
     assert not same(c, fresh_b)
     # the shared engine is untouched by C's: B still answers as B
-    assert same(results(pool.get("vllm", models["B"], OPTIONS)), fresh_b)
+    assert same(results(view_b), fresh_b)
     assert pool.swaps in (swaps, swaps + 1)  # + 1 when the shared engine held A

@@ -98,6 +98,8 @@ class VLLMBackend(Backend):
             # tok/s, identical greedy text); a pipeline starts one engine per model, so
             # eager is the better default here. `enforce_eager=False` turns compilation on.
             engine_kwargs.setdefault("enforce_eager", True)
+        # `load_weights` calls cai's worker method by name (cai.backends.vllm_worker)
+        engine_kwargs.setdefault("worker_extension_cls", "cai.backends.vllm_worker.WeightSwap")
         self.llm = LLM(
             model=self.model,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -118,10 +120,10 @@ class VLLMBackend(Backend):
 
     def load_weights(self, model_dir: str) -> None:
         """Load another checkpoint of this architecture (`cai.backends.vllm_swap`) into the
-        running engine in place, from its directory's safetensors, then empty the prefix
-        cache: its KV blocks were computed by the old weights and would otherwise be reused
+        running engine in place, from its directory's safetensors (`cai.backends.vllm_worker`
+        says why through a worker method of ours), then empty the prefix cache: its KV blocks were computed by the old weights and would otherwise be reused
         for any prompt that shares a prefix with an earlier one."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
+        self.llm.collective_rpc("cai_load_weights", args=(model_dir,))
         if not self.llm.reset_prefix_cache():  # refused only while requests are running
             raise RuntimeError(f"vLLM kept its prefix cache after loading {model_dir}'s weights")
         self.weights = model_dir
