@@ -120,9 +120,10 @@ class VLLMBackend(Backend):
 
     def load_weights(self, model_dir: str) -> None:
         """Load another checkpoint of this architecture (`cai.backends.vllm_swap`) into the
-        running engine in place, from its directory's safetensors (`cai.backends.vllm_worker`
-        says why through a worker method of ours), then empty the prefix cache: its KV blocks were computed by the old weights and would otherwise be reused
-        for any prompt that shares a prefix with an earlier one."""
+        running engine in place, from its directory's safetensors, through a worker method
+        of ours (`cai.backends.vllm_worker` says why), then empty the prefix cache: its KV
+        blocks were computed by the old weights and would be reused for any prompt that
+        shares a prefix with an earlier one."""
         self.llm.collective_rpc("cai_load_weights", args=(model_dir,))
         if not self.llm.reset_prefix_cache():  # refused only while requests are running
             raise RuntimeError(f"vLLM kept its prefix cache after loading {model_dir}'s weights")

@@ -146,8 +146,8 @@ class EnginePool:
                  available: Callable[[], int] = available_memory,
                  train_reserve: int = TRAIN_RESERVE,
                  progress: Callable[..., Any] | None = None, swap_weights: bool = True,
-                 family: Callable[[str, str, dict[str, Any]], tuple[str, str] | None] = _vllm_family,
-                 ) -> None:
+                 family: Callable[[str, str, dict[str, Any]],
+                                  tuple[str, str] | None] = _vllm_family) -> None:
         self.echo, self.load = echo, load
         self.footprint, self.available, self.train_reserve = footprint, available, train_reserve
         self.progress = progress
@@ -212,8 +212,9 @@ class EnginePool:
             if slot == key:
                 self.echo(f"  reusing the {key[0]} engine on {_shown(model)}")
                 return engine
-            held = "" if engine.weights == self.dirs[key] else \
-                f" (holding {_shown(engine.weights)}'s weights; {_shown(model)}'s go in before its first call)"
+            held = "" if engine.weights == self.dirs[key] else (
+                f" (holding {_shown(engine.weights)}'s weights; {_shown(model)}'s go in "
+                "before its first call)")
             self.echo(f"  reusing the {key[0]} engine for {_shown(model)}{held}")
             return self._view(key)
         load = self.load
@@ -253,8 +254,9 @@ class EnginePool:
 
     def _close(self, slot: Slot, why: str) -> None:
         engine = self.engines.pop(slot)
-        on = _shown(engine.weights) if slot[0] == "swap" else _shown(slot[1].removeprefix("registry:"))
-        self.echo(f"  closing the {slot[1] if slot[0] == 'swap' else slot[0]} engine on {on}: {why}")
+        swapping = slot[0] == "swap"
+        on = _shown(engine.weights if swapping else slot[1].removeprefix("registry:"))
+        self.echo(f"  closing the {slot[1] if swapping else slot[0]} engine on {on}: {why}")
         self.views = {k: v for k, v in self.views.items() if self.slots[k] != slot}
         engine.close()
 
