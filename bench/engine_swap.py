@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-OPTIONS = {"gpu_memory_utilization": 0.3}
+OPTIONS = {"gpu_memory_utilization": 0.2}
 CONVERSATION = [[{"role": "user", "content": "What is the capital of France?"}]]
 
 
