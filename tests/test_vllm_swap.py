@@ -101,6 +101,7 @@ def test_weights_family_ignores_names_and_dtype_and_sees_architecture_and_tokeni
     assert weights_family(str(adapter), OPTIONS) is None
     assert weights_family("some-org/some-model", OPTIONS) is None  # a hub id: nothing fetched
     assert weights_family(str(tmp_path / "missing"), OPTIONS) is None
+    assert weights_family(models["A"], {**OPTIONS, "enforce_eager": False}) is None  # CPU compile
 
 
 # ------------------------------------------------------------------ real engines

@@ -14,6 +14,7 @@ Same family means equal, as local directories with safetensors weights (no LoRA 
     chat template, generation_config.json (its EOS ids and defaults), apart from the
     `transformers_version` they were saved with;
   - the engine options.
+Not on a CPU with `enforce_eager: false` (torch.compile): only eager engines were checked.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def weights_family(model: str | None, options: dict[str, Any], *,
     these `options` can serve by swapping weights (module docstring), the directory the
     weights load from; None when `model` cannot be swapped in (no local directory, no
     safetensors weights, a LoRA adapter)."""
+    if not cuda and options.get("enforce_eager") is False:
+        return None  # torch.compile on a CPU: its graphs may keep the old packed kernels
     path = _local_dir(model)
     if path is None or (path / "adapter_config.json").exists() or \
             not any(path.glob("*.safetensors")) or not (path / "config.json").is_file():
