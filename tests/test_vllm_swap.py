@@ -170,3 +170,38 @@ def test_another_architecture_gets_its_own_engine(models, pool, fresh_b):
     # the shared engine is untouched by C's: B still answers as B
     assert same(results(view_b), fresh_b)
     assert pool.swaps in (swaps, swaps + 1)  # + 1 when the shared engine held A
+
+
+@vllm_test
+def test_cai_run_serves_generate_and_evals_policy_and_reference_from_one_engine(models, tmp_path):
+    """The real runner: generate on A, eval of B against A, all on the engine generate
+    started; eval's stage.json counts its swaps (B in, then A for the reference)."""
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+    from cai.pipeline.manifest import read_manifest
+
+    prompts = Path(__file__).resolve().parent.parent / "pipelines" / "prompts"
+    path = tmp_path / "p.yaml"
+    path.write_text(f"""\
+run: {{name: t, out: {tmp_path / 'run'}, model: {models['A']}, backend: vllm,
+      backend_options: {json.dumps(OPTIONS)}}}
+prompts:
+  train: [{{file: {prompts / 'red_team_train.jsonl'}, limit: 2}}]
+generate: {{prompts: train, max_tokens: 4, few_shot: false}}
+eval:
+  model: {models['B']}
+  reference: {models['A']}
+  harmful: [{prompts / 'red_team_eval.jsonl'}]
+  benign: [{prompts / 'helpful_eval.jsonl'}]
+  limit: 1
+  max_tokens: 4
+  constitution: none
+""")
+    r = CliRunner().invoke(app, ["run", str(path)])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("starting the vllm engine") == 1
+    assert f"swapped {models['B']}'s weights into the vllm engine" in r.output
+    m = read_manifest(tmp_path / "run" / "eval")
+    assert m["status"] == "done" and m["engine_starts"] == 0 and m["engine_swaps"] >= 2
+    assert m["summary"]["kl"]["mean"] != 0.0  # two models: B's answers scored against A
