@@ -178,6 +178,9 @@ eval:
 # model whose weights it holds, so a call on the wrong weights shows in the stage's record.
 
 
+from cai.backends.vllm_swap import VLLMWeightsView  # noqa: E402
+
+
 class SwapEngine(Engine):
     def __init__(self, model):
         import threading
@@ -198,10 +201,15 @@ def ask(backend) -> str:
 
 
 def run_and_ask(config, *, backend=None, reference_backend=None, log=None, progress=None):
-    """Like `run`, but each engine answers: eval alternates policy, reference, policy."""
+    """Like `run`, but each engine answers: eval alternates policy, reference, policy. Then
+    it closes what it was given, as a stage closes the engines it loaded itself: a view's
+    close must leave the shared engine running."""
     answers = [ask(backend)] if backend else []
     if reference_backend:
         answers += [ask(reference_backend), ask(backend)]
+    for given in (backend, reference_backend):
+        if isinstance(given, VLLMWeightsView):
+            given.close()
     EVENTS.append(f"{Path(config.out).name} on {getattr(backend, 'model', None)}: "
                   + ",".join(answers))
     Path(config.out).mkdir(parents=True, exist_ok=True)

@@ -95,8 +95,9 @@ class VLLMBackend(Backend):
             engine_kwargs.setdefault("enable_chunked_prefill", False)
             # torch.compile costs ~47 s at every engine start on a 2-core CPU and buys ~9%
             # decode throughput (bench/engine_start.py: start 73.4 s vs 25.9 s, 297 vs 271
-            # tok/s, identical greedy text); a pipeline starts one engine per model, so
-            # eager is the better default here. `enforce_eager=False` turns compilation on.
+            # tok/s, identical greedy text); a pipeline starts one engine per model (per
+            # architecture when it swaps weights, which it does only on eager CPU engines:
+            # cai.backends.vllm_swap), so eager is the better default here. `enforce_eager=False` turns compilation on.
             engine_kwargs.setdefault("enforce_eager", True)
         # `load_weights` calls cai's worker method by name (cai.backends.vllm_worker)
         engine_kwargs.setdefault("worker_extension_cls", "cai.backends.vllm_worker.WeightSwap")
