@@ -284,3 +284,23 @@ def test_a_family_engine_counts_once_against_memory(tmp_path):
         "close sftmodel", "rm on None: ", "ppo on None: ",  # the engine started on sftmodel
         "start policy", "swap policy -> base", "swap base -> policy",
         "eval on policy: policy,base,policy", "close policy"]
+
+
+def test_run_swap_weights_false_starts_an_engine_per_model(tmp_path, tiny_model_dir):
+    """Two checkpoints of one architecture (the tiny model and a copy) on the vllm backend,
+    through `cai run`'s own pool: one engine, or with `run: swap_weights: false` two."""
+    import shutil
+
+    base = str(Path(tiny_model_dir).resolve())
+    other = str(Path(shutil.copytree(tiny_model_dir, tmp_path / "other")).resolve())
+    stages = [Stage(name=name, config=Config, run=run_and_ask, wire=lambda w: {"out": str(w.dir)},
+                    engine=lambda c: ("vllm", c.model, {})) for name in ("generate", "sample")]
+    for swap, starts in (("true", ["start " + base]), ("false", ["start " + base, "start " + other])):
+        path = tmp_path / f"{swap}.yaml"
+        path.write_text(f"run: {{name: t, out: {tmp_path / swap}, swap_weights: {swap}}}\n"
+                        f"generate: {{model: {base}}}\nsample: {{model: {other}}}\n")
+        EVENTS.clear()
+        run_pipeline(load_pipeline(path, ["generate", "sample"]), stages, echo=lambda m: None,
+                     load_backend=lambda name, model, **o: SwapEngine(model))
+        assert [e for e in EVENTS if e.startswith("start")] == starts
+        assert EVENTS[-2] == f"sample on {other}: {other}"  # its own weights either way
