@@ -259,6 +259,17 @@ def test_one_family_runs_the_demo_on_one_engine_with_each_call_on_its_own_weight
     assert (sample["engine_starts"], sample["engine_swaps"]) == (0, 1)
 
 
+def test_a_model_written_during_the_run_joins_the_family_when_its_step_comes(tmp_path):
+    """A fresh run: when generate plans, sft's and ppo's outputs do not exist yet (no
+    family); by their steps they do, and they share the base model's engine."""
+    run = tmp_path / "run"
+    written = {"sftmodel": run / "sft" / "done", "policy": run / "ppo" / "done"}
+    pool = go_swapping(tmp_path, lambda n, m, o: ("f", m)
+                       if m not in written or written[m].exists() else None)
+    assert [e for e in EVENTS if e.startswith("start")] == ["start base"]
+    assert pool.swaps == 5
+
+
 def test_swapping_off_or_another_family_starts_an_engine_per_model(tmp_path):
     go_swapping(tmp_path, one_family, swap_weights=False)
     assert [e for e in EVENTS if e.startswith(("start", "swap "))] == [

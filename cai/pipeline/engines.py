@@ -168,16 +168,22 @@ class EnginePool:
 
         return (name or default_backend(), model_key(model), json.dumps(options, sort_keys=True))
 
-    def slot(self, key: EngineKey) -> Slot:
-        """The engine serving `key`: one per weights family (vLLM, swapping on), else its own."""
-        if key not in self.slots:
+    def slot(self, key: EngineKey, *, fresh: bool = False) -> Slot:
+        """The engine serving `key`: one per weights family (vLLM, swapping on), else its own.
+        A family is kept once found; a model without one is asked again next time, since
+        an earlier step may not have written it yet (sft's output, when generate plans).
+        `fresh`: read the model's files again (the step about to use it may have rewritten
+        them since)."""
+        if fresh or key not in self.slots:
             found = self.family(key[0], key[1].removeprefix("registry:"), json.loads(key[2])) \
                 if self.swap_weights else None
             if found:
                 self.dirs[key] = found[1]
-            self.slots[key] = ("swap", key[0], found[0]) if found else key
-            self.first.setdefault(self.slots[key], key)
-        return self.slots[key]
+                self.slots[key] = ("swap", key[0], found[0])
+            else:
+                self.slots.pop(key, None)
+            self.first.setdefault(self.slots.get(key, key), key)
+        return self.slots.get(key, key)
 
     def prepare(self, needs: Sequence[EngineKey], later: Sequence[Sequence[EngineKey]],
                 trains: bool) -> None:
@@ -205,7 +211,7 @@ class EnginePool:
         """The engine for (name, model, options): the running one (a view on it bound to
         `model` where it swaps weights), else a new one."""
         key = self.key(name, model, options)
-        slot = self.slot(key)
+        slot = self.slot(key, fresh=True)
         if slot in self.engines:
             self.reused += 1
             engine = self.engines[slot]
@@ -233,12 +239,14 @@ class EnginePool:
         return self.engines[slot] if slot == key else self._view(key)
 
     def _view(self, key: EngineKey) -> Any:
-        if key not in self.views:
-            from cai.backends.vllm_swap import VLLMWeightsView
+        """`key`'s view on its family's engine (a new one when the engine or the model's
+        directory changed since the last)."""
+        from cai.backends.vllm_swap import VLLMWeightsView
 
-            self.views[key] = VLLMWeightsView(self.engines[self.slots[key]], self.dirs[key],
-                                              on_swap=self._swapped)
-        return self.views[key]
+        engine, view = self.engines[self.slot(key)], self.views.get(key)
+        if view is None or view.engine is not engine or view.model != self.dirs[key]:
+            view = self.views[key] = VLLMWeightsView(engine, self.dirs[key], on_swap=self._swapped)
+        return view
 
     def _swapped(self, model: str, seconds: float) -> None:
         self.swaps += 1
@@ -257,7 +265,7 @@ class EnginePool:
         swapping = slot[0] == "swap"
         on = _shown(engine.weights if swapping else slot[1].removeprefix("registry:"))
         self.echo(f"  closing the {slot[1] if swapping else slot[0]} engine on {on}: {why}")
-        self.views = {k: v for k, v in self.views.items() if self.slots[k] != slot}
+        self.views = {k: v for k, v in self.views.items() if self.slot(k) != slot}
         engine.close()
 
     def close(self) -> None:
