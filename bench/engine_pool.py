@@ -55,7 +55,8 @@ def simulate(steps, free: int, spare: bool) -> tuple[int, list[str]]:
     def load(name, model, **options):
         return Engine(open_bytes, engine_footprint(name, model or "", options))
 
-    pool = EnginePool(lines.append, load, available=available)
+    # one engine per model, as this lever was measured; weight swaps: bench/engine_swap.py
+    pool = EnginePool(lines.append, load, available=available, swap_weights=False)
     needs = [[pool.key(*w) for w in step_engines(s).values()] for s in steps]
     for n, step in enumerate(steps):
         lines.append(f"[{step.key}]")

@@ -171,3 +171,147 @@ eval:
     assert m["status"] == "done" and m["engine_starts"] == 0
     assert m["summary"]["kl"]["mean"] == 0.0  # the same weights on both sides
     assert "policy_load_s" not in m["summary"]["timings"]  # eval loaded no model itself
+
+
+# ---------------------------------------------------------------- one engine, weights swapped
+# Fakes of a vLLM engine that swaps weights (`cai.backends.vllm_swap`): it answers with the
+# model whose weights it holds, so a call on the wrong weights shows in the stage's record.
+
+
+from cai.backends.vllm_swap import VLLMWeightsView  # noqa: E402
+
+
+class SwapEngine(Engine):
+    def __init__(self, model):
+        import threading
+
+        super().__init__(model)
+        self.weights, self.lock, self.tokenizer = model, threading.RLock(), None
+
+    def load_weights(self, model):
+        EVENTS.append(f"swap {self.weights} -> {model}")
+        self.weights = model
+
+    def generate(self, conversations, sampling):
+        return [[self.weights] for _ in conversations]
+
+
+def ask(backend) -> str:
+    return backend.generate([[]], None)[0][0]
+
+
+def run_and_ask(config, *, backend=None, reference_backend=None, log=None, progress=None):
+    """Like `run`, but each engine answers: eval alternates policy, reference, policy. Then
+    it closes what it was given, as a stage closes the engines it loaded itself: a view's
+    close must leave the shared engine running."""
+    answers = [ask(backend)] if backend else []
+    if reference_backend:
+        answers += [ask(reference_backend), ask(backend)]
+    for given in (backend, reference_backend):
+        if isinstance(given, VLLMWeightsView):
+            given.close()
+    EVENTS.append(f"{Path(config.out).name} on {getattr(backend, 'model', None)}: "
+                  + ",".join(answers))
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    (Path(config.out) / "done").write_text("1")
+    return {}
+
+
+SWAP_STAGES = [Stage(name=s.name, config=Config, run=run_and_ask, wire=s.wire, engine=s.engine,
+                     more_engines=s.more_engines) for s in STAGES]
+
+
+def go_swapping(tmp_path, family, swap_weights=True, free_gib=20) -> EnginePool:
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "p.yaml"
+    path.write_text(PIPELINE.format(out=tmp_path / "run"))
+    pool = EnginePool(lambda m: EVENTS.append(m.strip()) if "swapped" in m else None,
+                      lambda name, model, **o: SwapEngine(model),
+                      footprint=lambda *a: 3 * GiB, available=lambda: int(free_gib * GiB),
+                      train_reserve=8 * GiB, swap_weights=swap_weights, family=family)
+    EVENTS.clear()
+    run_pipeline(load_pipeline(path, [s.name for s in STAGES]), SWAP_STAGES,
+                 echo=pool.echo, engines=pool)
+    return pool
+
+
+def one_family(name, model, options):
+    return ("tiny-llama", model)
+
+
+def test_one_family_runs_the_demo_on_one_engine_with_each_call_on_its_own_weights(tmp_path):
+    pool = go_swapping(tmp_path, one_family)
+    swapped = [e for e in EVENTS if e.startswith("swapped")]
+    assert [e for e in EVENTS if not e.startswith("swapped")] == [
+        "start base", "generate on base: base",
+        "sft on None: ",  # trains beside the engine: 20 GiB free
+        "swap base -> sftmodel", "sample on sftmodel: sftmodel",
+        "swap sftmodel -> base", "label on base: base", "rm on None: ", "ppo on None: ",
+        # eval: policy, reference, policy again: every answer from its own weights
+        "swap base -> policy", "swap policy -> base", "swap base -> policy",
+        "eval on policy: policy,base,policy",
+        "close base"]  # the engine started on base, closed once at the end
+    assert len(swapped) == 5 and swapped[0].startswith("swapped sftmodel's weights into the vllm engine (")
+    assert (pool.starts, pool.swaps) == (1, 5)
+    manifest = json.loads((tmp_path / "run" / "eval" / "stage.json").read_text())
+    assert (manifest["engine_starts"], manifest["engine_swaps"]) == (0, 3)
+    sample = json.loads((tmp_path / "run" / "sample" / "stage.json").read_text())
+    assert (sample["engine_starts"], sample["engine_swaps"]) == (0, 1)
+
+
+def test_a_model_written_during_the_run_joins_the_family_when_its_step_comes(tmp_path):
+    """A fresh run: when generate plans, sft's and ppo's outputs do not exist yet (no
+    family); by their steps they do, and they share the base model's engine."""
+    run = tmp_path / "run"
+    written = {"sftmodel": run / "sft" / "done", "policy": run / "ppo" / "done"}
+    pool = go_swapping(tmp_path, lambda n, m, o: ("f", m)
+                       if m not in written or written[m].exists() else None)
+    assert [e for e in EVENTS if e.startswith("start")] == ["start base"]
+    assert pool.swaps == 5
+
+
+def test_swapping_off_or_another_family_starts_an_engine_per_model(tmp_path):
+    go_swapping(tmp_path, one_family, swap_weights=False)
+    assert [e for e in EVENTS if e.startswith(("start", "swap "))] == [
+        "start base", "start sftmodel", "start policy"]
+
+    # the SFT model cannot be swapped in (another architecture, an adapter, ...): own engine
+    pool = go_swapping(tmp_path / "2", lambda n, m, o: None if m == "sftmodel" else ("f", m))
+    assert [e for e in EVENTS if e.startswith(("start", "swap ", "close"))] == [
+        "start base", "start sftmodel", "close sftmodel", "swap base -> policy",
+        "swap policy -> base", "swap base -> policy", "close base"]
+    assert (pool.starts, pool.swaps) == (2, 3)
+
+
+def test_a_family_engine_counts_once_against_memory(tmp_path):
+    """6 GiB free, 3 GiB an engine: eval's policy and reference share one engine, so the
+    engine started for it is one footprint, and training closes it as it closes any."""
+    go_swapping(tmp_path, one_family, free_gib=6)
+    assert [e for e in EVENTS if not e.startswith("swapped")] == [
+        "start base", "generate on base: base",
+        "close base", "sft on None: ",  # trains: 6 GiB < 8
+        "start sftmodel", "sample on sftmodel: sftmodel",
+        "swap sftmodel -> base", "label on base: base",
+        "close sftmodel", "rm on None: ", "ppo on None: ",  # the engine started on sftmodel
+        "start policy", "swap policy -> base", "swap base -> policy",
+        "eval on policy: policy,base,policy", "close policy"]
+
+
+def test_run_swap_weights_false_starts_an_engine_per_model(tmp_path, tiny_model_dir):
+    """Two checkpoints of one architecture (the tiny model and a copy) on the vllm backend,
+    through `cai run`'s own pool: one engine, or with `run: swap_weights: false` two."""
+    import shutil
+
+    base = str(Path(tiny_model_dir).resolve())
+    other = str(Path(shutil.copytree(tiny_model_dir, tmp_path / "other")).resolve())
+    stages = [Stage(name=name, config=Config, run=run_and_ask, wire=lambda w: {"out": str(w.dir)},
+                    engine=lambda c: ("vllm", c.model, {})) for name in ("generate", "sample")]
+    for swap, starts in (("true", ["start " + base]), ("false", ["start " + base, "start " + other])):
+        path = tmp_path / f"{swap}.yaml"
+        path.write_text(f"run: {{name: t, out: {tmp_path / swap}, swap_weights: {swap}}}\n"
+                        f"generate: {{model: {base}}}\nsample: {{model: {other}}}\n")
+        EVENTS.clear()
+        run_pipeline(load_pipeline(path, ["generate", "sample"]), stages, echo=lambda m: None,
+                     load_backend=lambda name, model, **o: SwapEngine(model))
+        assert [e for e in EVENTS if e.startswith("start")] == starts
+        assert EVENTS[-2] == f"sample on {other}: {other}"  # its own weights either way

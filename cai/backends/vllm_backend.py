@@ -8,6 +8,7 @@ this backend need an `if __name__ == "__main__":` guard: vLLM spawns worker proc
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 # vLLM logs every request at INFO; keep the console for our progress bars unless asked.
@@ -96,8 +97,9 @@ class VLLMBackend(Backend):
             engine_kwargs.setdefault("enable_chunked_prefill", False)
             # torch.compile costs ~47 s at every engine start on a 2-core CPU and buys ~9%
             # decode throughput (bench/engine_start.py: start 73.4 s vs 25.9 s, 297 vs 271
-            # tok/s, identical greedy text); a pipeline starts one engine per model, so
-            # eager is the better default here. `enforce_eager=False` turns compilation on.
+            # tok/s, identical greedy text); a pipeline starts one engine per model (per
+            # architecture when it swaps weights, which it does only on eager CPU engines:
+            # cai.backends.vllm_swap), so eager is the better default here. `enforce_eager=False` turns compilation on.
             engine_kwargs.setdefault("enforce_eager", True)
             # The prefix cache reuses whole blocks only, and vLLM's CPU default (128 tokens)
             # is longer than most scoring prompts: every one-token scoring request then
@@ -105,6 +107,8 @@ class VLLMBackend(Backend):
             # takes) made routing 4.4x and labeling 2.0x faster with the same decode speed
             # and the same log-probs (bench/block_size.py).
             engine_kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
+        # `load_weights` calls cai's worker method by name (cai.backends.vllm_worker)
+        engine_kwargs.setdefault("worker_extension_cls", "cai.backends.vllm_worker.WeightSwap")
         self.llm = LLM(
             model=self.model,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -120,6 +124,19 @@ class VLLMBackend(Backend):
         self.precision = vllm_precision(requested, cuda, _engine_dtype(self.llm))
         self.max_model_len = max_model_len
         self.use_tqdm = use_tqdm
+        self.weights = self.model  # the checkpoint the engine holds now (`load_weights`)
+        self.lock = threading.RLock()  # one call at a time when views share the engine
+
+    def load_weights(self, model_dir: str) -> None:
+        """Load another checkpoint of this architecture (`cai.backends.vllm_swap`) into the
+        running engine in place, from its directory's safetensors, through a worker method
+        of ours (`cai.backends.vllm_worker` says why), then empty the prefix cache: its KV
+        blocks were computed by the old weights and would be reused for any prompt that
+        shares a prefix with an earlier one."""
+        self.llm.collective_rpc("cai_load_weights", args=(model_dir,))
+        if not self.llm.reset_prefix_cache():  # refused only while requests are running
+            raise RuntimeError(f"vLLM kept its prefix cache after loading {model_dir}'s weights")
+        self.weights = model_dir
 
     def context_length(self) -> int:
         return self.max_model_len

@@ -11,6 +11,13 @@ from it. Kept engines hold memory (vLLM on CPU claims `gpu_memory_utilization` x
      the step will claim: the engines it starts, or `train_reserve` for a step that trains.
 
 Nothing is counted twice: `available()` is measured with the kept engines already resident.
+
+Models of one architecture and tokenizer (`cai.backends.vllm_swap.weights_family`: the
+demo's base model, SFT model and PPO policy) share one vLLM engine: a step gets a view bound
+to its model, and the view loads that model's weights into the engine (about a second)
+before any call while the engine holds another model's. Such an engine counts once, in
+memory and in starts; it closes when no later step needs any model of its family.
+`run: swap_weights: false` (the pool's `swap_weights`) starts one engine per model instead.
 """
 
 from __future__ import annotations
@@ -102,80 +109,166 @@ def model_key(model: str | None) -> str:
     return str(path.resolve()) if path.exists() else str(model)
 
 
+def _vllm_family(name: str, model: str, options: dict[str, Any]) -> tuple[str, str] | None:
+    """(family, directory) of a vLLM model one engine can swap in (`cai.backends.vllm_swap`)."""
+    if name != "vllm":
+        return None
+    from cai.backends.vllm_swap import weights_family
+
+    return weights_family(model, options, cuda=_on_cuda())
+
+
+def _shown(model: str | None) -> str:
+    """A model as a person names it: its registry name, else its path (from here when below)."""
+    from cai.models import registry_name
+
+    if model is None:
+        return "the default model"
+    name = registry_name(model)
+    if name is not None:
+        return name
+    path = Path(model)
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else model
+
+
+Slot = tuple  # one engine: its EngineKey, or ("swap", backend, family) for a swapping engine
+
+
 class EnginePool:
     """Engines started once per run and kept while later steps need them and memory allows
-    (module docstring). `load`, `footprint` and `available` are injectable for tests."""
+    (module docstring). With `swap_weights`, models of one architecture and tokenizer share
+    one vLLM engine (`cai.backends.vllm_swap`): each step gets a view bound to its model,
+    which loads that model's weights into the engine before a call when the engine holds
+    another's. `load`, `footprint`, `available` and `family` are injectable for tests."""
 
     def __init__(self, echo: Echo, load: Callable[..., Any] | None = None, *,
                  footprint: Callable[[str, str, dict[str, Any]], int] = engine_footprint,
                  available: Callable[[], int] = available_memory,
                  train_reserve: int = TRAIN_RESERVE,
-                 progress: Callable[..., Any] | None = None) -> None:
+                 progress: Callable[..., Any] | None = None, swap_weights: bool = True,
+                 family: Callable[[str, str, dict[str, Any]],
+                                  tuple[str, str] | None] = _vllm_family) -> None:
         self.echo, self.load = echo, load
         self.footprint, self.available, self.train_reserve = footprint, available, train_reserve
         self.progress = progress
-        self.engines: dict[EngineKey, Any] = {}
-        self.sizes: dict[EngineKey, int] = {}
+        self.swap_weights, self.family = swap_weights, family
+        self.engines: dict[Slot, Any] = {}  # the running engines
+        self.views: dict[EngineKey, Any] = {}  # models handed out on swapping engines
+        self.slots: dict[EngineKey, Slot] = {}
+        self.dirs: dict[EngineKey, str] = {}  # the weights directory of a swappable key
+        self.first: dict[Slot, EngineKey] = {}  # the key a slot's engine is sized by
+        self.sizes: dict[Slot, int] = {}
         self.starts = 0
         self.reused = 0
+        self.swaps = 0
+        self.swap_s = 0.0
 
     def key(self, name: str | None, model: str | None, options: dict[str, Any]) -> EngineKey:
         from cai.backends import default_backend
 
         return (name or default_backend(), model_key(model), json.dumps(options, sort_keys=True))
 
+    def slot(self, key: EngineKey, *, fresh: bool = False) -> Slot:
+        """The engine serving `key`: one per weights family (vLLM, swapping on), else its own.
+        A family is kept once found; a model without one is asked again next time, since
+        an earlier step may not have written it yet (sft's output, when generate plans).
+        `fresh`: read the model's files again (the step about to use it may have rewritten
+        them since)."""
+        if fresh or key not in self.slots:
+            found = self.family(key[0], key[1].removeprefix("registry:"), json.loads(key[2])) \
+                if self.swap_weights else None
+            if found:
+                self.dirs[key] = found[1]
+                self.slots[key] = ("swap", key[0], found[0])
+            else:
+                self.slots.pop(key, None)
+            self.first.setdefault(self.slots.get(key, key), key)
+        return self.slots.get(key, key)
+
     def prepare(self, needs: Sequence[EngineKey], later: Sequence[Sequence[EngineKey]],
                 trains: bool) -> None:
         """Before a step that uses the engines `needs` (none: it trains, when `trains`),
         with `later` the engines of each step after it, in order: close what no later step
         needs, then what the step's memory needs (module docstring) leave no room for."""
-        for key in [k for k in self.engines if k not in needs and not any(k in s for s in later)]:
-            self._close(key, "no later step uses it")
-        claim = sum(self._size(k) for k in needs if k not in self.engines)
+        now = {self.slot(k) for k in needs}
+        ahead = [{self.slot(k) for k in step} for step in later]
+        for slot in [s for s in self.engines if s not in now and not any(s in a for a in ahead)]:
+            self._close(slot, "no later step uses it")
+        claim = sum(self._size(s) for s in now if s not in self.engines)
         claim += self.train_reserve if trains else 0
 
-        def next_use(k: EngineKey) -> int:
-            return next((i for i, s in enumerate(later) if k in s), len(later))
+        def next_use(s: Slot) -> int:
+            return next((i for i, a in enumerate(ahead) if s in a), len(ahead))
 
-        idle = sorted((k for k in self.engines if k not in needs), key=next_use, reverse=True)
-        for key in idle:
+        idle = sorted((s for s in self.engines if s not in now), key=next_use, reverse=True)
+        for slot in idle:
             if self.available() >= claim:
                 break
-            self._close(key, f"the next step needs {claim / GiB:.1f} GiB")
+            self._close(slot, f"the next step needs {claim / GiB:.1f} GiB")
 
     def get(self, name: str | None, model: str | None, options: dict[str, Any], *,
             show_progress: bool = True) -> Any:
-        """The engine for (name, model, options): the running one, else a new one."""
+        """The engine for (name, model, options): the running one (a view on it bound to
+        `model` where it swaps weights), else a new one."""
         key = self.key(name, model, options)
-        if key in self.engines:
+        slot = self.slot(key, fresh=True)
+        if slot in self.engines:
             self.reused += 1
-            self.echo(f"  reusing the {key[0]} engine on {model or 'the default model'}")
-            return self.engines[key]
+            engine = self.engines[slot]
+            if slot == key:
+                self.echo(f"  reusing the {key[0]} engine on {_shown(model)}")
+                return engine
+            held = "" if engine.weights == self.dirs[key] else (
+                f" (holding {_shown(engine.weights)}'s weights; {_shown(model)}'s go in "
+                "before its first call)")
+            self.echo(f"  reusing the {key[0]} engine for {_shown(model)}{held}")
+            return self._view(key)
         load = self.load
         if load is None:
             from cai.backends import load_backend as load
         from cai.config import progress_bar
         from cai.progress import loading
 
-        what = f"{key[0]} engine on {model or 'the default model'}"
+        what = f"{key[0]} engine on {_shown(model)}"
         self.echo(f"  starting the {what} ...")
         t0 = time.perf_counter()
         with loading(self.progress or progress_bar, what, disable=not show_progress):
-            self.engines[key] = load(key[0], model, **options)
+            self.engines[slot] = load(key[0], model, **options)
         self.starts += 1
         self.echo(f"  engine ready in {time.perf_counter() - t0:.0f} s")
-        return self.engines[key]
+        return self.engines[slot] if slot == key else self._view(key)
 
-    def _size(self, key: EngineKey) -> int:
-        if key not in self.sizes:
-            self.sizes[key] = self.footprint(key[0], key[1].removeprefix("registry:"),
-                                             json.loads(key[2]))
-        return self.sizes[key]
+    def _view(self, key: EngineKey) -> Any:
+        """`key`'s view on its family's engine (a new one when the engine or the model's
+        directory changed since the last)."""
+        from cai.backends.vllm_swap import VLLMWeightsView
 
-    def _close(self, key: EngineKey, why: str) -> None:
-        self.echo(f"  closing the {key[0]} engine on {key[1].removeprefix('registry:')}: {why}")
-        self.engines.pop(key).close()
+        engine, view = self.engines[self.slot(key)], self.views.get(key)
+        if view is None or view.engine is not engine or view.model != self.dirs[key]:
+            view = self.views[key] = VLLMWeightsView(engine, self.dirs[key], on_swap=self._swapped)
+        return view
+
+    def _swapped(self, model: str, seconds: float) -> None:
+        self.swaps += 1
+        self.swap_s += seconds
+        self.echo(f"  swapped {_shown(model)}'s weights into the vllm engine ({seconds:.1f} s)")
+
+    def _size(self, slot: Slot) -> int:
+        if slot not in self.sizes:
+            key = self.first[slot]
+            self.sizes[slot] = self.footprint(key[0], key[1].removeprefix("registry:"),
+                                              json.loads(key[2]))
+        return self.sizes[slot]
+
+    def _close(self, slot: Slot, why: str) -> None:
+        engine = self.engines.pop(slot)
+        swapping = slot[0] == "swap"
+        on = _shown(engine.weights if swapping else slot[1].removeprefix("registry:"))
+        self.echo(f"  closing the {slot[1] if swapping else slot[0]} engine on {on}: {why}")
+        self.views = {k: v for k, v in self.views.items() if self.slot(k) != slot}
+        engine.close()
 
     def close(self) -> None:
-        for key in list(self.engines):
-            self.engines.pop(key).close()
+        self.views.clear()
+        for slot in list(self.engines):
+            self.engines.pop(slot).close()

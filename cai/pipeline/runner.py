@@ -16,7 +16,8 @@ have finished.
 Engines: stages that run on an inference engine get it as `backend=` (eval also as
 `reference_backend=`). One engine per (backend, model, options) serves the whole run: it is
 kept while a later step needs it and the memory the next step claims allows
-(`cai.pipeline.engines.EnginePool`), and closed when no later step needs it.
+(`cai.pipeline.engines.EnginePool`), and closed when no later step needs it; vLLM models of
+one architecture and tokenizer share one engine, their weights swapped in place.
 """
 
 from __future__ import annotations
@@ -315,6 +316,7 @@ def run_step(step: Step, inputs: dict[str, str | None], engines: EnginePool,
     try:
         run = step.stage.run_function()
         engine_t0, starts = time.perf_counter(), engines.starts
+        swaps, swap_s = engines.swaps, engines.swap_s
         shown = bool(getattr(step.config, "progress", True))
         given = {kw: engines.get(*want, show_progress=shown)
                  for kw, want in step_engines(step).items()}
@@ -322,6 +324,9 @@ def run_step(step: Step, inputs: dict[str, str | None], engines: EnginePool,
             manifest["engine_start_s"] = round(time.perf_counter() - engine_t0, 2)
             manifest["engine_starts"] = engines.starts - starts
         summary = run(step.config, **{"backend": None, **given}, log=say, progress=progress_bar)
+        if given:  # weights swapped into a shared engine during the step (EnginePool)
+            manifest["engine_swaps"] = engines.swaps - swaps
+            manifest["engine_swap_s"] = round(engines.swap_s - swap_s, 2)
     except BaseException as e:
         manifest.update(status="failed", error=f"{type(e).__name__}: {e}",
                         seconds=round(time.perf_counter() - t0, 2))
@@ -350,7 +355,7 @@ def run_pipeline(pipeline: Pipeline, stages: list[Stage], *, from_: str | None =
     forced = select(steps, from_, only)
     needed = {key for s in steps if s.key in forced for key in s.used}
     manifests = {s.key: read_manifest(s.dir) or {} for s in steps}
-    engines = engines or EnginePool(echo, load_backend)
+    engines = engines or EnginePool(echo, load_backend, swap_weights=pipeline.run.swap_weights)
     # the engines each step would run on (a step --from/--only leave out runs on none)
     needs = [[engines.key(*want) for want in step_engines(s).values()]
              if not forced or s.key in forced else [] for s in steps]

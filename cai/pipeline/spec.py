@@ -58,6 +58,9 @@ class RunSettings(BaseModel):
                                                     "replicas, gpus_per_replica, "
                                                     "cpus_per_replica); a stage may override")
     seed: int = 0
+    swap_weights: bool = Field(True, description="vLLM models of one architecture and "
+                               "tokenizer share one engine, their weights loaded in place "
+                               "(false: one engine per model)")
     rounds: int = Field(1, ge=1, le=MAX_ROUNDS, description="sample -> label -> rm -> ppo rounds")
 
     def out_dir(self) -> Path:
