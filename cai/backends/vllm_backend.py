@@ -104,8 +104,8 @@ class VLLMBackend(Backend):
             # The prefix cache reuses whole blocks only, and vLLM's CPU default (128 tokens)
             # is longer than most scoring prompts: every one-token scoring request then
             # prefilled its prompt again. 32-token blocks (the smallest the CPU attention
-            # takes) made routing 4.4x and labeling 2.0x faster with the same decode speed
-            # and the same log-probs (bench/block_size.py).
+            # takes) made routing 4.0x and labeling 1.2x faster with the same decode speed,
+            # greedy text and log-probs (bench/block_size.py).
             engine_kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
         # `load_weights` calls cai's worker method by name (cai.backends.vllm_worker)
         engine_kwargs.setdefault("worker_extension_cls", "cai.backends.vllm_worker.WeightSwap")
