@@ -232,10 +232,14 @@ class TrainConfig(StageConfig):
 # disable=not config.progress), so a runner or a test can route or record both.
 
 def say(message: str) -> None:
-    """The default `log`: one line on stderr."""
+    """The default `log`: one line on stderr, above any open progress bar (`tqdm.write`
+    clears the bars, prints and redraws them, rather than printing through one)."""
     import sys
 
-    print(message, file=sys.stderr, flush=True)
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def progress_bar(*, total: int | None, desc: str, unit: str = "it", initial: int = 0,

@@ -47,3 +47,14 @@ def loading(progress: Callable[..., Any], what: str, *, disable: bool = False) -
         bar.update(1)
     finally:
         bar.close()
+
+
+def above_bars(text: str, *, err: bool = False) -> None:
+    """Print a line above the progress bars instead of through one (`tqdm.write` clears the
+    bars, prints, and redraws them); a plain print when no bar is open."""
+    import sys
+
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr if err else sys.stdout)
+    (sys.stderr if err else sys.stdout).flush()

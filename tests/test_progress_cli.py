@@ -116,3 +116,25 @@ def test_ticking_redraws_a_bar_during_one_long_call():
     drawn = bar.draws
     time.sleep(0.2)
     assert bar.draws == drawn  # the thread stopped with the call
+
+
+def test_log_lines_print_above_an_open_bar_not_through_it(capsys):
+    """A stage's log line (`say`) or the run's echo (`above_bars`) while a bar is drawn: the
+    bar is cleared first (a carriage return), so the line starts at the left margin rather
+    than after the bar's text, and the bar is drawn again below it."""
+    import sys
+
+    from tqdm import tqdm
+
+    from cai.config import say
+    from cai.progress import above_bars
+
+    with tqdm(total=4, desc="label: scoring", file=sys.stderr, ascii=True) as bar:
+        bar.update(1)
+        say("judge: 48 pairs")
+        above_bars("swapped the policy's weights in")
+    out, err = capsys.readouterr()
+    assert "\rjudge: 48 pairs\n" in err
+    assert not re.search(r"it/s\]judge", err)  # not glued to the bar's text
+    assert err.rindex("label: scoring") > err.index("judge: 48 pairs")  # redrawn below
+    assert out == "swapped the policy's weights in\n"

@@ -78,12 +78,14 @@ def run_file(pipeline_path: Path, *, from_stage: Optional[str] = None, only: Opt
     quiet = contextlib.nullcontext() if verbose else engine_logs_to_file(log_file)
     log = None if verbose else (lambda text: append(log_file, text))
     from cai.interrupt import Interrupted, catch_signals, exit_code
+    from cai.progress import above_bars
 
     results = []
     try:
         with quiet, catch_signals():
+            # the engine pool's lines (a weights swap) can come while a stage's bar is open
             results = run_pipeline(pipeline, stages, from_=from_stage, only=only,
-                                   echo=typer.echo, log=log)
+                                   echo=above_bars, log=log)
     except SelectionError as e:
         fail(str(e), EXIT_USAGE)
     except StageFailed as e:
