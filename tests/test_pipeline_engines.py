@@ -315,3 +315,30 @@ def test_run_swap_weights_false_starts_an_engine_per_model(tmp_path, tiny_model_
                      load_backend=lambda name, model, **o: SwapEngine(model))
         assert [e for e in EVENTS if e.startswith("start")] == starts
         assert EVENTS[-2] == f"sample on {other}: {other}"  # its own weights either way
+
+
+def test_a_view_reloads_a_checkpoint_rewritten_in_the_same_directory(tmp_path):
+    """The engine holds a directory's weights; a later step writes a new checkpoint there
+    (same path): the next call loads it again, and calls in between do not."""
+    from cai.backends.vllm_swap import weights_stamp
+
+    model = tmp_path / "sft"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"first")
+
+    class StampedEngine(SwapEngine):
+        def __init__(self, model):
+            super().__init__(model)
+            self.weights_stamp = weights_stamp(model)
+
+        def load_weights(self, model):
+            super().load_weights(model)
+            self.weights_stamp = weights_stamp(model)
+
+    EVENTS.clear()
+    view = VLLMWeightsView(StampedEngine(str(model)), str(model))
+    ask(view), ask(view)
+    assert not [e for e in EVENTS if e.startswith("swap")]  # the loaded weights: no reload
+    (model / "model.safetensors").write_bytes(b"second checkpoint")
+    ask(view), ask(view)
+    assert [e for e in EVENTS if e.startswith("swap")] == [f"swap {model} -> {model}"]

@@ -124,7 +124,10 @@ class VLLMBackend(Backend):
         self.precision = vllm_precision(requested, cuda, _engine_dtype(self.llm))
         self.max_model_len = max_model_len
         self.use_tqdm = use_tqdm
+        from cai.backends.vllm_swap import weights_stamp
+
         self.weights = self.model  # the checkpoint the engine holds now (`load_weights`)
+        self.weights_stamp = weights_stamp(self.model)  # ... and its files' sizes and times
         self.lock = threading.RLock()  # one call at a time when views share the engine
 
     def load_weights(self, model_dir: str) -> None:
@@ -133,10 +136,13 @@ class VLLMBackend(Backend):
         of ours (`cai.backends.vllm_worker` says why), then empty the prefix cache: its KV
         blocks were computed by the old weights and would be reused for any prompt that
         shares a prefix with an earlier one."""
+        from cai.backends.vllm_swap import weights_stamp
+
+        stamp = weights_stamp(model_dir)  # before loading: a write during it shows next time
         self.llm.collective_rpc("cai_load_weights", args=(model_dir,))
         if not self.llm.reset_prefix_cache():  # refused only while requests are running
             raise RuntimeError(f"vLLM kept its prefix cache after loading {model_dir}'s weights")
-        self.weights = model_dir
+        self.weights, self.weights_stamp = model_dir, stamp
 
     def context_length(self) -> int:
         return self.max_model_len

@@ -79,6 +79,16 @@ def weights_family(model: str | None, options: dict[str, Any], *,
     return hashlib.sha256(blob.encode()).hexdigest(), str(path)
 
 
+def weights_stamp(model: str) -> tuple:
+    """What says a directory's weights are the ones loaded: each safetensors file's name, size
+    and modification time (a later step may write a new checkpoint to the same directory)."""
+    path = Path(model)
+    if not path.is_dir():
+        return ()
+    return tuple((f.name, st.st_size, st.st_mtime_ns)
+                 for f in sorted(path.glob("*.safetensors")) for st in [f.stat()])
+
+
 class VLLMWeightsView(Backend):
     """`model` served by a shared `VLLMBackend` (`engine`): every call first makes sure the
     engine holds this model's weights (`engine.load_weights`), under the engine's lock so a
@@ -94,7 +104,11 @@ class VLLMWeightsView(Backend):
         self.precision = getattr(engine, "precision", None)
 
     def _holding(self) -> Any:
-        if self.engine.weights != self.model:
+        # the engine's `weights_stamp` (when it keeps one) catches a checkpoint rewritten in
+        # the same directory since it was loaded
+        stamp = getattr(self.engine, "weights_stamp", None)
+        if self.engine.weights != self.model or \
+                (stamp is not None and stamp != weights_stamp(self.model)):
             start = time.perf_counter()
             self.engine.load_weights(self.model)
             if self.on_swap is not None:
