@@ -146,23 +146,11 @@ def test_cai_run_eval_reuses_generates_engine_for_policy_and_reference(tmp_path,
 
     from cai.cli import app
     from cai.pipeline.manifest import read_manifest
+    from pipeline_yaml import generate_then_eval
 
-    prompts = Path(__file__).resolve().parent.parent / "pipelines" / "prompts"
-    path = tmp_path / "p.yaml"
-    path.write_text(f"""\
-run: {{name: t, out: {tmp_path / 'run'}, model: {tiny_model_dir}, backend: transformers}}
-prompts:
-  train: [{{file: {prompts / 'red_team_train.jsonl'}, limit: 2}}]
-generate: {{prompts: train, max_tokens: 4, few_shot: false}}
-eval:
-  model: {tiny_model_dir}
-  reference: {tiny_model_dir}
-  harmful: [{prompts / 'red_team_eval.jsonl'}]
-  benign: [{prompts / 'helpful_eval.jsonl'}]
-  limit: 1
-  max_tokens: 4
-  constitution: none
-""")
+    path = generate_then_eval(tmp_path / "p.yaml", f"name: t, out: {tmp_path / 'run'}, "
+                              f"model: {tiny_model_dir}, backend: transformers",
+                              tiny_model_dir, tiny_model_dir)
     r = CliRunner().invoke(app, ["run", str(path)])
     assert r.exit_code == 0, r.output
     assert r.output.count("starting the transformers engine") == 1

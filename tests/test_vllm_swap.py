@@ -180,24 +180,12 @@ def test_cai_run_serves_generate_and_evals_policy_and_reference_from_one_engine(
 
     from cai.cli import app
     from cai.pipeline.manifest import read_manifest
+    from pipeline_yaml import generate_then_eval
 
-    prompts = Path(__file__).resolve().parent.parent / "pipelines" / "prompts"
-    path = tmp_path / "p.yaml"
-    path.write_text(f"""\
-run: {{name: t, out: {tmp_path / 'run'}, model: {models['A']}, backend: vllm,
-      backend_options: {json.dumps(OPTIONS)}}}
-prompts:
-  train: [{{file: {prompts / 'red_team_train.jsonl'}, limit: 2}}]
-generate: {{prompts: train, max_tokens: 4, few_shot: false}}
-eval:
-  model: {models['B']}
-  reference: {models['A']}
-  harmful: [{prompts / 'red_team_eval.jsonl'}]
-  benign: [{prompts / 'helpful_eval.jsonl'}]
-  limit: 1
-  max_tokens: 4
-  constitution: none
-""")
+    path = generate_then_eval(tmp_path / "p.yaml", f"name: t, out: {tmp_path / 'run'}, "
+                              f"model: {models['A']}, backend: vllm, "
+                              f"backend_options: {json.dumps(OPTIONS)}",
+                              models["B"], models["A"])
     r = CliRunner().invoke(app, ["run", str(path)])
     assert r.exit_code == 0, r.output
     assert r.output.count("starting the vllm engine") == 1
