@@ -49,12 +49,13 @@ def loading(progress: Callable[..., Any], what: str, *, disable: bool = False) -
         bar.close()
 
 
-def above_bars(text: str, *, err: bool = False) -> None:
-    """Print a line above the progress bars instead of through one (`tqdm.write` clears the
-    bars, prints, and redraws them); a plain print when no bar is open."""
+def above_bars(text: str) -> None:
+    """Print a line on stdout above the progress bars instead of through one (`tqdm.write`
+    clears the bars, prints, and redraws them); a plain print when no bar is open. (Stage
+    logs on stderr do the same: `cai.config.say`.)"""
     import sys
 
     from tqdm import tqdm
 
-    tqdm.write(text, file=sys.stderr if err else sys.stdout)
-    (sys.stderr if err else sys.stdout).flush()
+    tqdm.write(text, file=sys.stdout)
+    sys.stdout.flush()
