@@ -16,6 +16,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 from cai.backends.base import Backend, Conversation, Generation, SamplingConfig
 from cai.backends.text import encode, render_chat, scoring_ids
+from cai.backends.vllm_swap import weights_stamp
 
 # continuations longer than this many tokens are scored from one prefill's prompt
 # log-probs, shorter ones (answer letters, Yes/No) by one request per cached prefix
@@ -99,7 +100,8 @@ class VLLMBackend(Backend):
             # decode throughput (bench/engine_start.py: start 73.4 s vs 25.9 s, 297 vs 271
             # tok/s, identical greedy text); a pipeline starts one engine per model (per
             # architecture when it swaps weights, which it does only on eager CPU engines:
-            # cai.backends.vllm_swap), so eager is the better default here. `enforce_eager=False` turns compilation on.
+            # cai.backends.vllm_swap), so eager is the better default here.
+            # `enforce_eager=False` turns compilation on.
             engine_kwargs.setdefault("enforce_eager", True)
             # The prefix cache reuses whole blocks only, and vLLM's CPU default (128 tokens)
             # is longer than most scoring prompts: every one-token scoring request then
@@ -124,8 +126,6 @@ class VLLMBackend(Backend):
         self.precision = vllm_precision(requested, cuda, _engine_dtype(self.llm))
         self.max_model_len = max_model_len
         self.use_tqdm = use_tqdm
-        from cai.backends.vllm_swap import weights_stamp
-
         self.weights = self.model  # the checkpoint the engine holds now (`load_weights`)
         self.weights_stamp = weights_stamp(self.model)  # ... and its files' sizes and times
         self.lock = threading.RLock()  # one call at a time when views share the engine
@@ -136,8 +136,6 @@ class VLLMBackend(Backend):
         of ours (`cai.backends.vllm_worker` says why), then empty the prefix cache: its KV
         blocks were computed by the old weights and would be reused for any prompt that
         shares a prefix with an earlier one."""
-        from cai.backends.vllm_swap import weights_stamp
-
         stamp = weights_stamp(model_dir)  # before loading: a write during it shows next time
         self.llm.collective_rpc("cai_load_weights", args=(model_dir,))
         if not self.llm.reset_prefix_cache():  # refused only while requests are running
