@@ -104,6 +104,52 @@ def _config(tmp_path, **kw) -> GenerateConfig:
     return GenerateConfig(**{**base, **kw})
 
 
+class RecordingBar:
+    """A progress bar that keeps its count (the `progress=` factory's product)."""
+
+    def __init__(self, total=None, desc="", disable=False, **_):
+        self.total, self.desc, self.disable, self.n = total, desc.strip(), disable, 0
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix_str(self, *_):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_bars_move_as_the_engine_finishes_requests_inside_one_call(tmp_path):
+    """One chunk, so each stage is a single engine call: the bar moves with each request
+    the backend reports finished, and the call's end adds only what was not reported."""
+    from cai.backends import finished
+
+    bars: dict[str, RecordingBar] = {}
+
+    def make(**kw):
+        bar = RecordingBar(**kw)
+        bars.setdefault(bar.desc, bar)
+        return bar
+
+    class Reporting(ScriptedBackend):
+        seen: list[tuple[str, int]] = []
+
+        def generate(self, conversations, sampling):
+            out = []
+            for conv in conversations:
+                out += super().generate([conv], sampling)
+                finished.finished(1)
+                self.seen.append((self._stage(conv), bars["respond"].n))
+            return out
+
+    backend = Reporting()
+    run_generate(_config(tmp_path, chunk_size=100, progress=True), backend=backend, progress=make)
+    during = [n for stage, n in backend.seen if stage == "response"]
+    assert during == list(range(1, 12))  # 11 prompts, one step each, during the call
+    assert bars["respond"].n == bars["respond"].total == 11  # not counted twice
+
+
 def test_scripted_end_to_end(tmp_path):
     backend = ScriptedBackend()
     cfg = _config(tmp_path, rounds=2, chunk_size=100)

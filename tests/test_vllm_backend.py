@@ -35,6 +35,20 @@ def test_vllm_answers_with_the_embedded_model(vllm_backend):
         assert vllm_backend.llm.llm_engine.vllm_config.cache_config.block_size == CPU_BLOCK_SIZE
 
 
+def test_vllm_reports_each_request_as_the_engine_finishes_it(vllm_backend):
+    """A stage's bar hears of each finished request during the one engine call (its lengths
+    differ, so they end at different steps), not only when the call returns."""
+    from cai.backends import finished
+
+    convs = [[{"role": "user", "content": f"Count to {k}."}] for k in range(1, 6)]
+    ticks: list[int] = []
+    with finished.reporting(ticks.append):
+        out = vllm_backend.generate(convs, SamplingConfig(n=2, temperature=1.0, seed=0, max_tokens=8))
+    assert ticks == [1] * 5 and len(out) == 5  # one per request, whatever its samples
+    vllm_backend.generate(convs[:1], SamplingConfig(temperature=0.0, max_tokens=2))
+    assert ticks == [1] * 5  # outside the block nobody listens
+
+
 def test_vllm_sampling_n_seed_and_length(vllm_backend):
     conv = [[{"role": "user", "content": "Write a sentence about the sea."}]]
     s = SamplingConfig(n=3, temperature=1.0, seed=5, max_tokens=10, ignore_eos=True)

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from cai.backends import finished
 from cai.backends.base import Backend, Conversation, Generation, SamplingConfig
 from cai.backends.text import cut_at_stop, encode, render_chat, scoring_ids
 
@@ -105,6 +106,7 @@ class TransformersBackend(Backend):
                 for seq in new[i * sampling.n:(i + 1) * sampling.n]:
                     gens.append(self._to_generation(seq, eos_ids, sampling))
                 results.append(gens)
+            finished.finished(len(chunk))  # a stage's bar moves per batch, not per call
         return results
 
     def _to_generation(self, seq: list[int], eos_ids: set[int], sampling: SamplingConfig) -> Generation:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 # vLLM logs every request at INFO; keep the console for our progress bars unless asked.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
+from cai.backends import finished
 from cai.backends.base import Backend, Conversation, Generation, SamplingConfig
 from cai.backends.text import encode, render_chat, scoring_ids
 from cai.backends.vllm_swap import weights_stamp
@@ -23,6 +25,34 @@ from cai.backends.vllm_swap import weights_stamp
 LONG_CONTINUATION = 16
 
 CPU_BLOCK_SIZE = 32  # tokens per KV-cache block on a CPU (see VLLMBackend.__init__)
+
+
+class _FinishedBar:
+    """What vLLM asks of the bar it is given as `use_tqdm`: in its engine loop update, close,
+    `format_dict["elapsed"]`, `postfix` and `n`, passing each finished request on to
+    `cai.backends.finished` instead of drawing a bar of its own; around its prompt
+    rendering, iteration over the prompts (passed through, not counted)."""
+
+    def __init__(self, iterable: Any = None, total: int = 0, **_: Any) -> None:
+        self.iterable, self.total, self.n, self.postfix = iterable, total, 0, ""
+        self._t0 = time.monotonic()
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    @property
+    def format_dict(self) -> dict[str, float]:
+        return {"elapsed": max(time.monotonic() - self._t0, 1e-6)}  # vLLM divides by it
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        finished.finished(1)  # one call per finished request; n counts its samples
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _on_cuda() -> bool:
@@ -156,7 +186,9 @@ class VLLMBackend(Backend):
         prompts = [TokensPrompt(prompt_token_ids=encode(self.tokenizer, self.render_chat(c)))
                    for c in conversations]
         params = SamplingParams(**sampling.request_kwargs(), ignore_eos=sampling.ignore_eos)
-        outputs = self.llm.generate(prompts, params, use_tqdm=self.use_tqdm)
+        # a caller listening for finished requests (a stage's bar) hears of each as it ends
+        tqdm = _FinishedBar if finished.active() and not self.use_tqdm else self.use_tqdm
+        outputs = self.llm.generate(prompts, params, use_tqdm=tqdm)
         return [
             [Generation(text=o.text, token_ids=list(o.token_ids),
                         finish_reason="length" if o.finish_reason == "length" else "stop")

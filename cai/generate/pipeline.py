@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from cai.backends import Backend, Generation, SamplingConfig
+from cai.backends import Backend, Generation, SamplingConfig, finished
 from cai.backends.context import context_fit
 from cai.constitution import Constitution, Principle, sample_principle
 import cai.generate.relevance as relevance
@@ -101,6 +101,7 @@ class StageCall:
     requests: int
     tokens: int
     seconds: float
+    counted: int = 0  # requests already reported finished during the call (`Run.on_finished`)
 
 
 Observer = Callable[[StageCall], None]
@@ -111,9 +112,12 @@ class Run:
     and who observes each batched call."""
 
     def __init__(self, backend: Backend, constitution: Constitution, config: GenerateConfig,
-                 observe: Observer | None = None) -> None:
+                 observe: Observer | None = None,
+                 on_finished: Callable[[str, int], None] | None = None) -> None:
         self.backend, self.constitution, self.config = backend, constitution, config
         self.observe = observe or (lambda call: None)
+        # (stage, n): n more requests of a running call are done, where the engine says so
+        self.on_finished = on_finished
         # Texts a critique or revision must not just echo: small models repeat the worked
         # examples. (Example *responses* are left out: a real refusal may resemble one.)
         self.examples = [t for ex in constitution.few_shot for t in (ex.critique, ex.revision)] \
@@ -123,11 +127,20 @@ class Run:
              sampling: SamplingConfig) -> list[list[Generation]]:
         if not conversations:
             return []
+        counted = 0
+
+        def done(n: int) -> None:
+            nonlocal counted
+            counted += n
+            self.on_finished(stage, n)
+
         t0 = time.perf_counter()
-        gens = self.backend.generate(conversations, sampling)
+        with finished.reporting(done if self.on_finished else None):
+            gens = self.backend.generate(conversations, sampling)
         seconds = time.perf_counter() - t0
         tokens = sum(len(g.token_ids) for gs in gens for g in gs)
-        self.observe(StageCall(stage, len(conversations), tokens, seconds))
+        self.observe(StageCall(stage, len(conversations), tokens, seconds,
+                               min(counted, len(conversations))))
         return gens
 
 

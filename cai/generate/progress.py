@@ -13,8 +13,9 @@ _LABELS = {"response": "respond", "critique": "critique", "revision": "revise"}
 
 
 class Progress:
-    """tqdm bars on stderr. A stage call is one blocking engine call, so a bar moves once per
-    chunk; its postfix is that stage's generated tokens/s so far."""
+    """tqdm bars on stderr. A stage call is one blocking engine call over a chunk; a bar
+    moves as the engine finishes its requests (`finished`, where the backend reports them)
+    or else once per call. Its postfix is that stage's generated tokens/s so far."""
 
     def __init__(self, records: int, prompts: int, rounds: int, enabled: bool = True,
                  make: Any = None) -> None:
@@ -39,9 +40,14 @@ class Progress:
         self.seconds[call.stage] += call.seconds
         self.requests[call.stage] += call.requests
         bar = self.bars[call.stage]
-        bar.update(call.requests)
+        bar.update(call.requests - call.counted)
         rate = self.tokens[call.stage] / max(self.seconds[call.stage], 1e-9)
         bar.set_postfix_str(f"{self.tokens[call.stage]} tok, {rate:.0f} tok/s")
+
+    def finished(self, stage: str, n: int) -> None:
+        """`n` requests of a running call of `stage` are done (the call's end counts the rest)."""
+        if stage in self.bars:
+            self.bars[stage].update(n)
 
     def chunk_done(self, prompts: int, records: int, rounds: int) -> None:
         """Count the requests a chunk did not need (chains that stopped early) as done."""

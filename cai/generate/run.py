@@ -200,7 +200,8 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
                 check_scoring_support(backend, config)
                 bars = Progress(pending, len({ch.item.key for c in chunks for ch in c}),
                                 rounds, enabled=config.progress, make=progress)
-                run = Run(backend, constitution, config, observe=bars.observe)
+                run = Run(backend, constitution, config, observe=bars.observe,
+                          on_finished=bars.finished)
                 for chains in chunks:
                     bars.start_chunk()
                     run_chains(run, chains, rounds)
