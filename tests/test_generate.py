@@ -108,7 +108,10 @@ class RecordingBar:
     """A progress bar that keeps its count (the `progress=` factory's product)."""
 
     def __init__(self, total=None, desc="", disable=False, **_):
-        self.total, self.desc, self.disable, self.n = total, desc.strip(), disable, 0
+        self.total, self.desc, self.disable, self.n, self.resets = total, desc.strip(), disable, 0, 0
+
+    def reset(self, total=None):  # tqdm's: count and clock start again
+        self.n, self.total, self.resets = 0, total, self.resets + 1
 
     def update(self, n=1):
         self.n += n
@@ -148,6 +151,8 @@ def test_bars_move_as_the_engine_finishes_requests_inside_one_call(tmp_path):
     during = [n for stage, n in backend.seen if stage == "response"]
     assert during == list(range(1, 12))  # 11 prompts, one step each, during the call
     assert bars["respond"].n == bars["respond"].total == 11  # not counted twice
+    # each bar's clock (rate, ETA) starts at its own first step, once
+    assert bars["respond"].resets == bars["critique"].resets == bars["revise"].resets == 1
 
 
 def test_scripted_end_to_end(tmp_path):

@@ -40,14 +40,22 @@ class Progress:
         self.seconds[call.stage] += call.seconds
         self.requests[call.stage] += call.requests
         bar = self.bars[call.stage]
-        bar.update(call.requests - call.counted)
+        self._step(bar, call.requests - call.counted)
         rate = self.tokens[call.stage] / max(self.seconds[call.stage], 1e-9)
         bar.set_postfix_str(f"{self.tokens[call.stage]} tok, {rate:.0f} tok/s")
 
     def finished(self, stage: str, n: int) -> None:
         """`n` requests of a running call of `stage` are done (the call's end counts the rest)."""
         if stage in self.bars:
-            self.bars[stage].update(n)
+            self._step(self.bars[stage], n)
+
+    @staticmethod
+    def _step(bar: Any, n: int) -> None:
+        # the three bars open together, but critiques start after every answer: a bar's
+        # clock (its rate and ETA) starts with its own first step, not the run's
+        if bar.n == 0 and n and hasattr(bar, "reset"):
+            bar.reset(total=bar.total)
+        bar.update(n)
 
     def chunk_done(self, prompts: int, records: int, rounds: int) -> None:
         """Count the requests a chunk did not need (chains that stopped early) as done."""
