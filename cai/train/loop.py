@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from cai.progress import ticking
 from cai.train.checkpoint import RunDir, RunState
 from cai.train.metrics import MetricsLog, Progress, check_finite
 
@@ -117,10 +118,13 @@ def run_loop(
     t_start = time.perf_counter()
     t.model.train()
     try:
-        _train_epochs(t, stage)
-        t.result.train_seconds = time.perf_counter() - t_start
-        if evaluate:
-            _evaluate_and_log(t, evaluate)
+        # a CPU step takes 10 s or more: the bar's clock keeps moving between steps
+        with ticking(t.progress.bar):
+            _train_epochs(t, stage)
+            t.result.train_seconds = time.perf_counter() - t_start
+            if evaluate:
+                t.progress.bar.set_postfix_str("held-out eval", refresh=False)
+                _evaluate_and_log(t, evaluate)
     finally:
         t.progress.close()
         t.metrics.close()

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from cai.config import progress_bar, say
+from cai.progress import loading, ticking
 from cai.stats import paired_difference
 from cai.io import atomic_write_json
 from cai.train import losses as L
@@ -403,23 +404,45 @@ def run_ppo(config: PPOConfig, *, backend: Any = None, log: Callable[[str], None
     accelerator.wait_for_everyone()
     rd.start(config, write=accelerator.is_main_process)
     updates = config.ppo_epochs * (config.rollout_batch_size // config.minibatch_size)
-    models = load_models(config, accelerator, reward_fn, updates_per_iteration=updates)
+    quiet = not (config.progress and accelerator.is_main_process)
+    with loading(progress, "policy, reference, value and reward models", disable=quiet):
+        models = load_models(config, accelerator, reward_fn, updates_per_iteration=updates)
     prompts = load_prompts(config, models.tokenizer)
     start = _resume(config, rd, models)
     metrics = MetricsLog(accelerator, config.out, resume_step=start if start else None,
                          run_name="ppo", step_key="iteration")
-    start_engine(config, models, precision, len(prompts.eval_ids))
-    bar = progress(total=config.iterations, initial=start, desc="ppo", unit="it",
-                   disable=not (config.progress and accelerator.is_main_process))
+    with loading(progress, "the rollout engine", disable=quiet):
+        start_engine(config, models, precision, len(prompts.eval_ids))
+    bar = progress(total=config.iterations, initial=start, desc="ppo", unit="it", disable=quiet)
+    with ticking(bar):  # an iteration is a minute on a CPU: the clock and phase stay current
+        record = _iterations(config, models, prompts, rd, metrics, bar, start, accelerator, log)
+    bar.close()
+    metrics.close()
+    models.engine.close()
+    return _finish(config, rd, models, record)
+
+
+def _iterations(config: PPOConfig, models: PPOModels, prompts: Prompts, rd, metrics, bar,
+                start: int, accelerator, log) -> dict[str, Any]:
+    """Iterations start+1 .. config.iterations, each in its phases; the last one's record."""
     record: dict[str, Any] = {}
+
+    def phase(name: str) -> None:
+        bar.set_postfix_str(f"{name}{', ' + shown if (shown := _last(record)) else ''}",
+                            refresh=False)
+
     if start == 0 and prompts.eval_ids and config.eval_every:
         metrics.log(0, _evaluate_and_say(config, models, prompts, 0, log))
     for iteration in range(start + 1, config.iterations + 1):
         t0 = time.perf_counter()
-        exp = score(config, models, rollout(config, models, prompts, iteration))
+        phase("rollout")
+        exp = rollout(config, models, prompts, iteration)
+        phase("score")
+        exp = score(config, models, exp)
         beta = models.kl_ctl.value
         reduce_sum = sum_over_ranks(accelerator)
         exp = advantages(config, exp, beta, reduce_sum)
+        phase("update")
         stats = update(config, models, exp, last_checkpoint=rd.latest_checkpoint())
         models.kl_ctl.update(*global_kl_and_count(exp, reduce_sum))
         record = {"iteration": iteration, **iteration_record(models, exp, stats, beta),
@@ -427,18 +450,21 @@ def run_ppo(config: PPOConfig, *, backend: Any = None, log: Callable[[str], None
         if prompts.eval_ids and config.eval_every and iteration % config.eval_every == 0:
             record.update(_evaluate_and_say(config, models, prompts, iteration, log))
         metrics.log(iteration, {k: v for k, v in record.items() if k != "iteration"})
-        bar.set_postfix({"reward": f"{record['reward/raw']:.3f}", "kl": f"{record['kl']:.3f}",
-                         "β": f"{beta:.3g}"}, refresh=False)
+        phase("checkpoint")
         bar.update(1)
         if (config.save_every and iteration % config.save_every == 0) or \
                 iteration == config.iterations:
             rd.save_checkpoint(accelerator, PPOState(
                 iteration, models.kl_ctl.state_dict(), iteration * config.rollout_batch_size),
                 keep=config.keep_checkpoints)
-    bar.close()
-    metrics.close()
-    models.engine.close()
-    return _finish(config, rd, models, record)
+    return record
+
+
+def _last(record: dict[str, Any]) -> str:
+    """The last iteration's reward and KL for the bar ("" before the first)."""
+    if not record:
+        return ""
+    return f"reward={record['reward/raw']:.3f}, kl={record['kl']:.3f}, β={record['kl_coef']:.3g}"
 
 
 def _finished(config: PPOConfig, rd) -> dict | None:

@@ -99,8 +99,9 @@ def pair_rewards(model, batch: dict) -> tuple[Any, Any]:
     return rewards[:n], rewards[n:]
 
 
-def score_pairs_on_ranks(accelerator, model, pairs: list[dict], pad_id: int,
-                         batch_size: int) -> tuple[list[float], list[float]]:
+def score_pairs_on_ranks(accelerator, model, pairs: list[dict], pad_id: int, batch_size: int,
+                         on_batch: Callable[[int], None] | None = None
+                         ) -> tuple[list[float], list[float]]:
     """(chosen rewards, rejected rewards) of `pairs`, each rank scoring its share with the
     unwrapped model (the shares may differ in size; a DDP forward may broadcast buffers,
     which every rank would have to join), gathered in order on every rank."""
@@ -112,7 +113,7 @@ def score_pairs_on_ranks(accelerator, model, pairs: list[dict], pad_id: int,
     def score(share: list[dict]) -> list[tuple[float, float]]:
         chosen, rejected = score_pairs(scorer, [p["chosen"] for p in share],
                                        [p["rejected"] for p in share], pad_id,
-                                       batch_size=batch_size)
+                                       batch_size=batch_size, on_batch=on_batch)
         return list(zip(chosen, rejected))
 
     both = gather_rank_shares(accelerator, pairs, score)
@@ -185,7 +186,7 @@ def run_rm(config: RMConfig, *, backend: Any = None, log: Callable[[str], None] 
         count_samples=lambda b: int(b["p_chosen"].shape[0]), desc="train rm",
         before_step=before_step, progress=progress)
 
-    stats, rewards = reward_stats(config, run, model, train)
+    stats, rewards = reward_stats(config, run, model, train, progress)
     summary = run_summary("rm", config, run, model, result, parameters, {
         "train_pairs": len(train), "eval_pairs": len(held), "rejected_pairs": len(rejects),
         "overlong": overlong, "mix": mix})
@@ -251,13 +252,21 @@ def pair_loss(config: RMConfig, model, batch: dict) -> tuple[Any, dict[str, floa
     return loss, {"accuracy": acc.item(), "margin": (rc - rr).mean().item()}
 
 
-def reward_stats(config: RMConfig, run, model, train: list[dict]) -> tuple[dict, list[float]]:
+def reward_stats(config: RMConfig, run, model, train: list[dict],
+                 progress: Callable[..., Any] = progress_bar) -> tuple[dict, list[float]]:
     """PPO's normalisation stats: rewards of the training prompts' responses (on N ranks
     each scores its share); the stats and the rewards."""
     model.eval()
     sample = train[: config.reward_stats_pairs]
-    chosen, rejected = score_pairs_on_ranks(run.accelerator, model, sample,
-                                            run.tokenizer.pad_token_id, config.eval_batch_size)
+    # a pass over the training pairs again (a third of an epoch's time): a bar of its own
+    bar = progress(total=2 * len(sample), desc="reward stats", unit="seq", leave=False,
+                   disable=not (config.progress and run.accelerator.is_main_process))
+    try:
+        chosen, rejected = score_pairs_on_ranks(run.accelerator, model, sample,
+                                                run.tokenizer.pad_token_id,
+                                                config.eval_batch_size, on_batch=bar.update)
+    finally:
+        bar.close()
     rewards = chosen + rejected
     stats = {"mean": statistics.fmean(rewards),
              "std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
