@@ -5,6 +5,7 @@ and one run on the shared vLLM engine."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,7 @@ class RecordingBar:
 
     def __init__(self, total=None, desc="", disable=False, **_):
         self.total, self.desc, self.disable, self.n, self.resets = total, desc.strip(), disable, 0, 0
+        self.refreshes = 0
 
     def reset(self, total=None):  # tqdm's: count and clock start again
         self.n, self.total, self.resets = 0, total, self.resets + 1
@@ -118,6 +120,9 @@ class RecordingBar:
 
     def set_postfix_str(self, *_):
         pass
+
+    def refresh(self):  # a redraw with no update (the clock ticking through a call)
+        self.refreshes += 1
 
     def close(self):
         pass
@@ -144,6 +149,8 @@ def test_bars_move_as_the_engine_finishes_requests_inside_one_call(tmp_path):
                 out += super().generate([conv], sampling)
                 finished.finished(1)
                 self.seen.append((self._stage(conv), bars["respond"].n))
+            if self._stage(conversations[0]) == "response":
+                time.sleep(1.5)  # requests that run to max_tokens end together, late
             return out
 
     backend = Reporting()
@@ -151,6 +158,8 @@ def test_bars_move_as_the_engine_finishes_requests_inside_one_call(tmp_path):
     during = [n for stage, n in backend.seen if stage == "response"]
     assert during == list(range(1, 12))  # 11 prompts, one step each, during the call
     assert bars["respond"].n == bars["respond"].total == 11  # not counted twice
+    # redrawn every second through the call, between the requests it hears of
+    assert bars["respond"].refreshes >= 1
     # each bar's clock (rate, ETA) starts at its own first step, once
     assert bars["respond"].resets == bars["critique"].resets == bars["revise"].resets == 1
 

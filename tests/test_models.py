@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,17 +33,27 @@ def test_pulled_model_loads_and_answers_in_chat_format(embedded_model_dir, embed
     assert "Paris" in out[0][0].text
 
 
-def test_interrupted_pull_leaves_nothing_behind(tmp_path, monkeypatch):
+def test_interrupted_pull_leaves_nothing_behind(tmp_path, monkeypatch, embedded_tokenizer):
     monkeypatch.setenv("CAI_HOME", str(tmp_path))
+    from conftest import build_tiny_llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-    def boom(*a, **k):
+    # the package's GGUF read as a tiny model (dequantising the real one takes 25 s; what
+    # is tested is what an interrupted write leaves)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: build_tiny_llama(embedded_tokenizer))
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: embedded_tokenizer)
+    written = []
+
+    def boom(self, path, **k):
+        (Path(path) / "model.safetensors").write_bytes(b"half a file")
+        written.append(path)
         raise KeyboardInterrupt  # as if the user hit Ctrl-C mid-write
-
-    from transformers import PreTrainedModel
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", boom)
     with pytest.raises(KeyboardInterrupt):
         pull()
+    assert written  # the write had begun
     assert not models.is_pulled(DEFAULT_MODEL)
     assert list((tmp_path / "models").iterdir()) == []  # no half-written directory
 

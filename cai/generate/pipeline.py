@@ -31,8 +31,9 @@ revision is what has to be good, and a bad initial response is exactly what revi
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, ContextManager
 
 from cai.backends import Backend, Generation, SamplingConfig, finished
 from cai.backends.context import context_fit
@@ -113,11 +114,14 @@ class Run:
 
     def __init__(self, backend: Backend, constitution: Constitution, config: GenerateConfig,
                  observe: Observer | None = None,
-                 on_finished: Callable[[str, int], None] | None = None) -> None:
+                 on_finished: Callable[[str, int], None] | None = None,
+                 in_call: Callable[[str], ContextManager[Any]] | None = None) -> None:
         self.backend, self.constitution, self.config = backend, constitution, config
         self.observe = observe or (lambda call: None)
         # (stage, n): n more requests of a running call are done, where the engine says so
         self.on_finished = on_finished
+        # around each engine call of a stage (its bar's clock keeps moving through the call)
+        self.in_call = in_call or (lambda stage: nullcontext())
         # Texts a critique or revision must not just echo: small models repeat the worked
         # examples. (Example *responses* are left out: a real refusal may resemble one.)
         self.examples = [t for ex in constitution.few_shot for t in (ex.critique, ex.revision)] \
@@ -135,7 +139,7 @@ class Run:
             self.on_finished(stage, n)
 
         t0 = time.perf_counter()
-        with finished.reporting(done if self.on_finished else None):
+        with self.in_call(stage), finished.reporting(done if self.on_finished else None):
             gens = self.backend.generate(conversations, sampling)
         seconds = time.perf_counter() - t0
         tokens = sum(len(g.token_ids) for gs in gens for g in gs)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, ContextManager
 
 from cai.generate.config import STAGES
 from cai.generate.pipeline import StageCall
 from cai.generate.report import format_report
+from cai.progress import ticking
 
 _LABELS = {"response": "respond", "critique": "critique", "revision": "revise"}
 
@@ -43,6 +45,11 @@ class Progress:
         self._step(bar, call.requests - call.counted)
         rate = self.tokens[call.stage] / max(self.seconds[call.stage], 1e-9)
         bar.set_postfix_str(f"{self.tokens[call.stage]} tok, {rate:.0f} tok/s")
+
+    def in_call(self, stage: str) -> ContextManager[Any]:
+        """Around one engine call of `stage`: its bar is redrawn every second, so its clock
+        moves while the requests that all stop at max_tokens are still running."""
+        return ticking(self.bars[stage]) if stage in self.bars else nullcontext()
 
     def finished(self, stage: str, n: int) -> None:
         """`n` requests of a running call of `stage` are done (the call's end counts the rest)."""
