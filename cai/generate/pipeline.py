@@ -35,7 +35,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
 
-from cai.backends import Backend, Generation, SamplingConfig, finished
+from cai.backends import Backend, Generation, SamplingConfig
 from cai.backends.context import context_fit
 from cai.constitution import Constitution, Principle, sample_principle
 import cai.generate.relevance as relevance
@@ -102,7 +102,6 @@ class StageCall:
     requests: int
     tokens: int
     seconds: float
-    counted: int = 0  # requests already reported finished during the call (`Run.on_finished`)
 
 
 Observer = Callable[[StageCall], None]
@@ -114,13 +113,11 @@ class Run:
 
     def __init__(self, backend: Backend, constitution: Constitution, config: GenerateConfig,
                  observe: Observer | None = None,
-                 on_finished: Callable[[str, int], None] | None = None,
                  in_call: Callable[[str], ContextManager[Any]] | None = None) -> None:
         self.backend, self.constitution, self.config = backend, constitution, config
         self.observe = observe or (lambda call: None)
-        # (stage, n): n more requests of a running call are done, where the engine says so
-        self.on_finished = on_finished
-        # around each engine call of a stage (its bar's clock keeps moving through the call)
+        # around each engine call of a stage: its bar hears of requests as they finish
+        # (`cai.backends.finished`) and its clock keeps moving (`Progress.in_call`)
         self.in_call = in_call or (lambda stage: nullcontext())
         # Texts a critique or revision must not just echo: small models repeat the worked
         # examples. (Example *responses* are left out: a real refusal may resemble one.)
@@ -131,20 +128,12 @@ class Run:
              sampling: SamplingConfig) -> list[list[Generation]]:
         if not conversations:
             return []
-        counted = 0
-
-        def done(n: int) -> None:
-            nonlocal counted
-            counted += n
-            self.on_finished(stage, n)
-
         t0 = time.perf_counter()
-        with self.in_call(stage), finished.reporting(done if self.on_finished else None):
+        with self.in_call(stage):
             gens = self.backend.generate(conversations, sampling)
         seconds = time.perf_counter() - t0
         tokens = sum(len(g.token_ids) for gs in gens for g in gs)
-        self.observe(StageCall(stage, len(conversations), tokens, seconds,
-                               min(counted, len(conversations))))
+        self.observe(StageCall(stage, len(conversations), tokens, seconds))
         return gens
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import nullcontext
-from typing import Any, ContextManager
+from contextlib import contextmanager
+from typing import Any, Iterator
 
+from cai.backends import finished
 from cai.generate.config import STAGES
 from cai.generate.pipeline import StageCall
 from cai.generate.report import format_report
@@ -16,7 +17,7 @@ _LABELS = {"response": "respond", "critique": "critique", "revision": "revise"}
 
 class Progress:
     """tqdm bars on stderr. A stage call is one blocking engine call over a chunk; a bar
-    moves as the engine finishes its requests (`finished`, where the backend reports them)
+    moves as the engine finishes its requests (`in_call`, where the backend reports them)
     or else once per call. Its postfix is that stage's generated tokens/s so far."""
 
     def __init__(self, records: int, prompts: int, rounds: int, enabled: bool = True,
@@ -29,6 +30,7 @@ class Progress:
         self.bars = {s: make(total=totals[s], desc=f"{_LABELS[s]:>8}", unit="req", position=i,
                              disable=not enabled or totals[s] == 0, leave=True)
                      for i, s in enumerate(STAGES)}
+        self._reported: Counter[str] = Counter()  # finished so far in the running call
         self.tokens: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
@@ -42,19 +44,28 @@ class Progress:
         self.seconds[call.stage] += call.seconds
         self.requests[call.stage] += call.requests
         bar = self.bars[call.stage]
-        self._step(bar, call.requests - call.counted)
+        # the requests the engine reported finished during the call are on the bar already
+        self._step(bar, call.requests - min(self._reported.pop(call.stage, 0), call.requests))
         rate = self.tokens[call.stage] / max(self.seconds[call.stage], 1e-9)
         bar.set_postfix_str(f"{self.tokens[call.stage]} tok, {rate:.0f} tok/s")
 
-    def in_call(self, stage: str) -> ContextManager[Any]:
-        """Around one engine call of `stage`: its bar is redrawn every second, so its clock
-        moves while the requests that all stop at max_tokens are still running."""
-        return ticking(self.bars[stage]) if stage in self.bars else nullcontext()
+    @contextmanager
+    def in_call(self, stage: str) -> Iterator[None]:
+        """Around one engine call of `stage`: its bar moves as the backend reports requests
+        finished (`cai.backends.finished`; `observe` at the call's end counts the rest) and
+        is redrawn every second, so its clock moves while the requests that all stop at
+        max_tokens are still running."""
+        if stage not in self.bars:
+            yield
+            return
+        bar = self.bars[stage]
 
-    def finished(self, stage: str, n: int) -> None:
-        """`n` requests of a running call of `stage` are done (the call's end counts the rest)."""
-        if stage in self.bars:
-            self._step(self.bars[stage], n)
+        def done(n: int) -> None:
+            self._reported[stage] += n
+            self._step(bar, n)
+
+        with ticking(bar), finished.reporting(done):
+            yield
 
     @staticmethod
     def _step(bar: Any, n: int) -> None:

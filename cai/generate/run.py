@@ -201,7 +201,7 @@ def run_generate(config: GenerateConfig, *, backend: Backend | None = None,
                 bars = Progress(pending, len({ch.item.key for c in chunks for ch in c}),
                                 rounds, enabled=config.progress, make=progress)
                 run = Run(backend, constitution, config, observe=bars.observe,
-                          on_finished=bars.finished, in_call=bars.in_call)
+                          in_call=bars.in_call)
                 for chains in chunks:
                     bars.start_chunk()
                     run_chains(run, chains, rounds)
