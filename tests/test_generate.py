@@ -105,40 +105,14 @@ def _config(tmp_path, **kw) -> GenerateConfig:
     return GenerateConfig(**{**base, **kw})
 
 
-class RecordingBar:
-    """A progress bar that keeps its count (the `progress=` factory's product)."""
-
-    def __init__(self, total=None, desc="", disable=False, **_):
-        self.total, self.desc, self.disable, self.n, self.resets = total, desc.strip(), disable, 0, 0
-        self.refreshes = 0
-
-    def reset(self, total=None):  # tqdm's: count and clock start again
-        self.n, self.total, self.resets = 0, total, self.resets + 1
-
-    def update(self, n=1):
-        self.n += n
-
-    def set_postfix_str(self, *_):
-        pass
-
-    def refresh(self):  # a redraw with no update (the clock ticking through a call)
-        self.refreshes += 1
-
-    def close(self):
-        pass
-
-
 def test_bars_move_as_the_engine_finishes_requests_inside_one_call(tmp_path):
     """One chunk, so each stage is a single engine call: the bar moves with each request
     the backend reports finished, and the call's end adds only what was not reported."""
+    from recording_bars import RecordingBars
+
     from cai.backends import finished
 
-    bars: dict[str, RecordingBar] = {}
-
-    def make(**kw):
-        bar = RecordingBar(**kw)
-        bars.setdefault(bar.desc, bar)
-        return bar
+    make = RecordingBars()
 
     class Reporting(ScriptedBackend):
         seen: list[tuple[str, int]] = []
@@ -148,13 +122,14 @@ def test_bars_move_as_the_engine_finishes_requests_inside_one_call(tmp_path):
             for conv in conversations:
                 out += super().generate([conv], sampling)
                 finished.finished(1)
-                self.seen.append((self._stage(conv), bars["respond"].n))
+                self.seen.append((self._stage(conv), make.named("respond")[0].n))
             if self._stage(conversations[0]) == "response":
                 time.sleep(1.5)  # requests that run to max_tokens end together, late
             return out
 
     backend = Reporting()
     run_generate(_config(tmp_path, chunk_size=100, progress=True), backend=backend, progress=make)
+    bars = {name: make.named(name)[0] for name in ("respond", "critique", "revise")}
     during = [n for stage, n in backend.seen if stage == "response"]
     assert during == list(range(1, 12))  # 11 prompts, one step each, during the call
     assert bars["respond"].n == bars["respond"].total == 11  # not counted twice

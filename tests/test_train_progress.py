@@ -9,49 +9,11 @@ import json
 import time
 from pathlib import Path
 
+from recording_bars import RecordingBars
+
 from cai.train.ppo import PPOConfig, run_ppo
 
 REWARD = str(Path(__file__).parent / "ppo_reward_fns.py") + ":length"
-
-
-class Bar:
-    """A progress bar that keeps what it was told (the `progress=` factory's product)."""
-
-    def __init__(self, total=None, desc="", disable=False, initial=0, **_):
-        self.total, self.desc, self.disable, self.n = total, desc, disable, initial
-        self.postfixes: list[str] = []
-        self.refreshes: list[float] = []  # when it was redrawn
-        self.closed = False
-
-    def update(self, n=1):
-        self.n += n
-
-    def set_postfix_str(self, s="", refresh=True):
-        self.postfixes.append(s)
-
-    def set_postfix(self, *a, **kw):
-        self.postfixes.append(str(kw or a))
-
-    def refresh(self):
-        self.refreshes.append(time.monotonic())
-
-    def close(self):
-        self.closed = True
-
-
-class Bars:
-    """The `progress=` factory: every bar it made. (Not a list: an empty one is falsy, and
-    `make or progress_bar` would pass it over.)"""
-
-    def __init__(self) -> None:
-        self.made: list[Bar] = []
-
-    def __call__(self, **kw) -> Bar:
-        self.made.append(Bar(**kw))
-        return self.made[-1]
-
-    def named(self, prefix: str) -> list[Bar]:
-        return [b for b in self.made if b.desc.startswith(prefix)]
 
 
 def test_ppo_shows_loading_and_each_iterations_phases(tiny_model_dir, tmp_path, monkeypatch):
@@ -67,7 +29,7 @@ def test_ppo_shows_loading_and_each_iterations_phases(tiny_model_dir, tmp_path, 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Say something about {t}."}) + "\n"
                                for t in ("cats", "rain", "chess", "bread")))
-    bars = Bars()
+    bars = RecordingBars()
     run_ppo(PPOConfig(
         model=str(tiny_model_dir), reward=REWARD, prompts=str(prompts), out=str(tmp_path / "o"),
         iterations=2, rollout_batch_size=4, minibatch_size=4, micro_batch_size=4, ppo_epochs=1,
@@ -81,7 +43,7 @@ def test_ppo_shows_loading_and_each_iterations_phases(tiny_model_dir, tmp_path, 
     assert phases == ["rollout", "score", "update", "checkpoint"] * 2
     # from the second iteration on, the phase comes with the last iteration's figures
     assert bar.postfixes[4].startswith("rollout, reward=") and "kl=" in bar.postfixes[4]
-    assert len(bar.refreshes) >= 4  # redrawn every second through the two slow updates
+    assert bar.refreshes >= 4  # redrawn every second through the two slow updates
 
 
 def test_reward_model_bars_tick_between_steps_and_cover_the_stats_pass(tiny_model_dir, tmp_path):
@@ -90,7 +52,7 @@ def test_reward_model_bars_tick_between_steps_and_cover_the_stats_pass(tiny_mode
     from cai.train.rm import run_rm
 
     data = write_marker_pairs(tmp_path / "pairs.jsonl", 16)
-    bars = Bars()
+    bars = RecordingBars()
 
     def slow_step(model, step):  # a step long enough for the bar's clock to tick
         time.sleep(1.5)
@@ -98,7 +60,7 @@ def test_reward_model_bars_tick_between_steps_and_cover_the_stats_pass(tiny_mode
     summary = run_rm(rm_config(tiny_model_dir, data, tmp_path / "rm", epochs=1, batch_size=8,
                                progress=True), progress=bars, before_step=slow_step)
     (train,) = bars.named("train rm")
-    assert train.n == summary["steps"] and len(train.refreshes) >= summary["steps"]
+    assert train.n == summary["steps"] and train.refreshes >= summary["steps"]
     # PPO's reward stats: every training pair's two responses scored again, under a bar
     (stats,) = bars.named("reward stats")
     assert stats.total == 2 * summary["train_pairs"] == stats.n and stats.closed
