@@ -33,6 +33,8 @@ def test_vllm_answers_with_the_embedded_model(vllm_backend):
         from cai.backends.vllm_backend import CPU_BLOCK_SIZE
 
         assert vllm_backend.llm.llm_engine.vllm_config.cache_config.block_size == CPU_BLOCK_SIZE
+        # the engine's own process samples top-p without sorting (cai.backends.vllm_top_p)
+        assert vllm_backend.llm.collective_rpc("cai_top_p") == [True]
 
 
 def test_vllm_reports_each_request_as_the_engine_finishes_it(vllm_backend):

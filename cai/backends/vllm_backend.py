@@ -139,8 +139,9 @@ class VLLMBackend(Backend):
             # takes) made routing 4.0x and labeling 1.2x faster with the same decode speed,
             # greedy text and log-probs (bench/block_size.py).
             engine_kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
-        # `load_weights` calls cai's worker method by name (cai.backends.vllm_worker)
-        engine_kwargs.setdefault("worker_extension_cls", "cai.backends.vllm_worker.WeightSwap")
+        # `load_weights` calls cai's worker method by name; top-p without the sort on a CPU
+        # (cai.backends.vllm_worker)
+        engine_kwargs.setdefault("worker_extension_cls", "cai.backends.vllm_worker.CaiWorker")
         self.llm = LLM(
             model=self.model,
             gpu_memory_utilization=gpu_memory_utilization,

