@@ -85,11 +85,12 @@ def test_top_k_and_non_cpu_go_to_vllms_function():
 def test_install_routes_vllms_cpu_sampler_through_it(monkeypatch):
     from vllm.v1.sample.ops import topk_topp_sampler as sampler
 
-    original = sampler.apply_top_k_top_p
+    current = sampler.apply_top_k_top_p  # already ours if an in-process engine started
+    original = getattr(current, "original", current)
     monkeypatch.setattr(sampler, "apply_top_k_top_p", original)  # restored after the test
     assert vllm_top_p.install() and vllm_top_p.install()  # idempotent
     patched = sampler.apply_top_k_top_p
-    assert patched is not original and patched.cai_top_p
+    assert patched is not original and patched.cai_top_p and patched.original is original
     logits = lm_like_logits(8, 512, 4)
     p = torch.full((8,), 0.8)
     assert torch.equal(patched(logits.clone(), None, p) == -math.inf, top_p_mask(logits, p))

@@ -82,5 +82,6 @@ def install() -> bool:
         return apply_top_p(logits, k, p, original)
 
     apply.cai_top_p = True  # type: ignore[attr-defined]
+    apply.original = original  # type: ignore[attr-defined]  # vLLM's, for benches and tests
     sampler.apply_top_k_top_p = apply
     return True
