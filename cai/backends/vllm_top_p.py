@@ -12,8 +12,8 @@ The nucleus is the few hundred most likely tokens, so `top_p_mask` finds it with
 
 that is, its ascending cumulative sum, as vLLM computes it (float32 softmax, sums accumulated
 in float64, compared in float32). It holds for the top k tokens if the k-th is already cut;
-rows where it is not (a flat distribution) are retried with a larger k, and the full sort is
-the last resort. The kept set is vLLM's; only where that cumulative sum lands within float
+rows where it is not (a flat distribution) are retried with a larger k, up to the whole
+vocabulary. The kept set is vLLM's; only where that cumulative sum lands within float
 rounding of 1 - p (the sort adds the same probabilities in another order) can one boundary
 token differ, and it is then sampled with its own tiny probability: the sampled text was
 identical on the demo's generate stage (bench/README.md).
