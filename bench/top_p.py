@@ -44,14 +44,11 @@ def main() -> None:
     from vllm.v1.sample.ops import topk_topp_sampler as sampler
 
     from cai.backends.vllm_backend import VLLMBackend
-    from cai.backends.vllm_top_p import apply_top_p
 
     backend = VLLMBackend(None, gpu_memory_utilization=0.3)  # imports cai's worker: installed
     ours = sampler.apply_top_k_top_p
     assert getattr(ours, "cai_top_p", False), "cai's top-p is not installed in this process"
-    vllms = sampler.apply_top_k_top_p_pytorch
-    sort = {"vLLM sort": lambda logits, k, p: vllms(logits, k, p, allow_cpu_sync=True),
-            "cai": lambda logits, k, p: apply_top_p(logits, k, p, sort["vLLM sort"])}
+    sort = {"vLLM sort": ours.original, "cai": ours}
     batch = prompts(backend)
     params = SamplingParams(temperature=0.7, top_p=a.top_p, max_tokens=a.max_tokens, seed=0)
     backend.llm.generate(batch[:8], SamplingParams(max_tokens=8), use_tqdm=False)  # warm
